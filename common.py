@@ -1,0 +1,358 @@
+"""
+Plumbing every script needs, written once: config overrides, device/dtype/autocast, DDP, the
+learning-rate schedule, RNG state, atomic checkpoints, logging (stdout + CSV + optional wandb)
+and tokenizers. No algorithm math lives here.
+
+Errors a user can fix (a bad config key, a missing file) are raised as UserError; when one
+reaches the top of a script it is printed as one line, `error: ...`, and the exit code is 1.
+"""
+
+import ast
+import csv
+import difflib
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Something the user can fix: bad config, missing file. Shown as one line, exit code 1."""
+
+
+def _excepthook(exc_type, exc, tb, _default=sys.excepthook):
+    from model import ModelLoadError  # model.py raises its own (it must not import this module)
+    if issubclass(exc_type, (UserError, ModelLoadError)):
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        _default(exc_type, exc, tb)
+
+
+sys.excepthook = _excepthook
+
+
+# ----------------------------------------------------------------------------------------------
+# config: a script's module-level globals are its config (nanoGPT's configurator, checked)
+
+CONFIG_TYPES = (int, float, bool, str, type(None), tuple, list)
+
+
+def config_keys(scope):
+    """The config of a script: its public module globals of plain types, in definition order."""
+    return [k for k, v in scope.items()
+            if not k.startswith('_') and isinstance(v, CONFIG_TYPES) and not isinstance(v, type)]
+
+
+def _check_type(key, new, old, where):
+    """Accept `new` for a key whose default is `old`: same type, int where float is expected,
+    anything where the default is None, and None anywhere (it means 'off')."""
+    if old is None or new is None or type(new) is type(old):
+        return new
+    if isinstance(old, float) and type(new) is int:
+        return float(new)
+    if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
+        return type(old)(new)
+    raise UserError(f"{where}: {key} must be {type(old).__name__} (default {old!r}), got {new!r}")
+
+
+def _unknown(key, keys, where):
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UserError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def parse_value(text):
+    """A command-line value: a Python literal (3, 1e-4, True, None, (0.9, 0.95), 'x') or else the
+    plain string. true/false in any case are booleans."""
+    if text.lower() in ('true', 'false'):
+        return text.lower() == 'true'
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def configure(scope, argv=None):
+    """Override the config in `scope` (a script's globals()) from argv: first config files
+    (`config/x.py`, run with the current config visible), then `--key=value` flags, in order.
+    Every key must exist and keep its type. Returns the effective config dict."""
+    argv = sys.argv[1:] if argv is None else argv
+    keys = config_keys(scope)
+    for arg in argv:
+        if not arg.startswith('--'):
+            if not os.path.isfile(arg):
+                raise UserError(f"config file {arg} not found")
+            file_scope = {k: scope[k] for k in keys}
+            try:
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, 'exec'), file_scope)
+            except SyntaxError as e:
+                raise UserError(f"{arg}, line {e.lineno}: syntax error: {e.msg}") from None
+            for k, v in file_scope.items():
+                if k.startswith('_') or k == '__builtins__' or not isinstance(v, CONFIG_TYPES):
+                    continue  # imports, helper functions and _private names are not config
+                if k not in keys:
+                    raise _unknown(k, keys, arg)
+                scope[k] = _check_type(k, v, scope[k], arg)
+        else:
+            if '=' not in arg:
+                raise UserError(f"{arg}: flags are written --key=value")
+            k, text = arg[2:].split('=', 1)
+            if k not in keys:
+                raise _unknown(k, keys, 'command line')
+            scope[k] = _check_type(k, parse_value(text), scope[k], 'command line')
+    return {k: scope[k] for k in keys}
+
+
+def print_config(config):
+    width = max(len(k) for k in config)
+    print0("config:\n" + "\n".join(f"  {k:<{width}} = {v!r}" for k, v in config.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# devices, precision, DDP
+
+def is_master():
+    return int(os.environ.get('RANK', 0)) == 0
+
+
+def print0(*args, **kwargs):
+    """print on rank 0 only (everything, when not under torchrun)."""
+    if is_master():
+        print(*args, **kwargs)
+
+
+def setup_ddp(backend):
+    """Initialise torch.distributed when run by torchrun. Returns (ddp, rank, local_rank, world_size)."""
+    if int(os.environ.get('RANK', -1)) == -1:
+        return False, 0, 0, 1
+    from torch.distributed import init_process_group
+    init_process_group(backend=backend)
+    return True, int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+
+
+def resolve_device(device):
+    """'auto' picks cuda, then mps, then cpu."""
+    if device == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        if torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"device={device} but CUDA is not available here; use --device=cpu")
+    if device == 'mps' and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available here; use --device=cpu")
+    return device
+
+
+def resolve_dtype(dtype, device_type):
+    """'auto' is bfloat16 on GPUs that support it, float16 on other CUDA GPUs, float32 elsewhere.
+    Autocast is used on CUDA only: on CPU and MPS the run is float32 whatever dtype says."""
+    if dtype == 'auto':
+        if device_type == 'cuda':
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        return 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise UserError(f"dtype must be float32, bfloat16, float16 or auto, got {dtype!r}")
+    if device_type != 'cuda' and dtype != 'float32':
+        print0(f"note: dtype={dtype} is used on CUDA only; running float32 on {device_type}")
+        return 'float32'
+    return dtype
+
+
+PTDTYPE = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def autocast_context(device_type, dtype):
+    """Mixed precision for forward passes: autocast on CUDA for bf16/fp16, else nothing."""
+    if device_type == 'cuda' and dtype != 'float32':
+        return torch.amp.autocast(device_type='cuda', dtype=PTDTYPE[dtype])
+    return nullcontext()
+
+
+def grad_scaler(device_type, dtype):
+    """GradScaler, enabled only for float16 (bf16 and fp32 need no loss scaling)."""
+    return torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu',
+                                enabled=(device_type == 'cuda' and dtype == 'float16'))
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule, RNG
+
+def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr=True):
+    """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr
+    (nanoGPT's schedule). decay_lr=False gives a constant learning_rate."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_rng_state():
+    """Every RNG a run draws from, for an exact resume."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+def all_finite(model):
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def save_checkpoint(path, checkpoint, model):
+    """Write `checkpoint` to `path` atomically (a temporary file, then a rename), so a crash mid-
+    write never leaves a broken file where a good one was. Refuses to save a model with NaN/inf
+    weights: the existing file stays as it was."""
+    if not all_finite(model):
+        raise UserError(f"model has NaN/inf weights; not saving {path} (the previous file is kept)")
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp'
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device='cpu'):
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} not found")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def unwrap(model):
+    """The plain GPT under DDP and/or torch.compile wrappers."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+
+# ----------------------------------------------------------------------------------------------
+# logging: stdout, CSV (always), wandb (optional)
+
+class Logger:
+    """Metrics to a CSV file (a column per metric, grown as new metrics appear) and optionally
+    wandb. On resume, rows at or after the resumed step are dropped so the CSV stays one curve."""
+
+    def __init__(self, path, wandb_log=False, wandb_project=None, wandb_run_name=None, config=None,
+                 resume_step=None, enabled=True):
+        self.path, self.enabled, self.wandb = path, enabled, None
+        self.fields, self.rows = ['step'], []
+        if not enabled:
+            return
+        if resume_step is not None and os.path.isfile(path):
+            with open(path, newline='') as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or ['step'])
+                self.rows = [r for r in reader if int(float(r['step'])) < resume_step]
+        self._rewrite()
+        if wandb_log:
+            import wandb  # optional; WANDB_MODE=offline works without a network
+            self.wandb = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+    def _rewrite(self):
+        os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+        with open(self.path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def log(self, metrics, step):
+        if not self.enabled:
+            return
+        row = {'step': step, **{k: (v.item() if torch.is_tensor(v) else v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        if any(k not in self.fields for k in row):
+            self.fields += [k for k in row if k not in self.fields]
+            self._rewrite()
+        else:
+            with open(self.path, 'a', newline='') as f:
+                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def finish(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class Timer:
+    """Wall time between calls to lap(), in seconds."""
+
+    def __init__(self):
+        self.t = time.time()
+
+    def lap(self):
+        t, self.t = self.t, time.time()
+        return self.t - t
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizers
+
+class CharTokenizer:
+    """Character-level tokenizer from a prepare.py meta.pkl (stoi/itos)."""
+
+    def __init__(self, meta):
+        self.stoi, self.itos = meta['stoi'], meta['itos']
+        self.n_vocab = meta['vocab_size']
+        self.eot_token = None
+
+    def encode(self, s):
+        unknown = sorted(set(c for c in s if c not in self.stoi))
+        if unknown:
+            raise UserError(f"characters {''.join(unknown)!r} are not in the char-level vocabulary")
+        return [self.stoi[c] for c in s]
+
+    def decode(self, ids):
+        return ''.join(self.itos[i] for i in ids)
+
+
+class GPT2Tokenizer:
+    """GPT-2's BPE (tiktoken). Offline: point TIKTOKEN_CACHE_DIR at the cached BPE files."""
+
+    def __init__(self):
+        import tiktoken
+        self.enc = tiktoken.get_encoding('gpt2')
+        self.n_vocab = self.enc.n_vocab
+        self.eot_token = self.enc.eot_token  # <|endoftext|>, 50256
+
+    def encode(self, s):
+        return self.enc.encode(s, allowed_special={'<|endoftext|>'})
+
+    def decode(self, ids):
+        return self.enc.decode([i for i in ids if i < self.n_vocab])
+
+
+def get_tokenizer(dataset=None):
+    """The char-level tokenizer of data/<dataset>/meta.pkl if there is one, else GPT-2's BPE."""
+    meta_path = os.path.join('data', dataset, 'meta.pkl') if dataset else None
+    if meta_path and os.path.isfile(meta_path):
+        with open(meta_path, 'rb') as f:
+            return CharTokenizer(pickle.load(f))
+    return GPT2Tokenizer()

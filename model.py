@@ -1,0 +1,419 @@
+"""
+One GPT-2, readable top to bottom (after karpathy/nanoGPT's model.py), with what RLHF needs:
+
+- logits for every position, a cross-entropy loss whose masked targets are IGNORE_INDEX;
+- left-padded batches: pass `attention_mask` (B, T) of 1 = real token, 0 = padding. Positions
+  then come from the mask (cumsum - 1, as Hugging Face's generate does), so a left-padded row
+  gives the same logits on its real tokens as the same row alone;
+- an optional scalar value head (GPTConfig(value_head=True)): a zero-initialised Linear on the
+  final-layer-norm hidden state. One trunk pass gives both:
+      h = model.trunk(idx, attention_mask)           # (B, T, C)
+      logits, values = model.lm_head(h), model.value(h)   # (B, T, V), (B, T)
+  or simply `logits, loss, values = model(idx, targets, attention_mask, return_values=True)`.
+  values[:, t] is the head's output on the hidden state of token t (the one that predicts
+  token t+1); the reward model reads it at the last real token, the PPO critic at the
+  positions that predict response tokens;
+- `generate` with a KV cache for a left-padded batch of prompts, EOS handling and top-k/top-p.
+
+Weight names match nanoGPT's, so nanoGPT checkpoints load; GPT.from_pretrained takes the
+gpt2* names, a directory saved by transformers' GPT2LMHeadModel.save_pretrained, or one of this
+project's checkpoints.
+"""
+
+import inspect
+import math
+import os
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+IGNORE_INDEX = -1  # target value that the loss skips (prompt tokens, padding); nanoGPT's choice
+HF_GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint or pretrained directory that cannot be loaded; the message names it."""
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024      # longest sequence (positions); gpt2* have 1024
+    vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0        # 0 for pretraining/RLHF, 0.1+ for small-data finetuning
+    bias: bool = True           # biases in Linears and LayerNorms, as GPT-2
+    layer_norm_epsilon: float = 1e-5
+    value_head: bool = False    # add the scalar head used by the reward model and PPO critic
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim, bias, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class KVCache:
+    """Keys and values of every layer for a batch, preallocated to max_len positions."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.pos = 0  # how many positions are filled (the same for every layer)
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) at the current position; return all keys/values so far."""
+        T = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.layer_idx = layer_idx
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:  # plain causal attention: the flash kernel
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # attn_mask (B, 1, T, T_k), True = may attend
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate='tanh')  # GPT-2 was trained with the tanh approximation
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def positions_from_mask(attention_mask):
+    """Position ids (B, T) for a padded batch: each real token's index among the real tokens of
+    its row (cumsum - 1); padding gets 0. This is what Hugging Face's generate uses."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def build_attn_mask(key_mask, T, past=0):
+    """Boolean SDPA mask (B, 1, T, past + T): query i (absolute position past + i) may attend to
+    key j when j <= past + i and key j is a real token. Every query also attends to itself, so a
+    padding query is never left with no key at all (that row would be NaN); its output is
+    garbage nobody reads."""
+    Tk = key_mask.size(1)
+    q_pos = torch.arange(past, past + T, device=key_mask.device)[:, None]  # (T, 1)
+    k_pos = torch.arange(Tk, device=key_mask.device)[None, :]              # (1, Tk)
+    mask = (k_pos <= q_pos) & key_mask[:, None, None, :].bool()            # (B, 1, T, Tk)
+    return mask | (k_pos == q_pos)
+
+
+def top_k_top_p_filter(logits, top_k=None, top_p=None):
+    """Set to -inf every logit (B, V) outside the top_k largest and outside the smallest set of
+    tokens whose probability sums to at least top_p (nucleus). The most likely token is always
+    kept. top_k=None/0 and top_p=None/1.0 switch a filter off."""
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = (cum - sorted_logits.softmax(dim=-1)) >= top_p  # mass *before* this token already >= top_p
+        remove[:, 0] = False
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float('-inf'))
+    return logits
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.value_head = nn.Linear(config.n_embd, 1) if config.value_head else None
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # GPT-2 paper: scaled init of residual projections
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if self.value_head is not None:  # zero init: values start at 0, the trunk is unchanged
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are subtracted by default (token embeddings
+        are shared with lm_head, so they count as weights), as nanoGPT does."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+
+    def trunk(self, idx, attention_mask=None, position_ids=None, kv_cache=None):
+        """Hidden states after the final layer norm, (B, T, C). attention_mask (B, T_past + T):
+        1 = real token, 0 = padding; with a kv_cache it covers the cached positions too."""
+        B, T = idx.size()
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)[:, past:past + T]
+            else:
+                position_ids = torch.arange(past, past + T, device=idx.device)[None, :]
+        attn_mask = None
+        if attention_mask is not None or past > 0 or (kv_cache is not None and T > 1):
+            key_mask = attention_mask if attention_mask is not None else torch.ones(B, past + T, device=idx.device)
+            attn_mask = build_attn_mask(key_mask[:, :past + T], T, past)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
+        for block in self.transformer.h:
+            x = block(x, attn_mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def value(self, h):
+        """Scalar value of each hidden state: (B, T, C) -> (B, T), in float32."""
+        if self.value_head is None:
+            raise ValueError("this model has no value head: build it with value_head=True")
+        return self.value_head(h).squeeze(-1).float()
+
+    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, return_values=False):
+        """idx (B, T) token ids -> logits (B, T, V) and, with targets (B, T), the mean
+        cross-entropy over targets != IGNORE_INDEX (else loss is None). return_values=True adds
+        the value head's (B, T) output from the same trunk pass: (logits, loss, values)."""
+        h = self.trunk(idx, attention_mask, position_ids)
+        logits = self.lm_head(h)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        if return_values:
+            return logits, loss, self.value(h)
+        return logits, loss
+
+    # ------------------------------------------------------------------------------------------
+    # building, loading, saving
+
+    def crop_block_size(self, block_size):
+        """Shrink the model's context (e.g. gpt2's 1024 down to 256) by cutting position embeddings."""
+        assert block_size <= self.config.block_size, f"can only crop: {block_size} > {self.config.block_size}"
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def load_state_dict_checked(self, state_dict, source):
+        """load_state_dict that tolerates nanoGPT's torch.compile prefix and a value head missing
+        from the source (it stays zero-initialised), and turns any other mismatch into one clear
+        ModelLoadError naming `source`."""
+        sd = {k.removeprefix('_orig_mod.').removeprefix('module.'): v for k, v in state_dict.items()}
+        own = self.state_dict()
+        missing = [k for k in own if k not in sd and not k.startswith('value_head.')]
+        unexpected = [k for k in sd if k not in own and not k.endswith('.attn.bias')]  # old nanoGPT mask buffer
+        shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            parts = []
+            if shapes:
+                parts.append(f"shape mismatch {shapes[0]}" + (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else ""))
+            if missing:
+                parts.append(f"missing {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+            if unexpected:
+                parts.append(f"unexpected {unexpected[0]}" + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+            raise ModelLoadError(f"{source} does not fit this model ({self.config.n_layer} layers, "
+                                 f"{self.config.n_head} heads, n_embd {self.config.n_embd}, "
+                                 f"vocab {self.config.vocab_size}): " + "; ".join(parts))
+        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+    @classmethod
+    def from_checkpoint(cls, path, device='cpu', **overrides):
+        """A model from one of this project's checkpoint files (or a directory holding ckpt.pt).
+        Returns (model, checkpoint dict)."""
+        if os.path.isdir(path):
+            path = os.path.join(path, 'ckpt.pt')
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"checkpoint {path} not found")
+        try:
+            checkpoint = torch.load(path, map_location=device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: say which one
+            raise ModelLoadError(f"checkpoint {path} could not be read: {e}") from None
+        if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
+            raise ModelLoadError(f"{path} is not a checkpoint of this project (no 'model'/'model_args')")
+        known = {f.name for f in fields(GPTConfig)}
+        model_args = {k: v for k, v in checkpoint['model_args'].items() if k in known}
+        block_size = overrides.pop('block_size', None)
+        model = cls(GPTConfig(**{**model_args, **overrides}))
+        model.load_state_dict_checked(checkpoint['model'], path)
+        if block_size is not None and block_size < model.config.block_size:
+            model.crop_block_size(block_size)
+        return model, checkpoint
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **overrides):
+        """GPT-2 weights from `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl` (downloaded by
+        transformers; set HF_ENDPOINT for a mirror), a directory saved by
+        GPT2LMHeadModel.save_pretrained (sizes read from its config.json), or a directory/file of
+        this project's checkpoint (ckpt.pt). overrides: dropout, value_head, block_size (crops)."""
+        allowed = {'dropout', 'value_head', 'block_size'}
+        assert set(overrides) <= allowed, f"from_pretrained overrides must be in {allowed}"
+        is_dir = os.path.isdir(name_or_path)
+        if os.path.isfile(name_or_path) or (is_dir and os.path.isfile(os.path.join(name_or_path, 'ckpt.pt'))):
+            return cls.from_checkpoint(name_or_path, **overrides)[0]
+        if not is_dir and name_or_path not in HF_GPT2_NAMES:
+            raise ModelLoadError(f"'{name_or_path}' is neither a directory nor one of {', '.join(HF_GPT2_NAMES)}")
+        if is_dir and not os.path.isfile(os.path.join(name_or_path, 'config.json')):
+            raise ModelLoadError(f"directory {name_or_path} has neither ckpt.pt nor a Hugging Face config.json")
+        from transformers import GPT2LMHeadModel  # heavy import, only when needed
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+        c = hf.config
+        if c.activation_function not in ('gelu_new', 'gelu_pytorch_tanh'):
+            raise ModelLoadError(f"{name_or_path}: activation {c.activation_function} is not GPT-2's tanh GELU")
+        block_size = overrides.pop('block_size', None)
+        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                           n_head=c.n_head, n_embd=c.n_embd, bias=True,
+                           layer_norm_epsilon=c.layer_norm_epsilon, **overrides)
+        model = cls(config)
+        sd_hf = hf.state_dict()
+        # HF's Conv1D stores these weights as (in, out); our Linears want (out, in)
+        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        sd = {k: (v.t() if k.endswith(transposed) else v) for k, v in sd_hf.items()
+              if not k.endswith(('.attn.masked_bias', '.attn.bias'))}
+        model.load_state_dict_checked(sd, name_or_path)
+        if block_size is not None and block_size < config.block_size:
+            model.crop_block_size(block_size)
+        return model
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices (>= 2-D: Linears, embeddings) and none on biases
+        and layer norms; only parameters that require grad (so frozen/LoRA setups work).
+        Fused AdamW on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{'params': decay, 'weight_decay': weight_decay},
+                  {'params': no_decay, 'weight_decay': 0.0}]
+        use_fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type == 'cuda'
+        extra = dict(fused=True) if use_fused else dict()
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, flops_promised=312e12):
+        """Model flops utilisation: achieved training flops per second over `flops_promised`
+        (default: A100 bf16 peak, 312 TFLOPS; an RTX 4090D is about 165e12 dense bf16 with fp32
+        accumulate). Flops per token per the PaLM paper, appendix B: 6N + 12 L H Q T."""
+        N = self.get_num_params()
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_iter = (6 * N + 12 * L * H * Q * T) * T * fwdbwd_per_iter
+        return flops_per_iter / dt / flops_promised
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 attention_mask=None, eos_token_id=None, pad_token_id=None, use_cache=True,
+                 generator=None):
+        """Continue a batch of prompts idx (B, T) — left-padded when attention_mask (B, T) has
+        zeros — by up to max_new_tokens tokens. temperature=0 is greedy (argmax); otherwise
+        sample from softmax(logits / temperature) after top_k/top_p filtering, with `generator`
+        for reproducible draws. Once a row emits eos_token_id, every later token of that row is
+        pad_token_id (default: eos_token_id); generation stops early when every row has finished.
+        Returns (B, T + n), n <= max_new_tokens. use_cache=False recomputes the whole sequence
+        every step (slow; the reference the KV cache is tested against)."""
+        B, T = idx.size()
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}")
+        if pad_token_id is None:
+            pad_token_id = eos_token_id
+        mask = attention_mask.long() if attention_mask is not None else torch.ones_like(idx)
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        kv_cache = None
+        if use_cache:
+            dtype = self.transformer.wte.weight.dtype
+            if torch.is_autocast_enabled(idx.device.type):
+                dtype = torch.get_autocast_dtype(idx.device.type)
+            kv_cache = KVCache(self.config, B, T + max_new_tokens, idx.device, dtype)
+        next_input = idx
+        for _ in range(max_new_tokens):
+            if kv_cache is not None:  # prefill the whole prompt once, then one token a step
+                h = self.trunk(next_input, mask, kv_cache=kv_cache)
+            else:
+                h = self.trunk(idx, mask)
+            logits = self.lm_head(h[:, -1, :]).float()  # (B, V)
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
+                idx_next = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+            if eos_token_id is not None:
+                idx_next = idx_next.masked_fill(finished[:, None], pad_token_id)
+                finished |= idx_next.squeeze(1) == eos_token_id
+            idx = torch.cat((idx, idx_next), dim=1)
+            mask = torch.cat((mask, torch.ones_like(idx_next)), dim=1)
+            next_input = idx_next
+            if eos_token_id is not None and bool(finished.all()):
+                break
+        return idx

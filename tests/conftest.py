@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny random GPT-2s saved the way transformers saves them (no downloads)."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+
+
+def make_hf_gpt2(path, n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=64, seed=0):
+    """A random GPT2LMHeadModel with every parameter perturbed (so biases and layer norms are
+    not the trivial 0/1 of a fresh init), saved with save_pretrained. Returns the HF model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
+                        n_positions=n_positions, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(path)
+    return hf.eval()
+
+
+@pytest.fixture(scope='session')
+def tiny_hf(tmp_path_factory):
+    """(directory, HF model) of a tiny random GPT-2."""
+    path = str(tmp_path_factory.mktemp('tiny_gpt2'))
+    return path, make_hf_gpt2(path)
