@@ -382,10 +382,12 @@ class GPT(nn.Module):
         for reproducible draws. Once a row emits eos_token_id, every later token of that row is
         pad_token_id (default: eos_token_id); generation stops early when every row has finished.
         Returns (B, T + n), n <= max_new_tokens. use_cache=False recomputes the whole sequence
-        every step (slow; the reference the KV cache is tested against)."""
+        every step (slow; the reference the KV cache is tested against); so does a prompt plus
+        max_new_tokens longer than block_size, whose context is cropped to the last block_size
+        tokens each step, as nanoGPT's sample.py does."""
         B, T = idx.size()
         if T + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}")
+            use_cache = False  # then crop the context to the last block_size tokens each step (nanoGPT)
         if pad_token_id is None:
             pad_token_id = eos_token_id
         mask = attention_mask.long() if attention_mask is not None else torch.ones_like(idx)
@@ -401,7 +403,7 @@ class GPT(nn.Module):
             if kv_cache is not None:  # prefill the whole prompt once, then one token a step
                 h = self.trunk(next_input, mask, kv_cache=kv_cache)
             else:
-                h = self.trunk(idx, mask)
+                h = self.trunk(idx[:, -self.config.block_size:], mask[:, -self.config.block_size:])
             logits = self.lm_head(h[:, -1, :]).float()  # (B, V)
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)

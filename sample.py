@@ -1,0 +1,78 @@
+"""
+Sample from a trained model, a batch at a time, with the KV-cache `generate` of model.py.
+
+    python sample.py --out_dir=out-shakespeare-char                 # this project's checkpoint
+    python sample.py --init_from=gpt2-large --start="What is the answer to life?" --num_samples=4
+    python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --temperature=0
+
+init_from='resume' reads out_dir/<ckpt> (ckpt.pt, or best.pt); the tokenizer is the char-level
+one of the checkpoint's dataset when data/<dataset>/meta.pkl exists, else GPT-2's BPE.
+"""
+
+import os
+
+import torch
+
+from common import (UserError, autocast_context, configure, get_tokenizer, print_config, resolve_device,
+                    resolve_dtype, seed_everything)
+from model import GPT
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'        # 'resume' (out_dir/ckpt) | 'gpt2*' | HF directory | checkpoint file/dir
+out_dir = 'out'             # where init_from='resume' looks
+ckpt = 'ckpt.pt'            # which checkpoint in out_dir: ckpt.pt (last) or best.pt
+start = "\n"                # prompt; "FILE:prompt.txt" reads it from a file; "<|endoftext|>" works for GPT-2
+num_samples = 10            # how many samples to draw
+batch_size = 10             # samples generated together in one batch
+max_new_tokens = 500        # tokens generated per sample
+temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
+top_k = 200                 # keep only the top_k most likely tokens (None: all)
+top_p = 1.0                 # nucleus sampling: keep the smallest set with this much probability
+seed = 1337
+device = 'auto'             # 'auto' | 'cpu' | 'cuda' | 'mps'
+dtype = 'auto'              # 'auto' | 'float32' | 'bfloat16' | 'float16'
+compile = False             # torch.compile the model (CUDA only)
+# -----------------------------------------------------------------------------
+config = configure(globals())
+print_config(config)
+# -----------------------------------------------------------------------------
+
+device = resolve_device(device)
+device_type = 'cuda' if device.startswith('cuda') else device
+dtype = resolve_dtype(dtype, device_type)
+ctx = autocast_context(device_type, dtype)
+seed_everything(seed)
+generator = torch.Generator(device=device).manual_seed(seed)
+
+dataset = None
+if init_from == 'resume':
+    model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, ckpt), device='cpu')
+    dataset = checkpoint.get('config', {}).get('dataset')
+else:
+    model = GPT.from_pretrained(init_from)
+model.eval().to(device)
+if compile and device_type == 'cuda':
+    model = torch.compile(model)
+tokenizer = get_tokenizer(dataset)
+
+if start.startswith('FILE:'):
+    path = start[5:]
+    if not os.path.isfile(path):
+        raise UserError(f"prompt file {path} not found")
+    with open(path, encoding='utf-8') as f:
+        start = f.read()
+start_ids = tokenizer.encode(start)
+if not start_ids:
+    raise UserError("the prompt is empty: give --start=... (at least one token)")
+
+with torch.no_grad(), ctx:
+    done = 0
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        x = torch.tensor([start_ids] * n, dtype=torch.long, device=device)  # (n, T)
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=generator)
+        for row in y.tolist():
+            print(tokenizer.decode(row))
+            print('---------------')
+        done += n

@@ -1,0 +1,244 @@
+"""model.py against Hugging Face GPT-2 on the same weights, and generate's contracts."""
+import os
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, IGNORE_INDEX, ModelLoadError, positions_from_mask, top_k_top_p_filter
+
+VOCAB = 101  # tiny_hf's vocabulary (conftest.make_hf_gpt2)
+
+
+def left_padded_batch(seed=0, lengths=(10, 7, 3), pad_id=0):
+    """Prompts of different lengths, left-padded to the longest, with their attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    idx = torch.full((len(lengths), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        idx[i, T - n:] = torch.randint(1, VOCAB, (n,), generator=g)
+        mask[i, T - n:] = 1
+    return idx, mask
+
+
+@pytest.fixture(scope='module')
+def ours(tiny_hf):
+    return GPT.from_pretrained(tiny_hf[0]).eval()
+
+
+def test_logits_equal_hf(ours, tiny_hf):
+    hf = tiny_hf[1]
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    logits, loss = ours(idx)
+    assert loss is None and logits.shape == (2, 16, VOCAB)
+    torch.testing.assert_close(logits, hf(idx).logits, atol=1e-4, rtol=0)
+
+
+def test_logits_equal_hf_left_padded(ours, tiny_hf):
+    hf = tiny_hf[1]
+    idx, mask = left_padded_batch()
+    logits, _ = ours(idx, attention_mask=mask)
+    ref = hf(idx, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], ref[real], atol=1e-4, rtol=0)
+    # and each row's real tokens get the logits of the same row alone, unpadded
+    for i in range(idx.size(0)):
+        alone, _ = ours(idx[i:i + 1][mask[i:i + 1].bool()][None])
+        torch.testing.assert_close(logits[i][real[i]], alone[0], atol=1e-5, rtol=0)
+    assert torch.isfinite(logits).all()  # padding queries are not NaN either
+
+
+def test_loss_ignores_masked_targets(ours):
+    idx = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(2))
+    targets = torch.roll(idx, -1, dims=1)
+    targets[:, :3] = IGNORE_INDEX
+    logits, loss = ours(idx, targets)
+    logp = logits.log_softmax(-1)[:, 3:].gather(-1, targets[:, 3:, None])
+    torch.testing.assert_close(loss, -logp.mean())
+
+
+def test_gelu_is_tanh_approximation(ours):
+    assert ours.transformer.h[0].mlp.gelu.approximate == 'tanh'
+
+
+def test_value_head_zero_init_and_shapes(tiny_hf):
+    model = GPT.from_pretrained(tiny_hf[0], value_head=True).eval()
+    plain = GPT.from_pretrained(tiny_hf[0]).eval()
+    idx, mask = left_padded_batch()
+    logits, loss, values = model(idx, attention_mask=mask, return_values=True)
+    assert values.shape == idx.shape and values.dtype == torch.float32
+    assert torch.all(values == 0)  # zero-initialised head
+    torch.testing.assert_close(logits, plain(idx, attention_mask=mask)[0])  # trunk untouched
+    # the head reads the final-layer-norm hidden state at each position
+    torch.nn.init.normal_(model.value_head.weight)
+    h = model.trunk(idx, mask)
+    _, _, values = model(idx, attention_mask=mask, return_values=True)
+    torch.testing.assert_close(values, (h @ model.value_head.weight.T).squeeze(-1) + model.value_head.bias)
+    with pytest.raises(ValueError, match='no value head'):
+        plain.value(h)
+
+
+def test_value_head_survives_checkpoint(tmp_path):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16, value_head=True))
+    torch.nn.init.normal_(model.value_head.weight)
+    torch.save({'model': model.state_dict(), 'model_args': vars(model.config)}, tmp_path / 'ckpt.pt')
+    loaded, _ = GPT.from_checkpoint(str(tmp_path))
+    assert loaded.value_head is not None
+    torch.testing.assert_close(loaded.value_head.weight, model.value_head.weight)
+
+
+def greedy_no_cache_reference(model, idx, mask, n, eos):
+    """The slowest possible decoder: each row alone, unpadded, full forward every step."""
+    rows = []
+    for i in range(idx.size(0)):
+        x = idx[i][mask[i].bool()][None]
+        out = []
+        for _ in range(n):
+            nxt = model(x)[0][0, -1].argmax().item()
+            out.append(nxt)
+            if nxt == eos:
+                break
+            x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
+        rows.append(out)
+    return rows
+
+
+def test_greedy_generate_equals_hf_and_no_cache_with_eos(ours, tiny_hf):
+    hf = tiny_hf[1]
+    idx, mask = left_padded_batch(seed=3)
+    n, pad = 12, 0
+    free = ours.generate(idx, n, temperature=0, attention_mask=mask)
+    # choose as EOS a token that row 0 emits mid-way (and not before), so row 0 stops early
+    row0 = free[0, idx.size(1):].tolist()
+    k = next(j for j in range(2, n) if row0[j] not in row0[:j])
+    eos = row0[k]
+    out = ours.generate(idx, n, temperature=0, attention_mask=mask, eos_token_id=eos, pad_token_id=pad)
+    out_nc = ours.generate(idx, n, temperature=0, attention_mask=mask, eos_token_id=eos, pad_token_id=pad,
+                           use_cache=False)
+    ref = hf.generate(idx, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=eos,
+                      pad_token_id=pad)
+    assert torch.equal(out, out_nc)
+    assert torch.equal(out, ref)
+    # row 0 ends with EOS at step k, then only padding
+    new0 = out[0, idx.size(1):].tolist()
+    assert new0[k] == eos and all(t == pad for t in new0[k + 1:])
+    # and every row equals decoding that row alone, without padding or cache
+    for i, ref_row in enumerate(greedy_no_cache_reference(ours, idx, mask, out.size(1) - idx.size(1), eos)):
+        assert out[i, idx.size(1):idx.size(1) + len(ref_row)].tolist() == ref_row
+
+
+def test_generate_stops_early_when_all_rows_finish(ours):
+    idx, mask = left_padded_batch(seed=4, lengths=(5, 5))
+    free = ours.generate(idx, 10, temperature=0, attention_mask=mask)
+    eos = free[0, 5].item()  # row 0's first token
+    if eos in free[1, 5:].tolist():  # stops when row 1 emits it too
+        stop = free[1, 5:].tolist().index(eos) + 1
+    else:
+        stop = 10
+    out = ours.generate(idx, 10, temperature=0, attention_mask=mask, eos_token_id=eos)
+    assert out.size(1) == 5 + stop
+
+
+def test_sampling_is_reproducible_and_cache_consistent(ours):
+    idx, mask = left_padded_batch(seed=5)
+    kw = dict(temperature=0.9, top_k=20, top_p=0.9, attention_mask=mask)
+    a = ours.generate(idx, 10, generator=torch.Generator().manual_seed(7), **kw)
+    b = ours.generate(idx, 10, generator=torch.Generator().manual_seed(7), **kw)
+    c = ours.generate(idx, 10, generator=torch.Generator().manual_seed(7), use_cache=False, **kw)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_generate_past_block_size_crops_context(tiny_hf):
+    model = GPT.from_pretrained(tiny_hf[0], block_size=8).eval()
+    idx = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(6))
+    out = model.generate(idx, 5, temperature=0)
+    assert out.shape == (1, 11)
+    x = idx
+    for _ in range(5):  # nanoGPT's loop: crop to the last block_size tokens
+        nxt = model(x[:, -8:])[0][:, -1].argmax(-1, keepdim=True)
+        x = torch.cat([x, nxt], 1)
+    assert torch.equal(out, x)
+
+
+def test_top_k_top_p_filter_hand_values():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    inf = float('-inf')
+    k2 = top_k_top_p_filter(logits, top_k=2)
+    assert torch.isinf(k2[0, 2:]).all() and torch.isfinite(k2[0, :2]).all()
+    # top_p 0.6: 0.5 alone is < 0.6, so 0.2 joins; 0.5 + 0.2 = 0.7 >= 0.6 stops there
+    p = top_k_top_p_filter(logits, top_p=0.6)
+    assert torch.equal(torch.isfinite(p[0]), torch.tensor([True, True, False, False, False]))
+    # top_p exactly reached: 0.5 + 0.2 + 0.15 = 0.85 -> three tokens
+    p = top_k_top_p_filter(logits, top_p=0.85)
+    assert torch.isfinite(p[0]).sum() == 3
+    # the most likely token always survives, even for a tiny top_p; order in the vocab does not matter
+    shuffled = logits[:, [3, 0, 4, 1, 2]]
+    p = top_k_top_p_filter(shuffled, top_p=0.01)
+    assert torch.equal(torch.isfinite(p[0]), torch.tensor([False, True, False, False, False]))
+    assert torch.equal(top_k_top_p_filter(logits), logits)  # both filters off
+    assert torch.equal(top_k_top_p_filter(logits, top_k=2, top_p=0.5)[0] == inf,
+                       torch.tensor([False, True, True, True, True]))
+
+
+def test_top_k_sampling_never_leaves_the_top_k(ours):
+    idx = torch.randint(0, VOCAB, (64, 4), generator=torch.Generator().manual_seed(8))
+    allowed = ours(idx)[0][:, -1].topk(3, dim=-1).indices
+    out = ours.generate(idx, 1, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert (out[:, -1:] == allowed).any(dim=1).all()
+
+
+def test_checkpoint_round_trip(tmp_path, ours):
+    path = tmp_path / 'ckpt.pt'
+    torch.save({'model': ours.state_dict(), 'model_args': vars(ours.config), 'iter_num': 3}, path)
+    loaded, ckpt = GPT.from_checkpoint(str(path))
+    assert ckpt['iter_num'] == 3
+    idx = torch.randint(0, VOCAB, (2, 9))
+    assert torch.equal(loaded.eval()(idx)[0], ours(idx)[0])
+    assert isinstance(GPT.from_pretrained(str(tmp_path)), GPT)  # a checkpoint directory works too
+
+
+def test_checkpoint_of_other_architecture_is_a_clear_error(tmp_path, ours):
+    sd = ours.state_dict()
+    args = dict(vars(ours.config), n_layer=3)  # claims 3 layers, holds 2
+    torch.save({'model': sd, 'model_args': args}, tmp_path / 'ckpt.pt')
+    with pytest.raises(ModelLoadError, match=r'ckpt.pt does not fit .*missing transformer\.h\.2'):
+        GPT.from_checkpoint(str(tmp_path))
+    args = dict(vars(ours.config), n_embd=64)
+    torch.save({'model': sd, 'model_args': args}, tmp_path / 'ckpt.pt')
+    with pytest.raises(ModelLoadError, match='shape mismatch'):
+        GPT.from_checkpoint(str(tmp_path))
+    torch.save({'weights': sd}, tmp_path / 'other.pt')
+    with pytest.raises(ModelLoadError, match='not a checkpoint of this project'):
+        GPT.from_checkpoint(str(tmp_path / 'other.pt'))
+
+
+def test_from_pretrained_bad_paths(tmp_path):
+    with pytest.raises(ModelLoadError, match='neither a directory nor one of'):
+        GPT.from_pretrained(str(tmp_path / 'nowhere'))
+    with pytest.raises(ModelLoadError, match='neither ckpt.pt nor a Hugging Face config.json'):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_crop_block_size(ours, tiny_hf):
+    model = GPT.from_pretrained(tiny_hf[0], block_size=16).eval()
+    assert model.config.block_size == 16 and model.transformer.wpe.weight.shape[0] == 16
+    idx = torch.randint(0, VOCAB, (1, 16))
+    torch.testing.assert_close(model(idx)[0], ours(idx)[0])
+    with pytest.raises(ValueError, match='longer than block_size'):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_configure_optimizers_groups(ours):
+    opt = ours.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    decay, no_decay = opt.param_groups
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() < 2 for p in no_decay['params'])
+    n = sum(p.numel() for g in opt.param_groups for p in g['params'])
+    assert n == sum(p.numel() for p in ours.parameters())  # tied embedding counted once
+
+
+def test_estimate_mfu_formula():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=8))
+    N = model.get_num_params()
+    flops = (6 * N + 12 * 2 * 2 * 8 * 8) * 8 * 4  # per token, times T, times 4 sequences
+    assert model.estimate_mfu(4, dt=2.0, flops_promised=1e9) == pytest.approx(flops / 2.0 / 1e9)

@@ -1,0 +1,299 @@
+"""
+Pretrain or finetune GPT-2 on a file of tokens (karpathy/nanoGPT's train.py, kept compatible:
+same config names and meanings, so nanoGPT configs and command lines keep working).
+
+    python train.py config/train_shakespeare_char.py                  # baby GPT, one GPU
+    python train.py config/train_shakespeare_char.py --device=cpu --compile=False \
+        --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 \
+        --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0  # laptop
+    python train.py config/finetune_shakespeare.py                    # gpt2-large, 24 GB card
+    torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py  # DDP
+
+Data: data/<dataset>/train.bin and val.bin, uint16 token ids written by data/<dataset>/prepare.py
+(and meta.pkl for a char-level vocabulary). Writes to out_dir: ckpt.pt (the last saved state,
+what init_from='resume' reads), best.pt (lowest val loss), log.csv (every metric).
+
+Departures from nanoGPT:
+1. Exact resume: the checkpoint holds the optimizer, GradScaler, iteration, best val loss and
+   every RNG state, training batches are drawn from their own saved generator, and evaluation
+   draws from a fixed one (the same val batches at every eval), so a resumed run continues the
+   identical loss curve.
+2. A NaN/inf loss stops the run before the optimizer step, with a message; no checkpoint is
+   written with NaN weights, and checkpoint writes are atomic.
+3. ckpt.pt is always the last eval's state and best.pt the best one; with
+   always_save_checkpoint=False (nanoGPT's finetuning choice) only improvements are saved, to ckpt.pt.
+4. device='auto' and dtype='auto' pick cuda/mps/cpu and bf16/fp16/fp32; compile applies on CUDA only.
+5. The first micro-batch of each iteration is fetched at its start (no prefetch across iterations),
+   which is what makes resume exact; later micro-batches are prefetched as in nanoGPT.
+"""
+
+import math
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import (UserError, Logger, autocast_context, configure, get_lr, get_rng_state, grad_scaler,
+                    load_checkpoint, print_config, resolve_device, resolve_dtype, save_checkpoint,
+                    set_rng_state, setup_ddp, unwrap)
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config: GPT-2 (124M) on OpenWebText, as nanoGPT
+# I/O
+out_dir = 'out'                 # checkpoints and log.csv go here
+eval_interval = 2000            # evaluate (and save) every this many iterations
+log_interval = 1                # print/log the training loss every this many iterations
+eval_iters = 200                # batches per split for each loss estimate
+eval_only = False               # evaluate once at the start and exit
+always_save_checkpoint = True   # save ckpt.pt at every eval (False: only when val loss improves)
+init_from = 'scratch'           # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2*' | HF or checkpoint dir
+seed = 1337                     # base seed (DDP rank r uses seed + r for its batches)
+# wandb logging (optional; WANDB_MODE=offline works without a network)
+wandb_log = False
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+# data
+dataset = 'openwebtext'         # reads data/<dataset>/train.bin, val.bin
+gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, across all DDP ranks
+batch_size = 12                 # micro-batch size (sequences)
+block_size = 1024               # sequence length
+# model (ignored for init_from other than 'scratch', except dropout and a smaller block_size)
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0                   # 0 for pretraining, 0.1+ for finetuning on small data
+bias = False                    # biases in Linears/LayerNorms (GPT-2 has them; False trains a bit faster)
+# AdamW
+learning_rate = 6e-4            # peak learning rate
+max_iters = 600000              # total optimizer steps
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0                 # clip gradient norm at this value; 0.0 disables
+# learning rate schedule: linear warmup then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000         # ~= max_iters per Chinchilla
+min_lr = 6e-5                   # ~= learning_rate / 10 per Chinchilla
+# system
+backend = 'nccl'                # DDP backend: 'nccl' on GPUs, 'gloo' on CPU
+device = 'auto'                 # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
+dtype = 'auto'                  # 'auto' | 'float32' | 'bfloat16' | 'float16' (autocast on CUDA)
+compile = True                  # torch.compile the model (CUDA only)
+# -----------------------------------------------------------------------------
+config = configure(globals())  # config/*.py files, then --key=value flags
+# -----------------------------------------------------------------------------
+
+# DDP and devices
+ddp, ddp_rank, ddp_local_rank, ddp_world_size = setup_ddp(backend)
+master_process = ddp_rank == 0  # only rank 0 evaluates, logs and writes checkpoints
+if ddp:
+    device = f'cuda:{ddp_local_rank}' if backend == 'nccl' else 'cpu'
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        raise UserError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible "
+                        f"by the {ddp_world_size} DDP processes")
+    gradient_accumulation_steps //= ddp_world_size
+device = resolve_device(device)
+device_type = 'cuda' if device.startswith('cuda') else device
+dtype = resolve_dtype(dtype, device_type)
+if master_process:
+    print_config(config)
+    os.makedirs(out_dir, exist_ok=True)
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+print(f"tokens per iteration: {tokens_per_iter:,}") if master_process else None
+torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls and convolutions on Ampere+
+torch.backends.cudnn.allow_tf32 = True
+ctx = autocast_context(device_type, dtype)
+
+# -----------------------------------------------------------------------------
+# data: uint16 token memmaps; batches from an explicit generator (saved in checkpoints)
+data_dir = os.path.join('data', dataset)
+for split in ('train', 'val'):
+    path = os.path.join(data_dir, f'{split}.bin')
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found: run python data/{dataset}/prepare.py first")
+    if os.path.getsize(path) // 2 <= block_size:
+        raise UserError(f"{path} has {os.path.getsize(path) // 2} tokens, not more than block_size={block_size}")
+
+
+def get_batch(split, generator):
+    # re-open the memmap every batch: a long-lived one leaks memory (nanoGPT's note)
+    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])      # (B, T)
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])  # (B, T)
+    if device_type == 'cuda':  # pinned memory lets the copy run asynchronously
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+meta_vocab_size = None
+meta_path = os.path.join(data_dir, 'meta.pkl')
+if os.path.isfile(meta_path):
+    import pickle
+    with open(meta_path, 'rb') as f:
+        meta_vocab_size = pickle.load(f)['vocab_size']
+    print(f"found vocab_size = {meta_vocab_size} (inside {meta_path})") if master_process else None
+
+# -----------------------------------------------------------------------------
+# model
+torch.manual_seed(seed + ddp_rank)  # weight init (the same on every rank: DDP broadcasts rank 0's) and dropout
+iter_num = 0
+best_val_loss = 1e9
+checkpoint = None
+if init_from == 'scratch':
+    model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                      vocab_size=meta_vocab_size or 50304, dropout=dropout)  # 50304: 50257 padded to /64
+    model = GPT(GPTConfig(**model_args))
+elif init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    model, checkpoint = GPT.from_checkpoint(ckpt_path, device='cpu', dropout=dropout)
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'):
+        if config[k] != getattr(model.config, k) and master_process:
+            print(f"note: {k}={getattr(model.config, k)} from the checkpoint (config says {config[k]})")
+    block_size = model.config.block_size
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+else:  # gpt2* name, Hugging Face directory or a checkpoint of this project: finetune from it
+    model = GPT.from_pretrained(init_from, dropout=dropout)
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)  # e.g. gpt2's 1024 down to a smaller context
+    elif block_size > model.config.block_size:
+        raise UserError(f"block_size={block_size} is larger than {init_from}'s {model.config.block_size}")
+if meta_vocab_size is not None and meta_vocab_size > model.config.vocab_size:
+    raise UserError(f"{meta_path} has {meta_vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}")
+model.to(device)
+start_iter = iter_num
+
+scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])
+    if 'train_gen' in checkpoint:  # nanoGPT checkpoints have no RNG state: resume is then not exact
+        train_gen.set_state(checkpoint['train_gen'])
+        set_rng_state(checkpoint['rng'])
+    checkpoint = None  # free memory
+
+raw_model = model
+if compile and device_type == 'cuda':
+    print("compiling the model... (takes a ~minute)") if master_process else None
+    model = torch.compile(model)
+elif compile and master_process:
+    print(f"note: compile applies on CUDA only; running eagerly on {device_type}")
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches of each split, drawn from a fixed generator so every
+    eval sees the same batches and the training RNG is untouched."""
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        gen = torch.Generator().manual_seed(seed + 1)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, gen)
+            with ctx:
+                _, loss = model(X, Y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def checkpoint_state():
+    return {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+            'scaler': scaler.state_dict(), 'model_args': asdict(unwrap(model).config),
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+            'rng': get_rng_state(), 'train_gen': train_gen.get_state()}
+
+
+logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
+                resume_step=iter_num if init_from == 'resume' else None, enabled=master_process)
+
+# -----------------------------------------------------------------------------
+# training loop
+pbar = tqdm(total=max_iters, initial=iter_num, disable=None if master_process else True, dynamic_ncols=True)
+say = tqdm.write  # prints above the progress bar
+t0 = time.time()
+local_iter_num = 0
+running_mfu = -1.0
+while True:
+    lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    # evaluate the loss on train/val and write checkpoints
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and master_process:
+        losses = estimate_loss()
+        say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        logger.log({'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr}, iter_num)
+        improved = losses['val'] < best_val_loss
+        best_val_loss = min(best_val_loss, losses['val'])
+        if iter_num > start_iter and (improved or always_save_checkpoint):
+            state = checkpoint_state()
+            say(f"saving checkpoint to {out_dir}")
+            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
+            if improved and always_save_checkpoint:
+                save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
+    if (iter_num == 0 and eval_only) or iter_num >= max_iters:
+        break
+
+    # forward/backward with gradient accumulation; the loss is summed on the device
+    loss_sum = torch.zeros((), device=device)
+    X, Y = get_batch('train', train_gen)
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # all-reduce gradients on the last micro-step only
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        with ctx:
+            logits, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
+        if micro_step < gradient_accumulation_steps - 1:
+            X, Y = get_batch('train', train_gen)  # prefetch while the GPU computes
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    if ddp:
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum /= ddp_world_size
+    lossf = loss_sum.item()  # one sync per iteration
+    if not math.isfinite(lossf):  # stop before the step touches the weights
+        pbar.close()
+        raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped before the optimizer step, "
+                        f"checkpoints in {out_dir} are untouched (lower learning_rate, check grad_clip, prefer bfloat16 to float16)")
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    # timing and logging
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0 and master_process:
+        if local_iter_num >= 5:  # let the training loop settle a bit
+            mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+        say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
+        logger.log({'train/loss_step': lossf, 'lr': lr, 'time_ms': dt * 1000, 'mfu': running_mfu,
+                    'tokens_per_s': tokens_per_iter / dt}, iter_num)
+        pbar.set_postfix(loss=f"{lossf:.4f}")
+    iter_num += 1
+    local_iter_num += 1
+    pbar.update(1)
+
+pbar.close()
+logger.finish()
+if ddp:
+    torch.distributed.destroy_process_group()
