@@ -110,9 +110,9 @@ def configure(scope, argv=None):
     return {k: scope[k] for k in keys}
 
 
-def print_config(config):
+def print_config(config, file=None):
     width = max(len(k) for k in config)
-    print0("config:\n" + "\n".join(f"  {k:<{width}} = {v!r}" for k, v in config.items()))
+    print0("config:\n" + "\n".join(f"  {k:<{width}} = {v!r}" for k, v in config.items()), file=file)
 
 
 # ----------------------------------------------------------------------------------------------

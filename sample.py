@@ -10,6 +10,7 @@ one of the checkpoint's dataset when data/<dataset>/meta.pkl exists, else GPT-2'
 """
 
 import os
+import sys
 
 import torch
 
@@ -34,7 +35,7 @@ dtype = 'auto'              # 'auto' | 'float32' | 'bfloat16' | 'float16'
 compile = False             # torch.compile the model (CUDA only)
 # -----------------------------------------------------------------------------
 config = configure(globals())
-print_config(config)
+print_config(config, file=sys.stderr)  # stdout holds only the samples
 # -----------------------------------------------------------------------------
 
 device = resolve_device(device)

@@ -1,0 +1,72 @@
+"""
+OpenWebText in GPT-2 BPE tokens: train.bin (~9B tokens, ~17GB) and val.bin (~4M tokens), uint16.
+
+    python data/openwebtext/prepare.py --num_proc 8                # from the Hugging Face hub
+    python data/openwebtext/prepare.py --input docs.jsonl          # a local file instead
+
+As karpathy/nanoGPT's data/openwebtext/prepare.py: 0.05% of documents go to val (seed 2357),
+each document is encode_ordinary + <|endoftext|> (50256), and the ids are written in shards
+into a uint16 memmap so the whole set never sits in memory. --input takes JSON lines with a
+"text" field (.jsonl) or plain text with documents separated by blank lines (anything else).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument('--input', help='local .jsonl ({"text": ...} a line) or .txt (blank-line separated)')
+parser.add_argument('--num_proc', type=int, default=8, help='worker processes for download and tokenizing')
+parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)), help='where the .bin go')
+parser.error = lambda msg: sys.exit(f"error: {msg}")  # one line, not usage + message
+args = parser.parse_args()
+if args.input and not os.path.isfile(args.input):  # before the slow imports
+    sys.exit(f"error: {args.input} not found")
+
+import numpy as np  # noqa: E402
+import tiktoken  # noqa: E402
+from datasets import Dataset, load_dataset  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+# --- the documents: the hub's 8M (~54GB in the HF cache), or a local file
+if args.input is None:
+    dataset = load_dataset('openwebtext', num_proc=args.num_proc)['train']
+else:
+    with open(args.input, encoding='utf-8') as f:
+        if args.input.endswith('.jsonl'):
+            docs = [json.loads(line)['text'] for line in f if line.strip()]
+        else:
+            docs = [d.strip() for d in f.read().split('\n\n') if d.strip()]
+    dataset = Dataset.from_dict({'text': docs})
+# owt has only a train split; test_size rounds up, so even a tiny file gets one val document
+split_dataset = dataset.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+split_dataset['val'] = split_dataset.pop('test')
+
+# --- tokenize: the eot token ends every document, so training sees document boundaries
+enc = tiktoken.get_encoding('gpt2')
+
+
+def process(example):
+    ids = enc.encode_ordinary(example['text'])  # ignores special tokens written in the text
+    ids.append(enc.eot_token)
+    return {'ids': ids, 'len': len(ids)}
+
+
+tokenized = split_dataset.map(process, remove_columns=['text'], desc='tokenizing', num_proc=args.num_proc)
+
+# --- write each split into one memmap, a contiguous shard of documents at a time
+os.makedirs(args.out_dir, exist_ok=True)
+for split, dset in tokenized.items():
+    arr_len = np.sum(dset['len'], dtype=np.uint64)
+    filename = os.path.join(args.out_dir, f'{split}.bin')
+    arr = np.memmap(filename, dtype=np.uint16, mode='w+', shape=(arr_len,))  # max id 50256 < 2**16
+    total_batches = min(1024, len(dset))  # no empty shards for a small file
+    idx = 0
+    for batch_idx in tqdm(range(total_batches), desc=f'writing {filename}'):
+        batch = dset.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format('numpy')
+        arr_batch = np.concatenate(batch['ids'])
+        arr[idx:idx + len(arr_batch)] = arr_batch
+        idx += len(arr_batch)
+    arr.flush()
+    print(f"{split} has {arr_len:,} tokens")

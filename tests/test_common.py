@@ -1,0 +1,113 @@
+"""The shared plumbing: config overrides, LR schedule, checkpoints, CSV logging."""
+import csv
+import math
+
+import pytest
+import torch
+
+from common import Logger, UserError, configure, get_lr, parse_value, save_checkpoint
+from model import GPT, GPTConfig
+
+
+def defaults():
+    return dict(out_dir='out', max_iters=100, learning_rate=6e-4, compile=True, top_k=None,
+                betas=(0.9, 0.95), name='x', _private=1, GPT=GPT, torch=torch)
+
+
+def test_flags_override_with_types():
+    scope = defaults()
+    config = configure(scope, ['--max_iters=5', '--learning_rate=1', '--compile=False', '--top_k=50',
+                               '--out_dir=runs/a', '--betas=(0.8,0.9)', '--name=True'.replace('True', 'abc')])
+    assert scope['max_iters'] == 5 and scope['learning_rate'] == 1.0 and isinstance(scope['learning_rate'], float)
+    assert scope['compile'] is False and scope['top_k'] == 50 and scope['out_dir'] == 'runs/a'
+    assert scope['betas'] == (0.8, 0.9)
+    assert set(config) == {'out_dir', 'max_iters', 'learning_rate', 'compile', 'top_k', 'betas', 'name'}
+
+
+def test_flag_type_errors_name_the_key():
+    with pytest.raises(UserError, match=r"command line: max_iters must be int \(default 100\), got 'abc'"):
+        configure(defaults(), ['--max_iters=abc'])
+    with pytest.raises(UserError, match='compile must be bool'):
+        configure(defaults(), ['--compile=1'])
+    with pytest.raises(UserError, match='max_iters must be int'):
+        configure(defaults(), ['--max_iters=1.5'])
+    with pytest.raises(UserError, match='written --key=value'):
+        configure(defaults(), ['--compile'])
+
+
+def test_unknown_key_names_close_matches():
+    with pytest.raises(UserError, match=r"unknown config key 'max_iter'; did you mean max_iters"):
+        configure(defaults(), ['--max_iter=3'])
+    with pytest.raises(UserError, match=r"unknown config key 'zzz'$"):
+        configure(defaults(), ['--zzz=3'])
+    with pytest.raises(UserError, match='unknown config key'):
+        configure(defaults(), ['--_private=2'])  # private names are not config
+
+
+def test_config_file_then_flags_in_order(tmp_path):
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("import math\nmax_iters = 7\nlearning_rate = max_iters * 1e-4\n_helper = 3\n")
+    scope = defaults()
+    configure(scope, [str(cfg), '--max_iters=9'])
+    assert scope['max_iters'] == 9 and scope['learning_rate'] == pytest.approx(7e-4)
+    scope = defaults()
+    configure(scope, ['--max_iters=9', str(cfg)])  # the later one wins
+    assert scope['max_iters'] == 7
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text("max_itres = 7\n")
+    with pytest.raises(UserError, match=rf"{bad}: unknown config key 'max_itres'; did you mean max_iters"):
+        configure(defaults(), [str(bad)])
+    bad.write_text("compile = 'yes'\n")
+    with pytest.raises(UserError, match=rf"{bad}: compile must be bool"):
+        configure(defaults(), [str(bad)])
+    bad.write_text("x = (\n")
+    with pytest.raises(UserError, match=r'bad.py, line \d+: syntax error'):
+        configure(defaults(), [str(bad)])
+    with pytest.raises(UserError, match='config file nope.py not found'):
+        configure(defaults(), ['nope.py'])
+
+
+def test_parse_value():
+    assert parse_value('true') is True and parse_value('False') is False
+    assert parse_value('None') is None and parse_value('1e-3') == 1e-3
+    assert parse_value('gpt2-large') == 'gpt2-large' and parse_value('out/x') == 'out/x'
+
+
+def test_lr_schedule_hand_values():
+    kw = dict(learning_rate=1.0, warmup_iters=10, lr_decay_iters=110, min_lr=0.1)
+    assert get_lr(0, **kw) == pytest.approx(1 / 11)
+    assert get_lr(9, **kw) == pytest.approx(10 / 11)
+    assert get_lr(10, **kw) == pytest.approx(1.0)
+    assert get_lr(60, **kw) == pytest.approx(0.1 + 0.5 * (1 + math.cos(math.pi / 2)) * 0.9)  # half way
+    assert get_lr(110, **kw) == pytest.approx(0.1)
+    assert get_lr(500, **kw) == 0.1
+    assert get_lr(5, **kw, decay_lr=False) == 1.0
+
+
+def test_checkpoint_write_is_atomic_and_refuses_nan(tmp_path):
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=10, block_size=4))
+    path = str(tmp_path / 'ckpt.pt')
+    save_checkpoint(path, {'model': model.state_dict(), 'n': 1}, model)
+    before = open(path, 'rb').read()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float('nan')
+    with pytest.raises(UserError, match='NaN/inf weights; not saving'):
+        save_checkpoint(path, {'model': model.state_dict(), 'n': 2}, model)
+    assert open(path, 'rb').read() == before
+    assert not (tmp_path / 'ckpt.pt.tmp').exists()
+
+
+def test_logger_grows_columns_and_drops_rows_on_resume(tmp_path):
+    path = str(tmp_path / 'log.csv')
+    log = Logger(path)
+    log.log({'loss': 1.0}, 0)
+    log.log({'loss': 0.9, 'val/loss': torch.tensor(2.0)}, 1)
+    log.log({'loss': 0.8}, 2)
+    rows = list(csv.DictReader(open(path)))
+    assert [r['loss'] for r in rows] == ['1.0', '0.9', '0.8'] and rows[1]['val/loss'] == '2.0'
+    Logger(path, resume_step=2).log({'loss': 0.7}, 2)  # resumed at 2: the old row 2 goes
+    rows = list(csv.DictReader(open(path)))
+    assert [(r['step'], r['loss']) for r in rows] == [('0', '1.0'), ('1', '0.9'), ('2', '0.7')]

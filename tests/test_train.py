@@ -1,0 +1,146 @@
+"""train.py and sample.py run end to end in subprocesses on a tiny char-level data set."""
+import csv
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SHARED, make_hf_gpt2
+from model import GPT, GPTConfig
+
+TINY = ['--dataset=tiny', '--device=cpu', '--compile=False', '--eval_iters=4', '--block_size=32',
+        '--batch_size=8', '--n_layer=2', '--n_head=2', '--n_embd=32', '--gradient_accumulation_steps=2',
+        '--warmup_iters=2', '--learning_rate=1e-2', '--min_lr=1e-3']
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    """A directory with data/tiny/{train,val}.bin and meta.pkl (char-level Shakespeare, 200k chars)."""
+    d = tmp_path_factory.mktemp('train')
+    full = open(os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')).read()
+    chars = sorted(set(full))  # the 65 characters of the whole text
+    text = full[:200_000]
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    os.makedirs(d / 'data' / 'tiny')
+    ids[:180_000].tofile(d / 'data' / 'tiny' / 'train.bin')
+    ids[180_000:].tofile(d / 'data' / 'tiny' / 'val.bin')
+    with open(d / 'data' / 'tiny' / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'itos': dict(enumerate(chars)), 'stoi': stoi}, f)
+    return d
+
+
+def run(script, args, cwd, check=True):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                       capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def losses(out_dir, column='train/loss_step'):
+    rows = csv.DictReader(open(os.path.join(out_dir, 'log.csv')))
+    return {int(r['step']): float(r[column]) for r in rows if r[column]}
+
+
+def sha(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+def test_train_learns_and_saves(workdir):
+    out = str(workdir / 'out-learn')
+    run('train.py', TINY + [f'--out_dir={out}', '--max_iters=60', '--lr_decay_iters=60', '--eval_interval=30'], workdir)
+    curve = losses(out)
+    assert len(curve) == 60 and all(np.isfinite(list(curve.values())))
+    assert np.mean([curve[i] for i in range(55, 60)]) < curve[0] - 0.8  # from ln(65) = 4.17 to ~3.1
+    val = losses(out, 'val/loss')
+    assert set(val) == {0, 30, 60} and val[60] < val[0]
+    # the saved weights are trained weights, not the initialisation
+    torch.manual_seed(1337)
+    init = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=65))
+    trained, ckpt = GPT.from_checkpoint(out)
+    assert ckpt['iter_num'] == 60 and ckpt['config']['max_iters'] == 60
+    assert ckpt['model_args']['vocab_size'] == 65
+    assert not torch.equal(init.lm_head.weight, trained.lm_head.weight)
+    assert os.path.isfile(os.path.join(out, 'best.pt'))
+
+
+def test_resume_continues_the_identical_loss_curve(workdir):
+    args = TINY + ['--dropout=0.1', '--lr_decay_iters=20', '--eval_interval=10']
+    straight, resumed = str(workdir / 'out-straight'), str(workdir / 'out-resumed')
+    run('train.py', args + [f'--out_dir={straight}', '--max_iters=20'], workdir)
+    run('train.py', args + [f'--out_dir={resumed}', '--max_iters=10'], workdir)  # "interrupted" at 10
+    run('train.py', args + [f'--out_dir={resumed}', '--max_iters=20', '--init_from=resume'], workdir)
+    a, b = losses(straight), losses(resumed)
+    assert sorted(b) == list(range(20))  # the CSV holds one curve, not overlapping pieces
+    assert a == b  # bit-identical, dropout included
+    sd_a = torch.load(os.path.join(straight, 'ckpt.pt'), weights_only=False)['model']
+    sd_b = torch.load(os.path.join(resumed, 'ckpt.pt'), weights_only=False)['model']
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(workdir):
+    out = str(workdir / 'out-nan')
+    run('train.py', TINY + [f'--out_dir={out}', '--max_iters=4', '--eval_interval=2'], workdir)
+    before = sha(os.path.join(out, 'ckpt.pt'))
+    p = run('train.py', TINY + [f'--out_dir={out}', '--max_iters=40', '--init_from=resume', '--eval_interval=2',
+                                '--learning_rate=1e30', '--decay_lr=False'], workdir, check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration')
+    assert sha(os.path.join(out, 'ckpt.pt')) == before
+
+
+def test_finetune_from_hf_directory(workdir):
+    hf_dir = str(workdir / 'hf')
+    make_hf_gpt2(hf_dir, n_positions=64)  # vocab 101 >= the data's 65
+    out = str(workdir / 'out-ft')
+    run('train.py', TINY + [f'--out_dir={out}', f'--init_from={hf_dir}', '--max_iters=4', '--eval_interval=2'], workdir)
+    model, ckpt = GPT.from_checkpoint(out)
+    assert model.config.vocab_size == 101 and model.config.block_size == 32  # cropped from 64
+    assert model.config.bias is True
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--dataset=missing'], 'error: data/missing/train.bin not found: run python data/missing/prepare.py first'),
+    (['--max_iter=3'], "error: command line: unknown config key 'max_iter'; did you mean max_iters"),
+    (['--batch_size=big'], 'error: command line: batch_size must be int'),
+    (['--init_from=no/such/dir'], "error: 'no/such/dir' is neither a directory nor one of gpt2"),
+    (['--init_from=resume', '--out_dir=out-none'], 'error: checkpoint out-none/ckpt.pt not found'),
+    (['config/nope.py'], 'error: config file config/nope.py not found'),
+])
+def test_bad_input_is_one_clear_line(workdir, args, message):
+    p = run('train.py', TINY + args, workdir, check=False)
+    assert p.returncode != 0
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), p.stderr
+
+
+def test_checkpoint_of_a_different_architecture_is_one_clear_line(workdir):
+    out = workdir / 'out-arch'
+    os.makedirs(out)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65))
+    args = dict(vars(model.config), n_embd=48)  # its model_args disagree with its weights
+    torch.save({'model': model.state_dict(), 'model_args': args}, out / 'ckpt.pt')
+    p = run('train.py', TINY + [f'--out_dir={out}', '--init_from=resume'], workdir, check=False)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(err) == 1
+    assert err[0].startswith(f'error: {out}/ckpt.pt does not fit this model') and 'shape mismatch' in err[0]
+
+
+def test_sample_from_checkpoint(workdir):
+    out = str(workdir / 'out-sample')
+    run('train.py', TINY + [f'--out_dir={out}', '--max_iters=10', '--eval_interval=10'], workdir)
+    args = [f'--out_dir={out}', '--device=cpu', '--num_samples=3', '--batch_size=2', '--max_new_tokens=20',
+            '--start=ROMEO:']
+    greedy = run('sample.py', args + ['--temperature=0'], workdir).stdout
+    samples = greedy.split('---------------\n')
+    assert len(samples) == 4 and samples[-1] == ''  # three samples, each followed by a separator
+    assert len(set(samples[:3])) == 1 and all(s.startswith('ROMEO:') for s in samples[:3])
+    assert run('sample.py', args + ['--temperature=0'], workdir).stdout == greedy
+    p = run('sample.py', args + ['--start=\u2603'], workdir, check=False)  # not in the char vocabulary
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith('error: characters')
