@@ -10,6 +10,8 @@ reaches the top of a script it is printed as one line, `error: ...`, and the exi
 import ast
 import csv
 import difflib
+import gzip
+import json
 import math
 import os
 import pickle
@@ -356,3 +358,161 @@ def get_tokenizer(dataset=None):
         with open(meta_path, 'rb') as f:
             return CharTokenizer(pickle.load(f))
     return GPT2Tokenizer()
+
+
+# ----------------------------------------------------------------------------------------------
+# records for SFT, reward modelling and DPO: json, jsonl, jsonl.gz or a Hugging Face dataset
+
+def read_records(source, split='train'):
+    """A list of dict records from a .json file (a list of objects), a .jsonl or .jsonl.gz file
+    (one object a line), or else the name of a Hugging Face dataset (its `split`). A malformed
+    line is a UserError naming the file and line number; an empty source is an error too."""
+    if source.endswith(('.json', '.jsonl', '.gz')) or os.path.exists(source):
+        if not os.path.isfile(source):
+            raise UserError(f"data file {source} not found")
+        opener = gzip.open if source.endswith('.gz') else open
+        records = []
+        with opener(source, 'rt', encoding='utf-8') as f:
+            if source.endswith('.json'):
+                try:
+                    records = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{source}, line {e.lineno}: invalid JSON: {e.msg}") from None
+                if not isinstance(records, list):
+                    raise UserError(f"{source}: expected a JSON list of records")
+            else:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{source}, line {lineno}: invalid JSON: {e.msg}") from None
+    else:
+        import datasets  # heavy import, only for hub datasets; HF_ENDPOINT mirrors work
+        records = list(datasets.load_dataset(source, split=split))
+    if not records:
+        raise UserError(f"{source} has no records")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise UserError(f"{source}: record {i} is not a JSON object")
+    return records
+
+
+# The plain-text chat format for GPT-2, hh-rlhf's: a system message first, as plain text, then
+# each turn as "\n\nHuman: {content}" or "\n\nAssistant: {content}".
+CHAT_TAGS = {'user': '\n\nHuman:', 'assistant': '\n\nAssistant:'}
+
+
+def render_chat(messages, where='messages'):
+    """[{"role", "content"}, ...] -> (prompt, response). The response is the last message, which
+    must be the assistant's: " " + its content. The prompt is every earlier message rendered in
+    the chat format, ending with "\\n\\nAssistant:" (earlier assistant turns are context, not
+    trained on). prompt + response is the rendered dialogue."""
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    parts = []
+    for i, m in enumerate(messages):
+        role, content = m.get('role'), m.get('content')
+        if not isinstance(content, str):
+            raise UserError(f"{where}: message {i} has no string 'content'")
+        if role == 'system' and i == 0:
+            parts.append(content)
+        elif role in CHAT_TAGS:
+            parts.append(f"{CHAT_TAGS[role]} {content}")
+        else:
+            raise UserError(f"{where}: message {i} has role {role!r} (system first, then user/assistant)")
+    if messages[-1]['role'] != 'assistant':
+        raise UserError(f"{where}: the last message must be the assistant's response")
+    prompt = ''.join(parts[:-1]) + CHAT_TAGS['assistant']
+    return prompt, ' ' + messages[-1]['content']
+
+
+def sft_pair(record, where):
+    """(prompt, response) text of an SFT record: {"prompt", "response"} or {"messages": [...]}."""
+    if isinstance(record.get('prompt'), str) and isinstance(record.get('response'), str):
+        return record['prompt'], record['response']
+    if 'messages' in record:
+        return render_chat(record['messages'], where)
+    raise UserError(f"{where} has neither 'prompt' and 'response' strings nor 'messages': {str(record)[:80]}")
+
+
+def tokenize_pair(prompt_ids, response_ids, eos_id, block_size, truncation):
+    """ids = prompt + response + [EOS] for a model that sees block_size tokens (inputs are ids[:-1],
+    targets ids[1:]). Too long: truncation='left' cuts the prompt's start (keeping at least one
+    prompt token and the whole response); 'drop', or a response that cannot fit, gives None.
+    Returns (ids, n_prompt) or None."""
+    response_ids = list(response_ids) + [eos_id]
+    max_len = block_size + 1
+    n_over = len(prompt_ids) + len(response_ids) - max_len
+    if n_over > 0:
+        if truncation == 'drop' or len(response_ids) >= max_len:
+            return None
+        prompt_ids = prompt_ids[n_over:]
+    return list(prompt_ids) + response_ids, len(prompt_ids)
+
+
+def sft_batch(examples, pad_id, device):
+    """Right-padded (X, Y), both (B, T), from [(ids, n_prompt), ...]. Y[t] = ids[t + 1] on response
+    and EOS targets, IGNORE_INDEX on prompt and padding targets. Padding sits after the real tokens,
+    so causal attention never lets a real token see it: no attention mask is needed, and the pad
+    id (any valid token) never matters."""
+    from model import IGNORE_INDEX
+    T = max(len(ids) for ids, _ in examples) - 1
+    X = torch.full((len(examples), T), pad_id, dtype=torch.long)     # (B, T)
+    Y = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    for i, (ids, n_prompt) in enumerate(examples):
+        ids = torch.tensor(ids)
+        X[i, :len(ids) - 1] = ids[:-1]
+        Y[i, n_prompt - 1:len(ids) - 1] = ids[n_prompt:]  # targets from the first response token on
+    return X.to(device), Y.to(device)
+
+
+def token_budget_batches(lengths, tokens_per_batch, generator):
+    """Lists of example indices such that len(batch) * (longest length in it) <= tokens_per_batch:
+    examples are shuffled, stably sorted by length (similar lengths share a batch: little padding),
+    cut greedily, and the batches shuffled. Every example is in exactly one batch."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    order.sort(key=lambda i: lengths[i])
+    batches, current = [], []
+    for i in order:  # ascending lengths: lengths[i] is the longest of current + [i]
+        if current and (len(current) + 1) * lengths[i] > tokens_per_batch:
+            batches.append(current)
+            current = []
+        current.append(i)
+    batches.append(current)
+    return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+class SFTBatches:
+    """Micro-batches over tokenized examples, epoch after epoch: `batch_size` examples at a time or,
+    with tokens_per_batch > 0, token-budget batches. The order of epoch e comes from seed + e, and
+    the position is (epoch, index), so state_dict() is all an exact resume needs."""
+
+    def __init__(self, examples, batch_size, tokens_per_batch, seed, pad_id, device):
+        self.examples, self.batch_size, self.tokens_per_batch = examples, batch_size, tokens_per_batch
+        self.seed, self.pad_id, self.device = seed, pad_id, device
+        self.epoch, self.index = 0, 0
+        self.batches = self._plan()
+
+    def _plan(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.tokens_per_batch > 0:
+            return token_budget_batches([len(ids) - 1 for ids, _ in self.examples], self.tokens_per_batch, gen)
+        perm = torch.randperm(len(self.examples), generator=gen).tolist()
+        return [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+
+    def next(self):
+        if self.index == len(self.batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self.batches = self._plan()
+        batch = self.batches[self.index]
+        self.index += 1
+        return sft_batch([self.examples[i] for i in batch], self.pad_id, self.device)
+
+    def state_dict(self):
+        return {'epoch': self.epoch, 'index': self.index}
+
+    def load_state_dict(self, state):
+        self.epoch, self.index = state['epoch'], state['index']
+        self.batches = self._plan()

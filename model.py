@@ -13,13 +13,20 @@ One GPT-2, readable top to bottom (after karpathy/nanoGPT's model.py), with what
   values[:, t] is the head's output on the hidden state of token t (the one that predicts
   token t+1); the reward model reads it at the last real token, the PPO critic at the
   positions that predict response tokens;
-- `generate` with a KV cache for a left-padded batch of prompts, EOS handling and top-k/top-p.
+- `generate` with a KV cache for a left-padded batch of prompts, EOS handling and top-k/top-p;
+- optional LoRA (Hu et al. 2021, arXiv:2106.09685): GPTConfig(lora_rank=8) or
+  GPT.from_pretrained(path, lora_rank=8) puts low-rank adapters on the layers named by
+  lora_targets ('attn', 'mlp' or 'attn,mlp') and freezes everything else except the value head.
+  `with model.disable_adapters():` runs the frozen base model (DPO/PPO's reference, with no second
+  copy of the weights); `model.merge_lora()` folds the adapters into plain Linears for export.
+  QLoRA (a 4-bit frozen base) is not implemented.
 
 Weight names match nanoGPT's, so nanoGPT checkpoints load; GPT.from_pretrained takes the
 gpt2* names, a directory saved by transformers' GPT2LMHeadModel.save_pretrained, or one of this
 project's checkpoints.
 """
 
+import contextlib
 import inspect
 import math
 import os
@@ -48,6 +55,17 @@ class GPTConfig:
     bias: bool = True           # biases in Linears and LayerNorms, as GPT-2
     layer_norm_epsilon: float = 1e-5
     value_head: bool = False    # add the scalar head used by the reward model and PPO critic
+    lora_rank: int = 0          # LoRA adapter rank r; 0 = no LoRA (full finetuning). 8-64 is typical
+    lora_alpha: float = 16.0    # the adapter output is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0   # dropout on the adapter input only; 0.05-0.1 for small data
+    lora_targets: str = 'attn'  # which Linears get adapters: 'attn', 'mlp' or 'attn,mlp'
+
+    def __post_init__(self):  # fail at construction, naming the bad value, not deep inside GPT()
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
+        targets = parse_lora_targets(self.lora_targets)  # raises on an unknown entry
+        if self.lora_rank > 0 and not targets:
+            raise ValueError("lora_rank > 0 needs at least one of lora_targets 'attn', 'mlp'")
 
 
 class LayerNorm(nn.Module):
@@ -61,6 +79,68 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685)
+
+LORA_TARGETS = ('attn', 'mlp')  # attn: attn.c_attn and attn.c_proj; mlp: mlp.c_fc and mlp.c_proj
+
+
+def parse_lora_targets(targets):
+    """'attn,mlp' -> {'attn', 'mlp'}; an entry that is not 'attn' or 'mlp' is a ValueError naming it."""
+    names = {t.strip() for t in targets.split(',') if t.strip()}
+    for t in sorted(names):
+        if t not in LORA_TARGETS:
+            raise ValueError(f"lora_targets: unknown target '{t}' in '{targets}' (choose among "
+                             f"{', '.join(LORA_TARGETS)}, comma-separated)")
+    return names
+
+
+class LoRALinear(nn.Module):
+    """A Linear y = x W^T + b plus a trainable low-rank update (x A^T B^T) * alpha / r.
+    `weight` (out, in) and `bias` keep nn.Linear's names, so GPT-2/nanoGPT state dicts load
+    unchanged; lora_A (r, in) and lora_B (out, r) are the adapter. B starts at zero, so a fresh
+    adapter leaves the model exactly as it was (paper section 4.1)."""
+
+    def __init__(self, in_features, out_features, bias, rank, alpha, dropout):
+        super().__init__()
+        base = nn.Linear(in_features, out_features, bias=bias)  # GPT._init_weights re-inits it
+        self.weight, self.bias = base.weight, base.bias
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        # A: kaiming-uniform as nn.Linear (the paper says random Gaussian; Microsoft's loralib and
+        # PEFT use this). Scaling by alpha / r means changing r needs no new learning rate (sec. 4.1)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scale = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.adapter_enabled = True  # False under GPT.disable_adapters(): the plain base Linear
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if not self.adapter_enabled:
+            return y
+        # two thin matmuls (r << in, out); never materialise the (out, in) matrix B @ A
+        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
+
+    @torch.no_grad()
+    def merged(self):
+        """A plain nn.Linear with W + B A * alpha / r: the same function, no adapter."""
+        out = nn.Linear(self.weight.size(1), self.weight.size(0), bias=self.bias is not None,
+                        device=self.weight.device, dtype=self.weight.dtype)
+        out.weight.copy_(self.weight + (self.lora_B @ self.lora_A) * self.scale)
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+
+def make_linear(config, in_features, out_features, target):
+    """The Linear of a Block: a LoRALinear when LoRA is on and `target` ('attn' or 'mlp') is in
+    config.lora_targets, else nn.Linear. Either way the module keeps its name (c_attn, c_fc...)."""
+    if config.lora_rank > 0 and target in parse_lora_targets(config.lora_targets):
+        return LoRALinear(in_features, out_features, config.bias, config.lora_rank,
+                          config.lora_alpha, config.lora_dropout)
+    return nn.Linear(in_features, out_features, bias=config.bias)
 
 
 class KVCache:
@@ -86,8 +166,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = make_linear(config, config.n_embd, 3 * config.n_embd, 'attn')  # q, k, v at once
+        self.c_proj = make_linear(config, config.n_embd, config.n_embd, 'attn')
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.layer_idx = layer_idx
@@ -113,9 +193,9 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = make_linear(config, config.n_embd, 4 * config.n_embd, 'mlp')
         self.gelu = nn.GELU(approximate='tanh')  # GPT-2 was trained with the tanh approximation
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = make_linear(config, 4 * config.n_embd, config.n_embd, 'mlp')
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -172,6 +252,9 @@ def top_k_top_p_filter(logits, top_k=None, top_p=None):
 
 
 class GPT(nn.Module):
+    """GPT-2. With config.lora_rank > 0 only the LoRA adapters (lora_A, lora_B) and the value head
+    (which the reward model and critic train from scratch) require grad; every other parameter is
+    frozen at construction, and merge_lora() makes them all trainable again."""
 
     def __init__(self, config):
         super().__init__()
@@ -194,9 +277,12 @@ class GPT(nn.Module):
         if self.value_head is not None:  # zero init: values start at 0, the trunk is unchanged
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+        if config.lora_rank > 0:  # LoRA: the pretrained weights stay fixed, only adapters learn
+            for pn, p in self.named_parameters():
+                p.requires_grad = pn.endswith(('.lora_A', '.lora_B')) or pn.startswith('value_head.')
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, LoRALinear)):  # lora_A/lora_B keep their own init
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
@@ -264,15 +350,18 @@ class GPT(nn.Module):
         """Shrink the model's context (e.g. gpt2's 1024 down to 256) by cutting position embeddings."""
         assert block_size <= self.config.block_size, f"can only crop: {block_size} > {self.config.block_size}"
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        wpe = self.transformer.wpe.weight  # a new Parameter would require grad: keep LoRA's freeze
+        self.transformer.wpe.weight = nn.Parameter(wpe[:block_size], requires_grad=wpe.requires_grad)
 
     def load_state_dict_checked(self, state_dict, source):
-        """load_state_dict that tolerates nanoGPT's torch.compile prefix and a value head missing
-        from the source (it stays zero-initialised), and turns any other mismatch into one clear
+        """load_state_dict that tolerates nanoGPT's torch.compile prefix, and a value head or LoRA
+        adapters missing from the source (plain GPT-2 weights into a value/LoRA model: they keep
+        their init, zero head and B = 0), and turns any other mismatch into one clear
         ModelLoadError naming `source`."""
         sd = {k.removeprefix('_orig_mod.').removeprefix('module.'): v for k, v in state_dict.items()}
         own = self.state_dict()
-        missing = [k for k in own if k not in sd and not k.startswith('value_head.')]
+        missing = [k for k in own if k not in sd and not k.startswith('value_head.')
+                   and not k.endswith(('.lora_A', '.lora_B'))]
         unexpected = [k for k in sd if k not in own and not k.endswith('.attn.bias')]  # old nanoGPT mask buffer
         shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
         if missing or unexpected or shapes:
@@ -316,8 +405,10 @@ class GPT(nn.Module):
         """GPT-2 weights from `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl` (downloaded by
         transformers; set HF_ENDPOINT for a mirror), a directory saved by
         GPT2LMHeadModel.save_pretrained (sizes read from its config.json), or a directory/file of
-        this project's checkpoint (ckpt.pt). overrides: dropout, value_head, block_size (crops)."""
-        allowed = {'dropout', 'value_head', 'block_size'}
+        this project's checkpoint (ckpt.pt). overrides: dropout, value_head, block_size (crops),
+        lora_rank, lora_alpha, lora_dropout, lora_targets (adapters on top of the loaded weights)."""
+        allowed = {'dropout', 'value_head', 'block_size',
+                   'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets'}
         assert set(overrides) <= allowed, f"from_pretrained overrides must be in {allowed}"
         is_dir = os.path.isdir(name_or_path)
         if os.path.isfile(name_or_path) or (is_dir and os.path.isfile(os.path.join(name_or_path, 'ckpt.pt'))):
@@ -351,6 +442,7 @@ class GPT(nn.Module):
         and layer norms; only parameters that require grad (so frozen/LoRA setups work).
         Fused AdamW on CUDA."""
         params = [p for p in self.parameters() if p.requires_grad]
+        # LoRA's lora_A/lora_B are 2-D, so they are decayed too: what PEFT + AdamW does as well
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay},
@@ -368,6 +460,41 @@ class GPT(nn.Module):
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         flops_per_iter = (6 * N + 12 * L * H * Q * T) * T * fwdbwd_per_iter
         return flops_per_iter / dt / flops_promised
+
+    # ------------------------------------------------------------------------------------------
+    # LoRA
+
+    @contextlib.contextmanager
+    def disable_adapters(self):
+        """`with model.disable_adapters():` every LoRALinear computes only its frozen base Linear,
+        so the same weights give DPO/PPO's reference model. The previous state comes back on exit,
+        even if the body raises. A model without adapters is an error: here the "reference" would
+        silently be the policy itself."""
+        lora = [m for m in self.modules() if isinstance(m, LoRALinear)]
+        if not lora:
+            raise ValueError("this model has no LoRA adapters (lora_rank=0 or merged): "
+                             "disable_adapters would return the policy itself, not a reference")
+        before = [m.adapter_enabled for m in lora]
+        for m in lora:
+            m.adapter_enabled = False
+        try:
+            yield self
+        finally:
+            for m, enabled in zip(lora, before):
+                m.adapter_enabled = enabled
+
+    def merge_lora(self):
+        """Fold every adapter into its weight (W + B A * alpha / r), leaving plain nn.Linears, a
+        config with lora_rank 0 and every parameter trainable: a plain GPT-2 for export/sampling.
+        Returns self."""
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, LoRALinear):
+                    setattr(module, name, child.merged())
+        self.config.lora_rank = 0
+        for p in self.parameters():
+            p.requires_grad = True
+        return self
 
     # ------------------------------------------------------------------------------------------
     # generation

@@ -4,6 +4,7 @@ Sample from a trained model, a batch at a time, with the KV-cache `generate` of 
     python sample.py --out_dir=out-shakespeare-char                 # this project's checkpoint
     python sample.py --init_from=gpt2-large --start="What is the answer to life?" --num_samples=4
     python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --temperature=0
+    python sample.py --out_dir=out-sft-gpt2large --chat=True --start="How do I bake bread?"  # SFT model
 
 init_from='resume' reads out_dir/<ckpt> (ckpt.pt, or best.pt); the tokenizer is the char-level
 one of the checkpoint's dataset when data/<dataset>/meta.pkl exists, else GPT-2's BPE.
@@ -14,7 +15,7 @@ import sys
 
 import torch
 
-from common import (UserError, autocast_context, configure, get_tokenizer, print_config, resolve_device,
+from common import (CHAT_TAGS, UserError, autocast_context, configure, get_tokenizer, print_config, resolve_device,
                     resolve_dtype, seed_everything)
 from model import GPT
 
@@ -29,6 +30,7 @@ max_new_tokens = 500        # tokens generated per sample
 temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
 top_k = 200                 # keep only the top_k most likely tokens (None: all)
 top_p = 1.0                 # nucleus sampling: keep the smallest set with this much probability
+chat = False                # wrap start in the chat format ("\n\nHuman: {start}\n\nAssistant:"), stop at EOS
 seed = 1337
 device = 'auto'             # 'auto' | 'cpu' | 'cuda' | 'mps'
 dtype = 'auto'              # 'auto' | 'float32' | 'bfloat16' | 'float16'
@@ -62,6 +64,12 @@ if start.startswith('FILE:'):
         raise UserError(f"prompt file {path} not found")
     with open(path, encoding='utf-8') as f:
         start = f.read()
+eos_token_id = None
+if chat:  # an SFT model answers and then emits EOS (<|endoftext|>); print only the answer
+    if tokenizer.eot_token is None:
+        raise UserError("chat=True needs a tokenizer with an EOS token (GPT-2's BPE), not a char-level one")
+    start = f"{CHAT_TAGS['user']} {start}{CHAT_TAGS['assistant']}"
+    eos_token_id = tokenizer.eot_token
 start_ids = tokenizer.encode(start)
 if not start_ids:
     raise UserError("the prompt is empty: give --start=... (at least one token)")
@@ -72,8 +80,11 @@ with torch.no_grad(), ctx:
         n = min(batch_size, num_samples - done)
         x = torch.tensor([start_ids] * n, dtype=torch.long, device=device)  # (n, T)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=generator)
+                           eos_token_id=eos_token_id, generator=generator)
         for row in y.tolist():
+            if chat:  # the response alone, cut at its EOS
+                row = row[len(start_ids):]
+                row = row[:row.index(eos_token_id)] if eos_token_id in row else row
             print(tokenizer.decode(row))
             print('---------------')
         done += n

@@ -37,10 +37,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (UserError, Logger, autocast_context, configure, get_lr, get_rng_state, grad_scaler,
-                    load_checkpoint, print_config, resolve_device, resolve_dtype, save_checkpoint,
-                    set_rng_state, setup_ddp, unwrap)
-from model import GPT, GPTConfig
+from common import (GPT2Tokenizer, Logger, SFTBatches, UserError, autocast_context, configure, get_lr,
+                    get_rng_state, grad_scaler, print_config, read_records, resolve_device, resolve_dtype,
+                    save_checkpoint, set_rng_state, setup_ddp, sft_pair, tokenize_pair, unwrap)
+from model import GPT, GPTConfig, parse_lora_targets
 
 # -----------------------------------------------------------------------------
 # default config: GPT-2 (124M) on OpenWebText, as nanoGPT
@@ -62,12 +62,25 @@ dataset = 'openwebtext'         # reads data/<dataset>/train.bin, val.bin
 gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, across all DDP ranks
 batch_size = 12                 # micro-batch size (sequences)
 block_size = 1024               # sequence length
+# SFT (supervised finetuning): set sft_data to train on prompt/response records instead of token files
+sft_data = ''                   # .json/.jsonl/.jsonl.gz file or Hugging Face dataset name ('' = token files)
+sft_split = 'train'             # split of a hub dataset given as sft_data
+sft_val_data = ''               # validation records ('' = hold out val_fraction of sft_data)
+sft_val_split = 'test'          # split of a hub dataset given as sft_val_data
+val_fraction = 0.05             # share of sft_data held out for validation when sft_val_data is ''
+truncation = 'left'             # longer than block_size: 'left' cuts the prompt's start, 'drop' skips it
+tokens_per_batch = 0            # > 0: micro-batches filled up to this many tokens (length-sorted), not batch_size
 # model (ignored for init_from other than 'scratch', except dropout and a smaller block_size)
 n_layer = 12
 n_head = 12
 n_embd = 768
 dropout = 0.0                   # 0 for pretraining, 0.1+ for finetuning on small data
 bias = False                    # biases in Linears/LayerNorms (GPT-2 has them; False trains a bit faster)
+# LoRA (Hu et al. 2021): low-rank adapters; only they train, the base weights stay frozen
+lora_rank = 0                   # 0 = off; 8-64 typical
+lora_alpha = 16.0               # adapter scale = lora_alpha / lora_rank
+lora_dropout = 0.0              # dropout on the adapter's input
+lora_targets = 'attn'           # 'attn' (c_attn, attn.c_proj), 'mlp' (c_fc, mlp.c_proj) or 'attn,mlp'
 # AdamW
 learning_rate = 6e-4            # peak learning rate
 max_iters = 600000              # total optimizer steps
@@ -113,14 +126,18 @@ torch.backends.cudnn.allow_tf32 = True
 ctx = autocast_context(device_type, dtype)
 
 # -----------------------------------------------------------------------------
-# data: uint16 token memmaps; batches from an explicit generator (saved in checkpoints)
+# data: uint16 token memmaps (pretraining), or prompt/response records (SFT)
 data_dir = os.path.join('data', dataset)
-for split in ('train', 'val'):
+for split in ('train', 'val') if not sft_data else ():
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: run python data/{dataset}/prepare.py first")
     if os.path.getsize(path) // 2 <= block_size:
         raise UserError(f"{path} has {os.path.getsize(path) // 2} tokens, not more than block_size={block_size}")
+if truncation not in ('left', 'drop'):
+    raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
+if 0 < tokens_per_batch < block_size:
+    raise UserError(f"tokens_per_batch={tokens_per_batch} must be at least block_size={block_size}")
 
 
 def get_batch(split, generator):
@@ -134,9 +151,47 @@ def get_batch(split, generator):
     return x.to(device), y.to(device)
 
 
+
+
+def load_sft_examples(source, split, tokenizer):
+    """Tokenized SFT examples [(ids, n_prompt), ...] (prompt + response + EOS, see common.tokenize_pair),
+    with the counts of truncated and dropped ones."""
+    examples, n_truncated, n_dropped = [], 0, 0
+    for i, record in enumerate(read_records(source, split)):
+        prompt, response = sft_pair(record, f"{source}: record {i}")
+        prompt_ids = tokenizer.encode(prompt)
+        ex = tokenize_pair(prompt_ids, tokenizer.encode(response), tokenizer.eot_token, block_size, truncation)
+        if ex is None:
+            n_dropped += 1
+        else:
+            n_truncated += ex[1] < len(prompt_ids)
+            examples.append(ex)
+    if not examples:
+        raise UserError(f"{source}: no example fits block_size={block_size} (all {n_dropped} dropped)")
+    return examples, n_truncated, n_dropped
+
+
+sft_examples = {}
+if sft_data:
+    tokenizer = GPT2Tokenizer()  # EOS (<|endoftext|>, 50256) ends every response and is trained on
+    sft_examples['train'], n_trunc, n_drop = load_sft_examples(sft_data, sft_split, tokenizer)
+    if sft_val_data:
+        sft_examples['val'], vt, vd = load_sft_examples(sft_val_data, sft_val_split, tokenizer)
+        n_trunc, n_drop = n_trunc + vt, n_drop + vd
+    else:  # hold out a fixed, seeded share of the examples
+        perm = torch.randperm(len(sft_examples['train']), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(1, int(len(perm) * val_fraction))
+        if n_val >= len(perm):
+            raise UserError(f"{sft_data}: {len(perm)} examples are too few to hold out val_fraction={val_fraction}")
+        sft_examples = {'val': [sft_examples['train'][i] for i in perm[:n_val]],
+                        'train': [sft_examples['train'][i] for i in perm[n_val:]]}
+    if master_process:
+        print(f"SFT examples: {len(sft_examples['train'])} train, {len(sft_examples['val'])} val; "
+              f"{n_trunc} truncated from the prompt's left, {n_drop} dropped (longer than block_size={block_size})")
+
 meta_vocab_size = None
 meta_path = os.path.join(data_dir, 'meta.pkl')
-if os.path.isfile(meta_path):
+if not sft_data and os.path.isfile(meta_path):
     import pickle
     with open(meta_path, 'rb') as f:
         meta_vocab_size = pickle.load(f)['vocab_size']
@@ -148,9 +203,15 @@ torch.manual_seed(seed + ddp_rank)  # weight init (the same on every rank: DDP b
 iter_num = 0
 best_val_loss = 1e9
 checkpoint = None
+lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets) if lora_rank else {}
+try:
+    parse_lora_targets(lora_targets)
+except ValueError as e:
+    raise UserError(str(e)) from None
 if init_from == 'scratch':
     model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                      vocab_size=meta_vocab_size or 50304, dropout=dropout)  # 50304: 50257 padded to /64
+                      vocab_size=meta_vocab_size or 50304, dropout=dropout, **lora)  # 50304: 50257 padded to /64
     model = GPT(GPTConfig(**model_args))
 elif init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
@@ -161,11 +222,14 @@ elif init_from == 'resume':
     block_size = model.config.block_size
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 else:  # gpt2* name, Hugging Face directory or a checkpoint of this project: finetune from it
-    model = GPT.from_pretrained(init_from, dropout=dropout)
+    model = GPT.from_pretrained(init_from, dropout=dropout, **lora)
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. gpt2's 1024 down to a smaller context
     elif block_size > model.config.block_size:
         raise UserError(f"block_size={block_size} is larger than {init_from}'s {model.config.block_size}")
+if lora_rank and master_process:
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"LoRA rank {lora_rank} on {lora_targets}: {n_train:,} trainable parameters of {model.get_num_params():,}")
 if meta_vocab_size is not None and meta_vocab_size > model.config.vocab_size:
     raise UserError(f"{meta_path} has {meta_vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}")
 model.to(device)
@@ -174,6 +238,12 @@ start_iter = iter_num
 scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
+if sft_data:  # epochs over the examples; each DDP rank draws its own order
+    sft_loader = SFTBatches(sft_examples['train'], batch_size, tokens_per_batch, seed + ddp_rank,
+                            tokenizer.eot_token, device)
+    next_train_batch = sft_loader.next
+else:
+    next_train_batch = lambda: get_batch('train', train_gen)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     if 'scaler' in checkpoint:
@@ -181,6 +251,8 @@ if checkpoint is not None:
     if 'train_gen' in checkpoint:  # nanoGPT checkpoints have no RNG state: resume is then not exact
         train_gen.set_state(checkpoint['train_gen'])
         set_rng_state(checkpoint['rng'])
+    if sft_data and checkpoint.get('sft_loader'):
+        sft_loader.load_state_dict(checkpoint['sft_loader'])
     checkpoint = None  # free memory
 
 raw_model = model
@@ -193,21 +265,28 @@ if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 
+def eval_batches(split):
+    """The same eval_iters batches of a split at every eval (a fixed seed), so val losses compare
+    across evals and evaluation never moves the training RNG."""
+    if sft_data:
+        loader = SFTBatches(sft_examples[split], batch_size, tokens_per_batch, seed + 1, tokenizer.eot_token, device)
+        return (loader.next() for _ in range(min(eval_iters, len(loader.batches))))
+    gen = torch.Generator().manual_seed(seed + 1)
+    return (get_batch(split, gen) for _ in range(eval_iters))
+
+
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters batches of each split, drawn from a fixed generator so every
-    eval sees the same batches and the training RNG is untouched."""
+    """Mean loss over the eval batches of each split (response tokens only in SFT mode)."""
     out = {}
     model.eval()
     for split in ('train', 'val'):
-        gen = torch.Generator().manual_seed(seed + 1)
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            X, Y = get_batch(split, gen)
+        losses = []
+        for X, Y in eval_batches(split):
             with ctx:
                 _, loss = model(X, Y)
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+            losses.append(loss.item())
+        out[split] = sum(losses) / len(losses)
     model.train()
     return out
 
@@ -216,7 +295,8 @@ def checkpoint_state():
     return {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
             'scaler': scaler.state_dict(), 'model_args': asdict(unwrap(model).config),
             'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-            'rng': get_rng_state(), 'train_gen': train_gen.get_state()}
+            'rng': get_rng_state(), 'train_gen': train_gen.get_state(),
+            'sft_loader': sft_loader.state_dict() if sft_data else None}
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
@@ -252,7 +332,8 @@ while True:
 
     # forward/backward with gradient accumulation; the loss is summed on the device
     loss_sum = torch.zeros((), device=device)
-    X, Y = get_batch('train', train_gen)
+    X, Y = next_train_batch()
+    n_tokens = 0  # tokens processed this iteration, padding included
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
@@ -260,7 +341,8 @@ while True:
             logits, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
         if micro_step < gradient_accumulation_steps - 1:
-            X, Y = get_batch('train', train_gen)  # prefetch while the GPU computes
+            n_tokens += X.numel()
+            X, Y = next_train_batch()  # prefetch while the GPU computes
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:
@@ -281,13 +363,14 @@ while True:
     # timing and logging
     t1 = time.time()
     dt, t0 = t1 - t0, t1
+    n_tokens += X.numel()
     if iter_num % log_interval == 0 and master_process:
         if local_iter_num >= 5:  # let the training loop settle a bit
             mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
         logger.log({'train/loss_step': lossf, 'lr': lr, 'time_ms': dt * 1000, 'mfu': running_mfu,
-                    'tokens_per_s': tokens_per_iter / dt}, iter_num)
+                    'tokens_per_s': n_tokens * ddp_world_size / dt}, iter_num)
         pbar.set_postfix(loss=f"{lossf:.4f}")
     iter_num += 1
     local_iter_num += 1

@@ -1,0 +1,201 @@
+"""SFT: data reading, chat rendering, prompt masking, token-budget batching, and a tiny run that
+learns to answer and stop."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common import (SFTBatches, GPT2Tokenizer, UserError, read_records, render_chat, sft_batch, sft_pair,
+                    token_budget_batches, tokenize_pair)
+from conftest import ROOT, make_hf_gpt2
+from model import GPT, IGNORE_INDEX
+
+EOS = 9
+
+
+def test_targets_cover_exactly_response_and_eos():
+    ids, n_prompt = tokenize_pair([1, 2, 3], [4, 5], EOS, block_size=16, truncation='left')
+    assert ids == [1, 2, 3, 4, 5, EOS] and n_prompt == 3
+    short = tokenize_pair([7], [8], EOS, block_size=16, truncation='left')
+    X, Y = sft_batch([(ids, n_prompt), short], pad_id=EOS, device='cpu')
+    I = IGNORE_INDEX
+    assert X.tolist() == [[1, 2, 3, 4, 5], [7, 8, EOS, EOS, EOS]]
+    # position t predicts ids[t + 1]: the prompt's own tokens are never targets, EOS is one
+    assert Y.tolist() == [[I, I, 4, 5, EOS], [8, EOS, I, I, I]]
+
+
+def test_targets_in_real_text_with_gpt2_tokens():
+    tok = GPT2Tokenizer()
+    prompt, response = "\n\nHuman: Hi there\n\nAssistant:", " Hello! How can I help?"
+    ids, n_prompt = tokenize_pair(tok.encode(prompt), tok.encode(response), tok.eot_token, 64, 'left')
+    X, Y = sft_batch([(ids, n_prompt)], tok.eot_token, 'cpu')
+    trained = Y[0][Y[0] != IGNORE_INDEX].tolist()
+    assert trained[-1] == tok.eot_token == 50256
+    assert tok.decode(trained[:-1]) == response
+    assert tok.decode(X[0, :n_prompt].tolist()) == prompt
+
+
+def test_truncation_keeps_the_response():
+    ids, n_prompt = tokenize_pair([1, 2, 3, 4], [5, 6], EOS, block_size=5, truncation='left')
+    assert ids == [2, 3, 4, 5, 6, EOS] and n_prompt == 3  # the prompt's left end went
+    assert tokenize_pair([1, 2, 3, 4], [5, 6], EOS, block_size=5, truncation='drop') is None
+    assert tokenize_pair([1], [2, 3, 4, 5, 6], EOS, block_size=5, truncation='left') is None  # no prompt left
+    assert tokenize_pair([1, 2], [3], EOS, block_size=3, truncation='drop') == ([1, 2, 3, EOS], 2)  # fits exactly
+
+
+def test_render_chat_format():
+    messages = [{'role': 'system', 'content': 'Be brief.'},
+                {'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello.'},
+                {'role': 'user', 'content': 'Bye'}, {'role': 'assistant', 'content': 'Goodbye.'}]
+    prompt, response = render_chat(messages)
+    assert prompt == "Be brief.\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant:"
+    assert response == " Goodbye."
+    assert sft_pair({'messages': messages}, 'r') == (prompt, response)
+    assert sft_pair({'prompt': 'a', 'response': 'b', 'extra': 1}, 'r') == ('a', 'b')
+    with pytest.raises(UserError, match="last message must be the assistant's"):
+        render_chat(messages[:-1])
+    with pytest.raises(UserError, match="message 1 has role 'bot'"):
+        render_chat([{'role': 'user', 'content': 'x'}, {'role': 'bot', 'content': 'y'}])
+    with pytest.raises(UserError, match=r"data.jsonl: record 3 has neither 'prompt' and 'response'"):
+        sft_pair({'prompt': 'only a prompt'}, 'data.jsonl: record 3')
+
+
+def test_read_records_formats_and_errors(tmp_path):
+    recs = [{'prompt': 'p', 'response': 'r'}, {'prompt': 'q', 'response': 's'}]
+    (tmp_path / 'a.json').write_text(json.dumps(recs))
+    (tmp_path / 'a.jsonl').write_text('\n'.join(json.dumps(r) for r in recs) + '\n\n')
+    with gzip.open(tmp_path / 'a.jsonl.gz', 'wt') as f:
+        f.write('\n'.join(json.dumps(r) for r in recs))
+    for name in ('a.json', 'a.jsonl', 'a.jsonl.gz'):
+        assert read_records(str(tmp_path / name)) == recs
+    (tmp_path / 'bad.jsonl').write_text(json.dumps(recs[0]) + '\n{"prompt": "x",\n')
+    with pytest.raises(UserError, match=r'bad.jsonl, line 2: invalid JSON'):
+        read_records(str(tmp_path / 'bad.jsonl'))
+    (tmp_path / 'empty.jsonl').write_text('\n')
+    with pytest.raises(UserError, match='has no records'):
+        read_records(str(tmp_path / 'empty.jsonl'))
+    with pytest.raises(UserError, match='not found'):
+        read_records(str(tmp_path / 'missing.jsonl'))
+
+
+def test_token_budget_batches_respect_budget_and_cover_each_example_once():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 65, (500,), generator=g).tolist()
+    for budget in (64, 100, 256):
+        batches = token_budget_batches(lengths, budget, torch.Generator().manual_seed(budget))
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert all(len(b) * max(lengths[i] for i in b) <= budget for b in batches)
+        # sorting by length keeps padding small: most slots hold real tokens
+        used = sum(lengths[i] for b in batches for i in b)
+        slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        assert used / slots > 0.8
+
+
+def test_sft_batches_epochs_and_resume():
+    examples = [([1] * (n + 2), 1) for n in range(10)]
+    a = SFTBatches(examples, 3, 0, seed=5, pad_id=0, device='cpu')
+    epoch = [a.next() for _ in range(4)]  # 10 examples, batch 3: 4 batches an epoch
+    assert sum(x.size(0) for x, _ in epoch) == 10 and a.epoch == 0
+    a.next()
+    assert a.epoch == 1
+    state = a.state_dict()
+    b = SFTBatches(examples, 3, 0, seed=5, pad_id=0, device='cpu')
+    b.load_state_dict(state)
+    for _ in range(6):
+        (xa, ya), (xb, yb) = a.next(), b.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end: train.py in SFT mode
+
+KEYS = ['apple', 'banana', 'cherry', 'grape', 'lemon', 'lime', 'mango', 'orange', 'peach', 'pear',
+        'plum', 'kiwi', 'melon', 'fig', 'date', 'olive', 'berry', 'coconut', 'papaya', 'guava']
+COLORS = ['red', 'yellow', 'green', 'blue', 'black', 'white', 'pink', 'brown', 'gray', 'purple']
+TEMPLATES = ['What color is {}?', 'Tell me the color of {}.', 'Color of {}?', 'Which color does {} have?',
+             'Name the color of {}', 'I wonder what color {} is', 'What is the color of {}?',
+             'Say the color of {}.', 'colour of {}?', 'Give the color: {}']
+
+
+def synthetic_records():
+    """200 records whose response is a fixed function of the prompt: the color assigned to a fruit."""
+    return [{'prompt': f"\n\nHuman: {t.format(k)}\n\nAssistant:", 'response': f" {COLORS[i % 10]}"}
+            for t in TEMPLATES for i, k in enumerate(KEYS)]
+
+
+def run_train(args, cwd):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=cwd,
+                       capture_output=True, text=True, timeout=300)
+    return p
+
+
+SFT_TINY = ['--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64', '--block_size=32',
+            '--batch_size=16', '--gradient_accumulation_steps=1', '--warmup_iters=10', '--learning_rate=3e-3',
+            '--min_lr=3e-4', '--eval_iters=10', '--val_fraction=0.1']
+
+
+def test_tiny_sft_learns_to_answer_and_stop(tmp_path):
+    data = tmp_path / 'sft.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    out = tmp_path / 'out'
+    p = run_train(SFT_TINY + [f'--sft_data={data}', f'--out_dir={out}', '--max_iters=150', '--lr_decay_iters=150',
+                              '--eval_interval=75'], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'SFT examples: 180 train, 20 val; 0 truncated' in p.stdout
+    import csv
+    val = [float(r['val/loss']) for r in csv.DictReader(open(out / 'log.csv')) if r['val/loss']]
+    assert val[0] > 8 and val[-1] < 1.0  # response loss from ~ln(50304) down
+    model, _ = GPT.from_checkpoint(str(out))
+    model.eval()
+    tok = GPT2Tokenizer()
+    correct = 0
+    for r in synthetic_records()[::7]:
+        prompt = tok.encode(r['prompt'])
+        out_ids = model.generate(torch.tensor([prompt]), 6, temperature=0, eos_token_id=tok.eot_token)
+        new = out_ids[0, len(prompt):].tolist()
+        correct += new[:new.index(tok.eot_token) if tok.eot_token in new else None] == tok.encode(r['response']) \
+            and tok.eot_token in new
+    assert correct >= 0.9 * len(synthetic_records()[::7])  # answers, then emits EOS
+
+
+def test_lora_sft_trains_only_adapters(tmp_path):
+    hf_dir = tmp_path / 'hf'
+    make_hf_gpt2(str(hf_dir), vocab_size=50257, n_positions=64)  # GPT-2's vocabulary for the BPE data
+    data = tmp_path / 'sft.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    out = tmp_path / 'out'
+    p = run_train(SFT_TINY + [f'--sft_data={data}', f'--out_dir={out}', f'--init_from={hf_dir}', '--max_iters=6',
+                              '--eval_interval=3', '--lora_rank=4', '--lora_targets=attn,mlp',
+                              '--tokens_per_batch=256'], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'LoRA rank 4 on attn,mlp' in p.stdout
+    base = GPT.from_pretrained(str(hf_dir), block_size=32).state_dict()
+    sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
+    assert any(k.endswith('lora_B') and sd[k].abs().sum() > 0 for k in sd)  # the adapters moved
+    assert all(torch.equal(sd[k], base[k]) for k in base)  # the base weights did not
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{"prompt": "a", "response": "b"}\n{"prompt": \n', r'sft.jsonl, line 2: invalid JSON'),
+    ('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n', r"sft.jsonl: record 1 has neither 'prompt' and 'response'"),
+    ('\n', r'sft.jsonl has no records'),
+])
+def test_bad_sft_data_is_one_clear_line(tmp_path, content, message):
+    data = tmp_path / 'sft.jsonl'
+    data.write_text(content)
+    p = run_train(SFT_TINY + [f'--sft_data={data}', f'--out_dir={tmp_path / "out"}'], tmp_path)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
+    import re
+    assert err[0].startswith('error: ') and re.search(message, err[0])
+
+
+def test_bad_lora_target_is_one_clear_line(tmp_path):
+    data = tmp_path / 'sft.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    p = run_train(SFT_TINY + [f'--sft_data={data}', '--lora_rank=4', '--lora_targets=atn'], tmp_path)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: lora_targets: unknown target 'atn'")
