@@ -516,3 +516,53 @@ class SFTBatches:
     def load_state_dict(self, state):
         self.epoch, self.index = state['epoch'], state['index']
         self.batches = self._plan()
+
+
+# ----------------------------------------------------------------------------------------------
+# preference pairs for the reward model and DPO
+
+def preference_triple(record, where):
+    """(prompt, chosen, rejected) texts of a preference record: {"prompt", "chosen", "rejected"},
+    or hh-rlhf's {"chosen", "rejected"} full dialogues, split at their last "\\n\\nAssistant:"
+    (both must share the prompt)."""
+    chosen, rejected = record.get('chosen'), record.get('rejected')
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise UserError(f"{where} needs 'chosen' and 'rejected' strings: {str(record)[:80]}")
+    if isinstance(record.get('prompt'), str):
+        return record['prompt'], chosen, rejected
+    tag = CHAT_TAGS['assistant']
+    cut_c, cut_r = chosen.rfind(tag) + len(tag), rejected.rfind(tag) + len(tag)
+    if cut_c < len(tag) or chosen[:cut_c] != rejected[:cut_r]:
+        raise UserError(f"{where}: chosen and rejected do not share a prompt ending with {tag!r}; "
+                        f"give a 'prompt' field or prepare the data with data/hh_rlhf/prepare.py")
+    return chosen[:cut_c], chosen[cut_c:], rejected[cut_r:]
+
+
+def tokenize_preference(prompt_ids, chosen_ids, rejected_ids, eos_id, max_len, truncation):
+    """Two sequences prompt + response + [EOS], each at most max_len tokens; too long: the shared
+    prompt is cut from its left for both ('left') or the pair is dropped ('drop', or when a
+    response cannot fit). Returns ((chosen_ids, n_prompt), (rejected_ids, n_prompt)) or None."""
+    longer = max(len(chosen_ids), len(rejected_ids)) + 1  # + EOS
+    n_over = len(prompt_ids) + longer - max_len
+    if n_over > 0:
+        if truncation == 'drop' or longer >= max_len:  # keep at least one prompt token
+            return None
+        prompt_ids = prompt_ids[n_over:]
+    prompt_ids, n_prompt = list(prompt_ids), len(prompt_ids)
+    return ((prompt_ids + list(chosen_ids) + [eos_id], n_prompt),
+            (prompt_ids + list(rejected_ids) + [eos_id], n_prompt))
+
+
+def pad_right(examples, pad_id, device):
+    """[(ids, n_prompt), ...] -> ids (B, T) right-padded with pad_id, attention_mask (B, T) and
+    response_mask (B, T): 1.0 on the response and EOS tokens (n_prompt <= t < length)."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    lengths = torch.tensor([len(x) for x, _ in examples])
+    n_prompt = torch.tensor([n for _, n in examples])
+    for i, (x, _) in enumerate(examples):
+        ids[i, :len(x)] = torch.tensor(x)
+    t = torch.arange(T)[None, :]
+    attention_mask = (t < lengths[:, None]).long()
+    response_mask = ((t >= n_prompt[:, None]) & (t < lengths[:, None])).float()
+    return ids.to(device), attention_mask.to(device), response_mask.to(device)
