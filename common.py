@@ -484,22 +484,23 @@ def token_budget_batches(lengths, tokens_per_batch, generator):
     return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-class SFTBatches:
-    """Micro-batches over tokenized examples, epoch after epoch: `batch_size` examples at a time or,
-    with tokens_per_batch > 0, token-budget batches. The order of epoch e comes from seed + e, and
-    the position is (epoch, index), so state_dict() is all an exact resume needs."""
+class EpochBatches:
+    """Micro-batches over a list of items, epoch after epoch: `batch_size` items at a time or, with
+    tokens_per_batch > 0, token-budget batches over `lengths`. collate(list of items) makes the
+    tensors. The order of epoch e comes from seed + e and the position is (epoch, index), so
+    state_dict() is all an exact resume needs. Used for SFT examples and preference pairs."""
 
-    def __init__(self, examples, batch_size, tokens_per_batch, seed, pad_id, device):
-        self.examples, self.batch_size, self.tokens_per_batch = examples, batch_size, tokens_per_batch
-        self.seed, self.pad_id, self.device = seed, pad_id, device
+    def __init__(self, items, batch_size, seed, collate, lengths=None, tokens_per_batch=0):
+        self.items, self.batch_size, self.seed, self.collate = items, batch_size, seed, collate
+        self.lengths, self.tokens_per_batch = lengths, tokens_per_batch
         self.epoch, self.index = 0, 0
         self.batches = self._plan()
 
     def _plan(self):
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.tokens_per_batch > 0:
-            return token_budget_batches([len(ids) - 1 for ids, _ in self.examples], self.tokens_per_batch, gen)
-        perm = torch.randperm(len(self.examples), generator=gen).tolist()
+            return token_budget_batches(self.lengths, self.tokens_per_batch, gen)
+        perm = torch.randperm(len(self.items), generator=gen).tolist()
         return [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
 
     def next(self):
@@ -508,7 +509,7 @@ class SFTBatches:
             self.batches = self._plan()
         batch = self.batches[self.index]
         self.index += 1
-        return sft_batch([self.examples[i] for i in batch], self.pad_id, self.device)
+        return self.collate([self.items[i] for i in batch])
 
     def state_dict(self):
         return {'epoch': self.epoch, 'index': self.index}

@@ -37,9 +37,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (GPT2Tokenizer, Logger, SFTBatches, UserError, autocast_context, configure, get_lr,
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure, get_lr,
                     get_rng_state, grad_scaler, print_config, read_records, resolve_device, resolve_dtype,
-                    save_checkpoint, set_rng_state, setup_ddp, sft_pair, tokenize_pair, unwrap)
+                    save_checkpoint, set_rng_state, setup_ddp, sft_batch, sft_pair, tokenize_pair, unwrap)
 from model import GPT, GPTConfig, parse_lora_targets
 
 # -----------------------------------------------------------------------------
@@ -189,6 +189,15 @@ if sft_data:
         print(f"SFT examples: {len(sft_examples['train'])} train, {len(sft_examples['val'])} val; "
               f"{n_trunc} truncated from the prompt's left, {n_drop} dropped (longer than block_size={block_size})")
 
+
+
+def sft_batches(split, seed):
+    """Epochs of right-padded SFT micro-batches (X, Y) over a split's examples."""
+    examples = sft_examples[split]
+    return EpochBatches(examples, batch_size, seed, lambda batch: sft_batch(batch, tokenizer.eot_token, device),
+                        lengths=[len(ids) - 1 for ids, _ in examples], tokens_per_batch=tokens_per_batch)
+
+
 meta_vocab_size = None
 meta_path = os.path.join(data_dir, 'meta.pkl')
 if not sft_data and os.path.isfile(meta_path):
@@ -239,8 +248,7 @@ scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
 if sft_data:  # epochs over the examples; each DDP rank draws its own order
-    sft_loader = SFTBatches(sft_examples['train'], batch_size, tokens_per_batch, seed + ddp_rank,
-                            tokenizer.eot_token, device)
+    sft_loader = sft_batches('train', seed + ddp_rank)
     next_train_batch = sft_loader.next
 else:
     next_train_batch = lambda: get_batch('train', train_gen)
@@ -269,7 +277,7 @@ def eval_batches(split):
     """The same eval_iters batches of a split at every eval (a fixed seed), so val losses compare
     across evals and evaluation never moves the training RNG."""
     if sft_data:
-        loader = SFTBatches(sft_examples[split], batch_size, tokens_per_batch, seed + 1, tokenizer.eot_token, device)
+        loader = sft_batches(split, seed + 1)
         return (loader.next() for _ in range(min(eval_iters, len(loader.batches))))
     gen = torch.Generator().manual_seed(seed + 1)
     return (get_batch(split, gen) for _ in range(eval_iters))

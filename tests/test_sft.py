@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from common import (SFTBatches, GPT2Tokenizer, UserError, read_records, render_chat, sft_batch, sft_pair,
+from common import (EpochBatches, GPT2Tokenizer, UserError, read_records, render_chat, sft_batch, sft_pair,
                     token_budget_batches, tokenize_pair)
 from conftest import ROOT, make_hf_gpt2
 from model import GPT, IGNORE_INDEX
@@ -97,13 +97,14 @@ def test_token_budget_batches_respect_budget_and_cover_each_example_once():
 
 def test_sft_batches_epochs_and_resume():
     examples = [([1] * (n + 2), 1) for n in range(10)]
-    a = SFTBatches(examples, 3, 0, seed=5, pad_id=0, device='cpu')
+    collate = lambda batch: sft_batch(batch, 0, 'cpu')
+    a = EpochBatches(examples, 3, seed=5, collate=collate)
     epoch = [a.next() for _ in range(4)]  # 10 examples, batch 3: 4 batches an epoch
     assert sum(x.size(0) for x, _ in epoch) == 10 and a.epoch == 0
     a.next()
     assert a.epoch == 1
     state = a.state_dict()
-    b = SFTBatches(examples, 3, 0, seed=5, pad_id=0, device='cpu')
+    b = EpochBatches(examples, 3, seed=5, collate=collate)
     b.load_state_dict(state)
     for _ in range(6):
         (xa, ya), (xb, yb) = a.next(), b.next()
