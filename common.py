@@ -567,3 +567,28 @@ def pad_right(examples, pad_id, device):
     attention_mask = (t < lengths[:, None]).long()
     response_mask = ((t >= n_prompt[:, None]) & (t < lengths[:, None])).float()
     return ids.to(device), attention_mask.to(device), response_mask.to(device)
+
+
+def load_preference_pairs(source, split, tokenizer, block_size, truncation):
+    """Tokenized preference pairs [((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin), ...]
+    from a preference data source (see read_records and preference_triple); margin is the record's
+    'margin' field or None. Pairs whose chosen equals rejected, and pairs that cannot fit block_size,
+    are skipped; returns (pairs, counts) with counts of 'identical', 'truncated' and 'dropped'."""
+    pairs, counts = [], {'identical': 0, 'truncated': 0, 'dropped': 0}
+    for i, record in enumerate(read_records(source, split)):
+        prompt, chosen, rejected = preference_triple(record, f"{source}: record {i}")
+        if chosen == rejected:
+            counts['identical'] += 1
+            continue
+        prompt_ids = tokenizer.encode(prompt)
+        pair = tokenize_preference(prompt_ids, tokenizer.encode(chosen), tokenizer.encode(rejected),
+                                   tokenizer.eot_token, block_size, truncation)
+        if pair is None:
+            counts['dropped'] += 1
+            continue
+        counts['truncated'] += pair[0][1] < len(prompt_ids)
+        margin = record.get('margin')
+        pairs.append((pair[0], pair[1], float(margin) if margin is not None else None))
+    if not pairs:
+        raise UserError(f"{source}: no usable preference pair ({counts})")
+    return pairs, counts
