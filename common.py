@@ -340,7 +340,11 @@ class GPT2Tokenizer:
 
     def __init__(self):
         import tiktoken
-        self.enc = tiktoken.get_encoding('gpt2')
+        try:
+            self.enc = tiktoken.get_encoding('gpt2')
+        except Exception as e:  # no network and no cache: say how to fix it, in one line
+            raise UserError(f"the GPT-2 BPE files could not be loaded ({type(e).__name__}); without internet, "
+                            f"set TIKTOKEN_CACHE_DIR to a directory holding them") from None
         self.n_vocab = self.enc.n_vocab
         self.eot_token = self.enc.eot_token  # <|endoftext|>, 50256
 
@@ -592,3 +596,103 @@ def load_preference_pairs(source, split, tokenizer, block_size, truncation):
     if not pairs:
         raise UserError(f"{source}: no usable preference pair ({counts})")
     return pairs, counts
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring with a reward model
+
+@torch.no_grad()
+def score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx=nullcontext()):
+    """Rewards (N,) of [(prompt, response), ...] texts under a value-head model: each scored as
+    prompt + response + EOS (as reward_train.py trains it; the prompt is cut from its left to fit
+    block_size), right-padded, the value head read at each row's EOS. Puts the model in eval mode."""
+    from losses import gather_last
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        examples = []
+        for prompt, response in texts[i:i + batch_size]:
+            ex = tokenize_pair(tokenizer.encode(prompt), tokenizer.encode(response), tokenizer.eot_token,
+                               block_size - 1, 'left')
+            if ex is None:
+                raise UserError(f"a response of {len(tokenizer.encode(response))} tokens does not fit block_size={block_size}")
+            examples.append(ex)
+        ids, attention_mask, _ = pad_right(examples, tokenizer.eot_token, device)
+        with ctx:
+            values = model.value(model.trunk(ids))  # right padding: causal attention needs no mask
+        out.append(gather_last(values, attention_mask).float().cpu())
+    return torch.cat(out)
+
+
+def reward_stats(model, tokenizer, texts, block_size, batch_size, device, ctx=nullcontext()):
+    """(mean, std) of the rewards of reference (prompt, response) texts, for reward normalisation."""
+    rewards = score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx)
+    return rewards.mean().item(), rewards.std().item()
+
+
+class RewardModel:
+    """A reward checkpoint of reward_train.py, loaded for scoring texts (PPO, sample.py). score()
+    returns raw rewards, or (r - reward_mean) / reward_std with normalize=True."""
+
+    def __init__(self, path, device='cpu', dtype='float32', batch_size=8):
+        from model import GPT
+        self.model, checkpoint = GPT.from_checkpoint(path, device='cpu')
+        if self.model.value_head is None:
+            raise UserError(f"{path} is not a reward model (no value head)")
+        if 'reward_std' not in checkpoint:
+            print0(f"note: {path} has no reward normalisation stats; normalize=True uses mean 0, std 1")
+        self.mean, self.std = checkpoint.get('reward_mean', 0.0), checkpoint.get('reward_std', 1.0)
+        self.model.to(device).eval()
+        self.device, self.batch_size = device, batch_size
+        self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)
+        self.tokenizer = GPT2Tokenizer()
+
+    def score(self, prompts, responses, normalize=False):
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        rewards = score_texts(self.model, self.tokenizer, list(zip(prompts, responses)),
+                              self.model.config.block_size, self.batch_size, self.device, self.ctx)
+        return (rewards - self.mean) / self.std if normalize else rewards
+
+
+def preference_logps(model, pairs, pad_id, device):
+    """Summed response log-probs (prompt excluded, EOS included) of both sides of each pair
+    [(chosen_example, rejected_example, ...), ...] (as load_preference_pairs gives them), in ONE
+    forward pass over 2B right-padded rows, chosen first: -> (chosen_logps (B,), rejected_logps
+    (B,)), float32. Right padding needs no attention mask (a real token never sees later ones).
+    Run it under torch.no_grad() for a reference model, and autocast as the caller's forwards."""
+    from losses import sequence_logprobs
+    B = len(pairs)
+    ids, _, response_mask = pad_right([p[0] for p in pairs] + [p[1] for p in pairs], pad_id, device)  # (2B, T)
+    logits, _ = model(ids)                                      # (2B, T, V)
+    logps = sequence_logprobs(logits, ids, response_mask)       # (2B,)
+    return logps[:B], logps[B:]
+
+
+# ----------------------------------------------------------------------------------------------
+# caches of computed values (e.g. DPO's reference log-probs), keyed by what they were computed from
+
+def source_identity(source):
+    """What identifies the weights or data behind `source` for a cache key: a file's absolute
+    path, size and modification time; for a directory, those of ckpt.pt if it has one, else of
+    every file in it; anything else (a gpt2* or hub name) is its own identity."""
+    def file_id(path):
+        st = os.stat(path)
+        return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if os.path.isfile(source):
+        return file_id(source)
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, 'ckpt.pt')):
+            return file_id(os.path.join(source, 'ckpt.pt'))
+        return tuple(file_id(os.path.join(source, f)) for f in sorted(os.listdir(source))
+                     if os.path.isfile(os.path.join(source, f)))
+    return source
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file in the same directory, then rename: readers see the old
+    file or the whole new one, never half of one (also with two runs writing at once)."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

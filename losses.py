@@ -52,3 +52,54 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None):
     if margin is not None:
         diff = diff - margin
     return -F.logsigmoid(diff)
+
+
+# ----------------------------------------------------------------------------------------------
+# direct preference optimisation and its variants
+
+def _sigmoid_loss(h, beta, label_smoothing):
+    # DPO (Rafailov et al. 2023, eq. 7); label_smoothing > 0: conservative DPO (Mitchell 2023)
+    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+
+
+def _ipo_loss(h, beta, label_smoothing):
+    return (h - 1 / (2 * beta)) ** 2  # IPO (Azar et al. 2023, eq. 17): h itself, not beta * h
+
+
+def _hinge_loss(h, beta, label_smoothing):
+    return torch.relu(1 - beta * h)  # SLiC-HF's calibration hinge (Zhao et al. 2023) on h
+
+
+DPO_LOSSES = {'sigmoid': _sigmoid_loss, 'ipo': _ipo_loss, 'hinge': _hinge_loss}
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+             beta, loss_type='sigmoid', label_smoothing=0.0):
+    """Per-pair preference losses from summed response log-probs, all (B,) -> three (B,) tensors:
+    (losses, chosen_rewards, rejected_rewards). With y_w chosen, y_l rejected, eps = label_smoothing,
+        h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
+        'sigmoid': -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   DPO, Rafailov et al. 2023 eq. 7;
+                   eps > 0 is conservative DPO (cDPO, Mitchell 2023): labels flipped with probability eps
+        'ipo':     (h - 1 / (2 beta))^2                                        IPO, Azar et al. 2023 eq. 17
+        'hinge':   relu(1 - beta h)                                            SLiC-HF (Zhao et al. 2023)
+    Rewards are DPO's implicit rewards beta (log pi(y|x) - log pi_ref(y|x)) (eq. 5, without the
+    beta log Z(x) that cancels in a pair), detached: diagnostics, never trained on.
+    An unknown loss_type, or label_smoothing outside [0, 0.5) or with a loss other than 'sigmoid',
+    is a ValueError."""
+    if loss_type not in DPO_LOSSES:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose among {', '.join(DPO_LOSSES)}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing > 0 and loss_type != 'sigmoid':
+        raise ValueError(f"label_smoothing applies to loss_type='sigmoid' only, not {loss_type!r}")
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps        # (B,)
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
+    losses = DPO_LOSSES[loss_type](chosen_logratios - rejected_logratios, beta, label_smoothing)
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def lm_loss(logits, ids, mask):
+    """Mean negative log-likelihood per counted token: -sum_t mask[t] log p(ids[t] | ids[<t]) / sum_t mask[t],
+    over the whole batch; logits (B, T, V) from model(ids), ids (B, T), mask (B, T) -> scalar.
+    The same number as model(ids[:, :-1], targets)'s cross-entropy with uncounted targets ignored."""
+    return -sequence_logprobs(logits, ids, mask).sum() / mask[:, 1:].sum()

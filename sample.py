@@ -5,6 +5,7 @@ Sample from a trained model, a batch at a time, with the KV-cache `generate` of 
     python sample.py --init_from=gpt2-large --start="What is the answer to life?" --num_samples=4
     python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --temperature=0
     python sample.py --out_dir=out-sft-gpt2large --chat=True --start="How do I bake bread?"  # SFT model
+    python sample.py --out_dir=out-sft-gpt2large --chat=True --score=out-reward-gpt2large  # + reward
 
 init_from='resume' reads out_dir/<ckpt> (ckpt.pt, or best.pt); the tokenizer is the char-level
 one of the checkpoint's dataset when data/<dataset>/meta.pkl exists, else GPT-2's BPE.
@@ -15,7 +16,7 @@ import sys
 
 import torch
 
-from common import (CHAT_TAGS, UserError, autocast_context, configure, get_tokenizer, print_config, resolve_device,
+from common import (CHAT_TAGS, RewardModel, UserError, autocast_context, configure, get_tokenizer, print_config, resolve_device,
                     resolve_dtype, seed_everything)
 from model import GPT
 
@@ -31,6 +32,7 @@ temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = g
 top_k = 200                 # keep only the top_k most likely tokens (None: all)
 top_p = 1.0                 # nucleus sampling: keep the smallest set with this much probability
 chat = False                # wrap start in the chat format ("\n\nHuman: {start}\n\nAssistant:"), stop at EOS
+score = ''                  # a reward checkpoint (reward_train.py): print each sample's reward after it
 seed = 1337
 device = 'auto'             # 'auto' | 'cpu' | 'cuda' | 'mps'
 dtype = 'auto'              # 'auto' | 'float32' | 'bfloat16' | 'float16'
@@ -74,6 +76,8 @@ start_ids = tokenizer.encode(start)
 if not start_ids:
     raise UserError("the prompt is empty: give --start=... (at least one token)")
 
+scorer = RewardModel(score, device, dtype) if score else None
+
 with torch.no_grad(), ctx:
     done = 0
     while done < num_samples:
@@ -82,9 +86,11 @@ with torch.no_grad(), ctx:
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            eos_token_id=eos_token_id, generator=generator)
         for row in y.tolist():
-            if chat:  # the response alone, cut at its EOS
-                row = row[len(start_ids):]
-                row = row[:row.index(eos_token_id)] if eos_token_id in row else row
-            print(tokenizer.decode(row))
+            response = row[len(start_ids):]
+            if eos_token_id in response:  # the response alone, cut at its EOS
+                response = response[:response.index(eos_token_id)]
+            print(tokenizer.decode(response if chat else row))
+            if scorer is not None:  # scored as prompt + response + EOS, as the reward model was trained
+                print(f"reward: {scorer.score([start], [tokenizer.decode(response)])[0].item():.4f}")
             print('---------------')
         done += n

@@ -1,0 +1,283 @@
+"""
+Train a reward model on preference pairs: a GPT whose value head scores a whole sequence.
+
+    python train.py config/sft_gpt2large.py            # first an SFT model (or start from gpt2*)
+    python reward_train.py config/reward_gpt2large.py  # hh-rlhf, gpt2-large, 24 GB card
+    python reward_train.py config/reward_tiny.py       # CPU, a minute
+
+The reward of (prompt, response) is the value head's output at the last real token: the EOS that
+ends the response (the scorer appends it, as training does). Chosen and rejected of each pair go
+through the model in one right-padded batch. Loss (Ouyang et al. 2022, eq. 1):
+    -log sigmoid(r_chosen - r_rejected - margin)  +  chosen_lm_coef * LM loss on the chosen response
+Writes to out_dir: ckpt.pt (last), best.pt (best val accuracy), log.csv. After training both get
+`reward_mean` / `reward_std`: the reward's mean and std over a reference set of responses (the
+chosen responses of the training pairs, or norm_data), which PPO uses to normalise scores.
+
+Departures from the InstructGPT recipe:
+1. one pair per comparison instead of all K-choose-2 pairs of a prompt (hh-rlhf has pairs only);
+2. the optional LM term on the chosen response keeps the trunk a language model (as
+   alignmentnanoGPT does); the per-pair margin (Llama 2) is read from a record's 'margin' field.
+"""
+
+import math
+import os
+from dataclasses import asdict
+
+import torch
+from tqdm import tqdm
+
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure, get_lr,
+                    get_rng_state, grad_scaler, load_preference_pairs, pad_right, print_config, read_records,
+                    resolve_device, resolve_dtype, reward_stats, save_checkpoint, set_rng_state, sft_pair,
+                    tokenize_pair)
+from losses import bradley_terry_loss, gather_last, lm_loss
+from model import GPT, parse_lora_targets
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out-reward'
+init_from = 'gpt2'              # 'resume' | 'gpt2*' | HF directory | this project's checkpoint (an SFT out_dir)
+eval_interval = 100             # evaluate (and save) every this many iterations
+eval_iters = 50                 # val batches per eval (the same ones each time; fewer if the split is smaller)
+log_interval = 1
+always_save_checkpoint = True   # save ckpt.pt at every eval (best.pt always tracks the best val accuracy)
+seed = 1337
+wandb_log = False
+wandb_project = 'gpt2-rlhf'
+wandb_run_name = 'reward'
+# data: {"prompt","chosen","rejected"} or hh-rlhf {"chosen","rejected"} records
+pref_data = 'data/hh_rlhf/pref_train.jsonl'  # .json/.jsonl/.jsonl.gz file or Hugging Face dataset name
+pref_split = 'train'            # split of a hub dataset given as pref_data
+pref_val_data = 'data/hh_rlhf/pref_val.jsonl'  # '' = hold out val_fraction of pref_data
+pref_val_split = 'test'
+val_fraction = 0.1
+truncation = 'left'             # too long: 'left' cuts the prompt's start, 'drop' skips the pair
+norm_data = ''                  # responses for reward_mean/std ({"prompt","response"}); '' = chosen of pref_data
+norm_samples = 512              # how many of them
+block_size = 1024
+batch_size = 4                  # pairs per micro-batch (2 * batch_size sequences)
+gradient_accumulation_steps = 8
+# model
+dropout = 0.0
+lora_rank = 0                   # LoRA on the trunk (the value head always trains); see train.py
+lora_alpha = 16.0
+lora_dropout = 0.0
+lora_targets = 'attn'
+# loss
+chosen_lm_coef = 0.0            # weight of the LM loss on chosen responses (0 = pure Bradley-Terry)
+# AdamW and schedule
+learning_rate = 1e-5
+max_iters = 1000
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+decay_lr = True
+warmup_iters = 20
+lr_decay_iters = 1000
+min_lr = 1e-6
+# system
+device = 'auto'
+dtype = 'auto'
+compile = False                 # torch.compile the model (CUDA only)
+# -----------------------------------------------------------------------------
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+device = resolve_device(device)
+device_type = 'cuda' if device.startswith('cuda') else device
+dtype = resolve_dtype(dtype, device_type)
+ctx = autocast_context(device_type, dtype)
+print_config(config)
+os.makedirs(out_dir, exist_ok=True)
+if truncation not in ('left', 'drop'):
+    raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
+try:
+    parse_lora_targets(lora_targets)
+except ValueError as e:
+    raise UserError(str(e)) from None
+torch.manual_seed(seed)
+
+# -----------------------------------------------------------------------------
+# data: tokenized pairs ((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin)
+tokenizer = GPT2Tokenizer()
+pairs, counts = {}, {}
+pairs['train'], counts['train'] = load_preference_pairs(pref_data, pref_split, tokenizer, block_size, truncation)
+if pref_val_data:
+    pairs['val'], counts['val'] = load_preference_pairs(pref_val_data, pref_val_split, tokenizer, block_size, truncation)
+else:  # hold out a fixed, seeded share
+    perm = torch.randperm(len(pairs['train']), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(perm) * val_fraction))
+    if n_val >= len(perm):
+        raise UserError(f"{pref_data}: {len(perm)} pairs are too few to hold out val_fraction={val_fraction}")
+    pairs = {'val': [pairs['train'][i] for i in perm[:n_val]], 'train': [pairs['train'][i] for i in perm[n_val:]]}
+for split, c in counts.items():
+    print(f"{split} data: {c['identical']} pairs with chosen == rejected skipped, {c['truncated']} truncated "
+          f"from the prompt's left, {c['dropped']} dropped (a response longer than block_size={block_size})")
+print(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
+
+
+def collate(batch):
+    """Chosen rows then rejected rows, right-padded: ids, attention_mask, response_mask (2B, T), margins (B,)."""
+    ids, attention_mask, response_mask = pad_right([c for c, _, _ in batch] + [r for _, r, _ in batch],
+                                                   tokenizer.eot_token, device)
+    margins = torch.tensor([m if m is not None else 0.0 for _, _, m in batch], device=device)
+    return ids, attention_mask, response_mask, margins
+
+
+def pair_batches(split, seed):
+    return EpochBatches(pairs[split], batch_size, seed, collate)
+
+
+# -----------------------------------------------------------------------------
+# model: a GPT with the value head (zero-initialised on a fresh model)
+lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets) if lora_rank else {}
+iter_num, best_val_acc, checkpoint = 0, -1.0, None
+if init_from == 'resume':
+    model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)
+    iter_num, best_val_acc = checkpoint['iter_num'], checkpoint['best_val_acc']
+else:
+    model = GPT.from_pretrained(init_from, value_head=True, dropout=dropout, **lora)
+if not model.config.value_head:
+    raise UserError(f"{init_from}: the resumed model has no value head")
+if block_size < model.config.block_size:
+    model.crop_block_size(block_size)
+elif block_size > model.config.block_size:
+    raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
+if model.config.vocab_size < tokenizer.n_vocab:
+    raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab} tokens")
+model.to(device)
+start_iter = iter_num
+
+scaler = grad_scaler(device_type, dtype)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+train_loader = pair_batches('train', seed)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    train_loader.load_state_dict(checkpoint['train_loader'])
+    set_rng_state(checkpoint['rng'])
+    checkpoint = None
+raw_model = model
+if compile and device_type == 'cuda':
+    model = torch.compile(model)
+
+
+def forward(ids, attention_mask, response_mask, margins):
+    """Per-pair losses and rewards of one micro-batch: (loss (), metrics dict of (B,) tensors)."""
+    B = ids.size(0) // 2
+    with ctx:
+        h = model.trunk(ids)  # right padding: no attention mask needed (causal)
+        rewards = gather_last(raw_model.value(h), attention_mask)  # (2B,) at each row's EOS
+        chosen_rewards, rejected_rewards = rewards[:B], rewards[B:]
+        losses = bradley_terry_loss(chosen_rewards, rejected_rewards, margins)
+        loss = losses.mean()
+        if chosen_lm_coef > 0:  # mean NLL per chosen response token
+            logits = raw_model.lm_head(h[:B])
+            loss = loss + chosen_lm_coef * lm_loss(logits, ids[:B], response_mask[:B])
+    # accuracy: chosen scored higher; a tie counts half (a fresh zero head ties everything: 0.5, chance)
+    accuracy = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+    return loss, {'loss': losses.detach(), 'accuracy': accuracy.detach(),
+                  'margin': (chosen_rewards - rejected_rewards).detach(),
+                  'reward': rewards.detach()}
+
+
+@torch.no_grad()
+def evaluate():
+    """Pairwise accuracy, mean margin, loss and reward mean/std on the same val batches each time."""
+    model.eval()
+    loader = pair_batches('val', seed + 1)
+    parts = {}
+    for _ in range(min(eval_iters, len(loader.batches))):
+        _, m = forward(*loader.next())
+        for k, v in m.items():
+            parts.setdefault(k, []).append(v)
+    model.train()
+    m = {k: torch.cat(v) for k, v in parts.items()}
+    return {'val/loss': m['loss'].mean().item(), 'val/accuracy': m['accuracy'].mean().item(),
+            'val/margin': m['margin'].mean().item(), 'val/reward_mean': m['reward'].mean().item(),
+            'val/reward_std': m['reward'].std().item()}
+
+
+def checkpoint_state():
+    return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_acc': best_val_acc,
+            'config': config, 'rng': get_rng_state(), 'train_loader': train_loader.state_dict()}
+
+
+logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
+                resume_step=iter_num if init_from == 'resume' else None)
+
+# -----------------------------------------------------------------------------
+# training loop
+pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
+say = tqdm.write
+while True:
+    lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        metrics = evaluate()
+        say(f"step {iter_num}: val accuracy {metrics['val/accuracy']:.4f}, loss {metrics['val/loss']:.4f}, "
+            f"margin {metrics['val/margin']:.3f}")
+        logger.log({**metrics, 'lr': lr}, iter_num)
+        improved = metrics['val/accuracy'] > best_val_acc
+        best_val_acc = max(best_val_acc, metrics['val/accuracy'])
+        if iter_num > start_iter:
+            state = checkpoint_state()
+            if improved or always_save_checkpoint:
+                save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
+            if improved:
+                save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
+    if iter_num >= max_iters:
+        break
+
+    # forward/backward over gradient_accumulation_steps micro-batches of pairs
+    sums = {}
+    for micro_step in range(gradient_accumulation_steps):
+        loss, m = forward(*train_loader.next())
+        scaler.scale(loss / gradient_accumulation_steps).backward()
+        sums['loss'] = sums.get('loss', 0.0) + loss.detach() / gradient_accumulation_steps
+        for k in ('accuracy', 'margin'):
+            sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
+    lossf = sums['loss'].item()
+    if not math.isfinite(lossf):
+        raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped before the optimizer step, "
+                        f"checkpoints in {out_dir} are untouched (lower learning_rate, prefer bfloat16 to float16)")
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    if iter_num % log_interval == 0:
+        say(f"iter {iter_num}: loss {lossf:.4f}, accuracy {sums['accuracy'].item():.3f}, "
+            f"margin {sums['margin'].item():.3f}")
+        logger.log({'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(),
+                    'train/margin': sums['margin'].item(), 'lr': lr}, iter_num)
+    iter_num += 1
+    pbar.update(1)
+pbar.close()
+
+# -----------------------------------------------------------------------------
+# reward normalisation: mean/std of the reward over reference responses, stored in the checkpoints
+if norm_data:
+    norm_pairs = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))]
+else:
+    norm_pairs = [(tokenizer.decode(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
+norm_pairs = [norm_pairs[i] for i in torch.randperm(len(norm_pairs), generator=torch.Generator().manual_seed(seed))
+              .tolist()[:norm_samples]]
+for name in ('ckpt.pt', 'best.pt'):
+    path = os.path.join(out_dir, name)
+    if not os.path.isfile(path):
+        continue
+    state = torch.load(path, map_location='cpu', weights_only=False)
+    raw_model.load_state_dict(state['model'])
+    mean, std = reward_stats(raw_model, tokenizer, norm_pairs, block_size, batch_size * 2, device, ctx)
+    state['reward_mean'], state['reward_std'] = mean, std
+    save_checkpoint(path, state, raw_model)
+    print(f"{path}: reward mean {mean:.4f}, std {std:.4f} over {len(norm_pairs)} reference responses")
+logger.finish()

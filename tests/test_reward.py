@@ -1,0 +1,130 @@
+"""Reward model: Bradley-Terry loss, the reward read at the last real token, normalisation, and
+reward_train.py end to end on a separable synthetic task."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common import GPT2Tokenizer, RewardModel, pad_right, reward_stats, score_texts, sft_batch, tokenize_pair
+from conftest import ROOT, make_hf_gpt2
+from losses import bradley_terry_loss, gather_last, lm_loss
+from model import GPT
+
+
+def test_bradley_terry_hand_values():
+    chosen, rejected = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])
+    expected = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(1)), math.log(2)]  # -log sigmoid(d)
+    torch.testing.assert_close(bradley_terry_loss(chosen, rejected), torch.tensor(expected))
+    margin = torch.tensor([0.5, 0.0, -1.0])  # -log sigmoid(d - m)
+    expected = [math.log(1 + math.exp(-0.5)), math.log(1 + math.exp(1)), math.log(1 + math.exp(-1))]
+    torch.testing.assert_close(bradley_terry_loss(chosen, rejected, margin), torch.tensor(expected))
+
+
+def test_gather_last_right_and_left_padding():
+    x = torch.tensor([[1., 2., 3., 4.], [5., 6., 7., 8.], [9., 10., 11., 12.]])
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]])  # right-padded, left-padded, full
+    assert gather_last(x, mask).tolist() == [2., 8., 12.]
+
+
+@pytest.fixture(scope='module')
+def reward_model(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp('rm'))
+    make_hf_gpt2(d, vocab_size=50257, n_positions=64)
+    model = GPT.from_pretrained(d, value_head=True).eval()
+    torch.nn.init.normal_(model.value_head.weight)  # a head that is not zero, so positions matter
+    return model
+
+
+def test_reward_at_last_real_token_for_right_and_left_padding(reward_model):
+    model = reward_model
+    seqs = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    alone = torch.stack([model.value(model.trunk(torch.tensor([s])))[0, -1] for s in seqs])
+    T = max(map(len, seqs))
+    right = torch.tensor([s + [0] * (T - len(s)) for s in seqs])
+    right_mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])
+    left = torch.tensor([[0] * (T - len(s)) + s for s in seqs])
+    left_mask = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in seqs])
+    r_right = gather_last(model.value(model.trunk(right)), right_mask)  # causal: no mask needed
+    r_left = gather_last(model.value(model.trunk(left, left_mask)), left_mask)
+    torch.testing.assert_close(r_right, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r_left, alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(r_right, model.value(model.trunk(right))[:, -1])  # the last column is wrong
+
+
+def test_lm_loss_equals_model_cross_entropy(reward_model):
+    examples = [tokenize_pair([5, 6, 7], [8, 9, 10], 50256, 16, 'left'), tokenize_pair([11], [12], 50256, 16, 'left')]
+    ids, _, response_mask = pad_right(examples, 50256, 'cpu')
+    X, Y = sft_batch(examples, 50256, 'cpu')
+    _, ce = reward_model(X, Y)
+    torch.testing.assert_close(lm_loss(reward_model(ids)[0], ids, response_mask), ce)
+
+
+def test_score_texts_appends_eos_and_reads_it(reward_model):
+    tok = GPT2Tokenizer()
+    texts = [("\n\nHuman: hi\n\nAssistant:", " hello"), ("\n\nHuman: a long one\n\nAssistant:", " sure, here")]
+    scores = score_texts(reward_model, tok, texts, 64, 2, 'cpu')
+    for (p, r), s in zip(texts, scores):
+        ids = torch.tensor([tok.encode(p) + tok.encode(r) + [tok.eot_token]])
+        torch.testing.assert_close(s, reward_model.value(reward_model.trunk(ids))[0, -1], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# reward_train.py end to end
+
+def synthetic_pairs(n=240):
+    """Separable preferences: the chosen answer says 'good', the rejected one 'bad' (varied prompts)."""
+    topics = ['the weather', 'my cat', 'this movie', 'the food', 'your plan', 'the book', 'our trip', 'the song']
+    out = []
+    for i in range(n):
+        t = topics[i % len(topics)]
+        prompt = f"\n\nHuman: What do you think of {t}? ({i})\n\nAssistant:"
+        good, bad = f" I think {t} is good.", f" I think {t} is bad."
+        out.append({'prompt': prompt, 'chosen': good, 'rejected': bad})
+    return out
+
+
+def test_reward_train_separable_task_and_normalisation(tmp_path):
+    hf = tmp_path / 'hf'
+    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
+    records = synthetic_pairs() + [{'prompt': 'x', 'chosen': ' same', 'rejected': ' same'}] * 3
+    data = tmp_path / 'pref.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in records))
+    out = tmp_path / 'out'
+    args = [f'--init_from={hf}', f'--pref_data={data}', "--pref_val_data=", f'--out_dir={out}', '--device=cpu',
+            '--block_size=64', '--batch_size=16', '--gradient_accumulation_steps=1', '--learning_rate=3e-3',
+            '--max_iters=40', '--lr_decay_iters=40', '--warmup_iters=5', '--eval_interval=20', '--eval_iters=10',
+            '--norm_samples=64', '--chosen_lm_coef=0.1']
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert '3 pairs with chosen == rejected skipped' in p.stdout
+    rows = [r for r in csv.DictReader(open(out / 'log.csv')) if r['val/accuracy']]
+    assert float(rows[0]['val/accuracy']) == 0.5  # zero-initialised head: every pair a tie
+    assert float(rows[-1]['val/accuracy']) > 0.95
+    # normalisation stats are stored, and they are the mean/std over the chosen responses
+    rm = RewardModel(str(out / 'best.pt'))
+    texts = [(r['prompt'], r['chosen']) for r in synthetic_pairs()]
+    raw = rm.score([p for p, _ in texts], [r for _, r in texts])
+    torch.testing.assert_close(rm.score([p for p, _ in texts], [r for _, r in texts], normalize=True),
+                               (raw - rm.mean) / rm.std)
+    ckpt = torch.load(out / 'best.pt', weights_only=False)
+    assert ckpt['reward_std'] > 0 and ckpt['reward_mean'] == rm.mean
+    # the reference set is 64 of the training pairs' chosen responses: its mean is near theirs
+    assert abs(raw.mean().item() - rm.mean) < 3 * raw.std().item() / 8
+    good = rm.score(['\n\nHuman: What do you think of it?\n\nAssistant:'] * 2, [' I think it is good.', ' I think it is bad.'])
+    assert good[0] > good[1]
+
+
+def test_reward_train_bad_inputs(tmp_path):
+    data = tmp_path / 'pref.jsonl'
+    data.write_text(json.dumps({'prompt': 'x', 'chosen': 'a'}) + '\n')
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'reward_train.py'), f'--pref_data={data}',
+                        '--pref_val_data=', '--device=cpu', f'--init_from={tmp_path / "none"}'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and err[-1].startswith("error: ") and "record 0 needs 'chosen' and 'rejected'" in err[-1]
