@@ -1,4 +1,4 @@
-# A tiny reward model on CPU in about a minute, from the tiny SFT model of config/sft_tiny.py:
+# A tiny reward model on CPU in a few minutes, from the tiny SFT model of config/sft_tiny.py:
 #   python data/hh_rlhf/prepare.py --input ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz
 #   python train.py config/sft_tiny.py && python reward_train.py config/reward_tiny.py
 
@@ -10,14 +10,14 @@ pref_val_data = 'data/hh_rlhf/pref_val.jsonl'
 block_size = 256
 batch_size = 16
 gradient_accumulation_steps = 1
-learning_rate = 1e-3
-min_lr = 1e-4
+learning_rate = 3e-4
+min_lr = 3e-5
 warmup_iters = 10
-max_iters = 150
-lr_decay_iters = 150
+max_iters = 300
+lr_decay_iters = 300
 weight_decay = 0.0
 
-eval_interval = 50
+eval_interval = 100
 eval_iters = 100                # the whole val split (230 pairs)
 log_interval = 10
 norm_samples = 256
