@@ -502,7 +502,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  attention_mask=None, eos_token_id=None, pad_token_id=None, use_cache=True,
-                 generator=None):
+                 generator=None, return_logprobs=False):
         """Continue a batch of prompts idx (B, T) — left-padded when attention_mask (B, T) has
         zeros — by up to max_new_tokens tokens. temperature=0 is greedy (argmax); otherwise
         sample from softmax(logits / temperature) after top_k/top_p filtering, with `generator`
@@ -511,7 +511,9 @@ class GPT(nn.Module):
         Returns (B, T + n), n <= max_new_tokens. use_cache=False recomputes the whole sequence
         every step (slow; the reference the KV cache is tested against); so does a prompt plus
         max_new_tokens longer than block_size, whose context is cropped to the last block_size
-        tokens each step, as nanoGPT's sample.py does."""
+        tokens each step, as nanoGPT's sample.py does. return_logprobs=True also returns (B, n):
+        log softmax(logits / temperature) of each new token under the full distribution (before
+        top-k/top-p filtering), the quantity PPO recomputes in training; 0 after a row's EOS."""
         B, T = idx.size()
         if T + max_new_tokens > self.config.block_size:
             use_cache = False  # then crop the context to the last block_size tokens each step (nanoGPT)
@@ -526,17 +528,22 @@ class GPT(nn.Module):
                 dtype = torch.get_autocast_dtype(idx.device.type)
             kv_cache = KVCache(self.config, B, T + max_new_tokens, idx.device, dtype)
         next_input = idx
+        logprobs = []
         for _ in range(max_new_tokens):
             if kv_cache is not None:  # prefill the whole prompt once, then one token a step
                 h = self.trunk(next_input, mask, kv_cache=kv_cache)
             else:
                 h = self.trunk(idx[:, -self.config.block_size:], mask[:, -self.config.block_size:])
             logits = self.lm_head(h[:, -1, :]).float()  # (B, V)
+            scaled = logits / temperature if temperature > 0 else logits
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
-                idx_next = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+                filtered = top_k_top_p_filter(scaled, top_k, top_p)
+                idx_next = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)
+            if return_logprobs:
+                lp = scaled.log_softmax(dim=-1).gather(1, idx_next).squeeze(1)
+                logprobs.append(lp.masked_fill(finished, 0.0))
             if eos_token_id is not None:
                 idx_next = idx_next.masked_fill(finished[:, None], pad_token_id)
                 finished |= idx_next.squeeze(1) == eos_token_id
@@ -545,4 +552,6 @@ class GPT(nn.Module):
             next_input = idx_next
             if eos_token_id is not None and bool(finished.all()):
                 break
+        if return_logprobs:
+            return idx, torch.stack(logprobs, dim=1)
         return idx

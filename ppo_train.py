@@ -1,0 +1,400 @@
+"""
+RLHF: optimise a policy against a reward with PPO (or GRPO / RLOO), one loop read top to bottom
+(CleanRL style). Each iteration:
+  1. rollout: sample a batch of prompts, left-pad them, generate with the KV cache at
+     `temperature` (top_k/top_p), cut each response after its first EOS;
+  2. score: the reward of (prompt, response) texts, from this project's reward checkpoint
+     (normalised with its stored mean/std) or a Python `reward_fn = "module:function"`; a response
+     with no EOS gets `missing_eos_penalty` subtracted;
+  3. recompute the policy's and the reference's log-probs with logits / temperature (the sampling
+     temperature) and the values at the positions that predict each response token;
+  4. per-token reward = -kl_coef * KL(k1) on every response token + the score on the last one;
+  5. GAE (or GRPO / RLOO group advantages), whitened over response tokens, then ppo_epochs of
+     shuffled mini-batches with the clipped policy and value losses.
+
+    python ppo_train.py config/ppo_gpt2large.py     # SFT policy, project reward model, 24 GB
+    python ppo_train.py config/ppo_tiny.py          # CPU
+
+Departures from Ziegler et al. 2019 / Ouyang et al. 2022: the reward model is trained once
+(no online labels); no pretraining-mix term (PPO-ptx); the value head may share the policy's trunk
+(critic='shared', the cheapest) or be a separate model initialised from the reward model.
+"""
+
+import copy
+import importlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from tqdm import tqdm
+
+from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, autocast_context, configure,
+                    get_lr, get_rng_state, preference_triple, print_config, read_records, render_chat,
+                    resolve_device, resolve_dtype, response_forward, save_checkpoint, set_rng_state)
+from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
+                    ppo_policy_loss, ppo_value_loss, rloo_advantages)
+from model import GPT, parse_lora_targets
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out-ppo'
+init_from = 'out-sft-gpt2large'  # the policy: an SFT checkpoint, 'gpt2*', an HF directory, or 'resume'
+eval_interval = 50              # save a checkpoint every this many iterations
+log_interval = 1
+sample_interval = 10            # print/log a few prompt -> response samples every this many iterations
+seed = 1337
+wandb_log = False
+wandb_project = 'gpt2-rlhf'
+wandb_run_name = 'ppo'
+# prompts: records with "prompt", or "messages" (chat), or hh-rlhf dialogues ("chosen")
+prompt_data = 'data/hh_rlhf/sft_train.jsonl'
+prompt_split = 'train'
+# reward: this project's reward checkpoint, or a Python function (then reward_model is ignored)
+reward_model = 'out-reward-gpt2large/best.pt'
+reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts)
+normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint
+reward_clip = 0.0               # clip scores to [-reward_clip, reward_clip] (0 = off)
+missing_eos_penalty = 1.0       # subtracted from the score of a response that never emits EOS
+# generation
+max_new_tokens = 64
+temperature = 0.7               # the log-probs of training are computed at this same temperature
+top_k = 0                       # 0 = off; anything but off makes training log-probs differ from sampling
+top_p = 1.0
+# algorithm
+advantage_estimator = 'gae'     # 'gae' (PPO with a critic) | 'grpo' | 'rloo' (no critic)
+group_size = 4                  # grpo/rloo: responses sampled per prompt
+critic = 'shared'               # gae: 'shared' (value head on the policy trunk) | 'separate' (from reward_model)
+kl_coef = 0.05                  # beta: weight of the KL penalty to the reference
+kl_estimator = 'k1'             # 'k1' in the reward (PPO); 'k3' for the loss (GRPO)
+kl_in_loss = False              # grpo/rloo: add kl_coef * k3 to the loss instead of the reward
+adaptive_kl = False             # Ziegler et al.'s controller: move kl_coef towards target_kl
+target_kl = 6.0                 # target KL (nats per sequence) for the adaptive controller
+kl_horizon = 10000
+gamma = 1.0
+lam = 0.95
+whiten_advantages = True
+batch_size = 16                 # prompts per rollout (times group_size for grpo/rloo)
+mini_batch_size = 4             # sequences per optimiser step
+ppo_epochs = 4                  # passes over each rollout
+cliprange = 0.2
+cliprange_high = 0.2            # > cliprange: DAPO's clip-higher
+cliprange_value = 0.2
+vf_coef = 0.1
+loss_aggregation = 'token'      # 'token' | 'sequence' mean of the policy loss
+max_approx_kl = 0.0             # stop a rollout's epochs early when approx KL exceeds this (0 = never)
+# model
+block_size = 1024
+lora_rank = 0                   # LoRA: the reference is the policy with adapters disabled (no copy)
+lora_alpha = 16.0
+lora_dropout = 0.0
+lora_targets = 'attn'
+ref_dtype = 'float32'           # 'bfloat16' halves the frozen reference copy
+# AdamW
+learning_rate = 1e-6
+max_iters = 500
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+decay_lr = False
+warmup_iters = 0
+lr_decay_iters = 500
+min_lr = 1e-7
+# system
+device = 'auto'
+dtype = 'auto'
+# -----------------------------------------------------------------------------
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+# checks that need no model: fail before any GPU work
+if advantage_estimator not in ('gae', 'grpo', 'rloo'):
+    raise UserError(f"advantage_estimator must be 'gae', 'grpo' or 'rloo', got {advantage_estimator!r}")
+if critic not in ('shared', 'separate'):
+    raise UserError(f"critic must be 'shared' or 'separate', got {critic!r}")
+if max_new_tokens >= block_size:
+    raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in block_size={block_size}")
+n_seq = batch_size * (group_size if advantage_estimator != 'gae' else 1)  # sequences per rollout
+if n_seq % mini_batch_size != 0:
+    raise UserError(f"{n_seq} sequences per rollout are not divisible by mini_batch_size={mini_batch_size}")
+if advantage_estimator != 'gae' and group_size < 2:
+    raise UserError(f"{advantage_estimator} needs group_size >= 2")
+try:
+    parse_lora_targets(lora_targets)
+except ValueError as e:
+    raise UserError(str(e)) from None
+
+device = resolve_device(device)
+device_type = 'cuda' if device.startswith('cuda') else device
+dtype = resolve_dtype(dtype, device_type)
+ctx = autocast_context(device_type, dtype)
+print_config(config)
+os.makedirs(out_dir, exist_ok=True)
+torch.manual_seed(seed)
+tokenizer = GPT2Tokenizer()
+eos = tokenizer.eot_token
+
+# -----------------------------------------------------------------------------
+# reward: a function of texts, checked on a dummy call before anything heavy
+if reward_fn:
+    module_name, _, fn_name = reward_fn.partition(':')
+    sys.path.insert(0, os.getcwd())
+    try:
+        score_fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"reward_fn={reward_fn!r} cannot be imported: {e}") from None
+else:
+    if not os.path.exists(reward_model):
+        raise UserError(f"reward_model {reward_model} not found (train one with reward_train.py, or set reward_fn)")
+    scorer = RewardModel(reward_model, device, dtype)
+    score_fn = lambda prompts, responses: scorer.score(prompts, responses, normalize=normalize_reward).tolist()
+
+
+def score(prompts, responses):
+    scores = score_fn(prompts, responses)
+    if len(scores) != len(prompts):
+        raise UserError(f"reward function returned {len(scores)} scores for {len(prompts)} responses")
+    return torch.tensor([float(s) for s in scores], device=device)
+
+
+# -----------------------------------------------------------------------------
+# prompts
+def prompt_text(record, where):
+    if isinstance(record.get('prompt'), str):
+        return record['prompt']
+    if 'messages' in record:
+        return render_chat(record['messages'] + [{'role': 'assistant', 'content': ''}], where)[0]
+    return preference_triple(record, where)[0]
+
+
+max_prompt = block_size - max_new_tokens
+prompts = [tokenizer.encode(prompt_text(r, f"{prompt_data}: record {i}"))
+           for i, r in enumerate(read_records(prompt_data, prompt_split))]
+n_long = sum(len(p) > max_prompt for p in prompts)
+prompts = [p for p in prompts if 0 < len(p) <= max_prompt]
+if not prompts:
+    raise UserError(f"{prompt_data}: no prompt fits block_size - max_new_tokens = {max_prompt} tokens")
+print(f"prompts: {len(prompts)} ({n_long} longer than block_size - max_new_tokens = {max_prompt} skipped)")
+
+
+def left_pad(batch):
+    """Prompts left-padded for generation: ids (B, T), attention_mask (B, T)."""
+    T = max(len(p) for p in batch)
+    ids = torch.tensor([[eos] * (T - len(p)) + p for p in batch], device=device)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in batch], device=device)
+    return ids, mask
+
+
+prompt_loader = EpochBatches(prompts, batch_size, seed, collate=lambda batch: batch)
+
+# -----------------------------------------------------------------------------
+# models: policy (+ value head when the critic is shared), reference, optional separate critic
+lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets) if lora_rank else {}
+shared_critic = advantage_estimator == 'gae' and critic == 'shared'
+iter_num, checkpoint = 0, None
+if init_from == 'resume':
+    policy, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=0.0)
+    iter_num, kl_coef = checkpoint['iter_num'], checkpoint['kl_coef']
+else:
+    policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic, **lora)
+if policy.config.vocab_size < tokenizer.n_vocab:
+    raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab}")
+if block_size < policy.config.block_size:
+    policy.crop_block_size(block_size)
+policy.to(device)
+if lora_rank:
+    reference = None  # the policy with its adapters disabled
+else:
+    reference = copy.deepcopy(policy).to(dtype={'float32': torch.float32, 'bfloat16': torch.bfloat16}[ref_dtype])
+    reference.requires_grad_(False).eval()
+critic_model = None
+if advantage_estimator == 'gae' and critic == 'separate':
+    if reward_fn:
+        raise UserError("critic='separate' starts from the reward model; with reward_fn use critic='shared'")
+    critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device)  # its value head: the reward head
+    if checkpoint is not None:
+        critic_model.load_state_dict(checkpoint['critic'])
+params = [p for p in policy.parameters() if p.requires_grad]
+if critic_model is not None:
+    params += list(critic_model.parameters())
+optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(beta1, beta2), weight_decay=weight_decay)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    prompt_loader.load_state_dict(checkpoint['prompt_loader'])
+    set_rng_state(checkpoint['rng'])
+    checkpoint = None
+generator = torch.Generator(device=device).manual_seed(seed + iter_num)  # sampling; reseeded on resume
+start_iter = iter_num
+
+
+def forward(model, ids, attention_mask, n_prompt, with_values):
+    with ctx:
+        return response_forward(model, ids, attention_mask, n_prompt, temperature, with_values)
+
+
+def reference_logprobs(ids, attention_mask, n_prompt):
+    with torch.no_grad():
+        if reference is None:
+            with policy.disable_adapters():
+                return forward(policy, ids, attention_mask, n_prompt, False)[0]
+        return forward(reference, ids, attention_mask, n_prompt, False)[0]
+
+
+def checkpoint_state():
+    state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(policy.config),
+             'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config, 'rng': get_rng_state(),
+             'prompt_loader': prompt_loader.state_dict()}
+    if critic_model is not None:
+        state['critic'] = critic_model.state_dict()
+    return state
+
+
+logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
+                resume_step=iter_num if init_from == 'resume' else None)
+
+# -----------------------------------------------------------------------------
+# training loop
+pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
+say = tqdm.write
+while iter_num < max_iters:
+    t0 = time.time()
+    lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    # 1. rollout (eval mode: no dropout anywhere)
+    policy.eval()
+    batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
+    prompt_ids, prompt_mask = left_pad(batch_prompts)
+    n_prompt = prompt_ids.size(1)
+    with torch.no_grad(), ctx:
+        ids, sample_logp = policy.generate(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                           top_p=top_p, attention_mask=prompt_mask, eos_token_id=eos,
+                                           pad_token_id=eos, generator=generator, return_logprobs=True)
+    responses = ids[:, n_prompt:]  # (B, n)
+    n = responses.size(1)
+    # response mask: 1 up to and including the first EOS (found by position, not by comparing with a pad id)
+    has_eos = (responses == eos).any(dim=1)
+    first_eos = torch.where(has_eos, (responses == eos).float().argmax(dim=1), torch.full_like(has_eos, n - 1, dtype=torch.long))
+    response_mask = (torch.arange(n, device=device)[None, :] <= first_eos[:, None]).float()  # (B, n)
+    attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
+    t_rollout = time.time() - t0
+
+    # 2. score the texts (without EOS; the scorer appends it)
+    prompt_texts = [tokenizer.decode(p) for p in batch_prompts]
+    response_texts = [tokenizer.decode(r[:int(f) + (0 if e else 1)].tolist())
+                      for r, f, e in zip(responses, first_eos, has_eos)]
+    scores = score(prompt_texts, response_texts)  # (B,)
+    raw_scores = scores.clone()
+    if reward_clip > 0:
+        scores = scores.clamp(-reward_clip, reward_clip)
+    scores = scores - missing_eos_penalty * (~has_eos).float()
+
+    # 3. log-probs at the sampling temperature, reference log-probs, values
+    with torch.no_grad():
+        old_logp, entropy, old_values = forward(policy, ids, attention_mask, n_prompt, shared_critic)
+        if critic_model is not None:
+            old_values = forward(critic_model, ids, attention_mask, n_prompt, True)[2]
+        ref_logp = reference_logprobs(ids, attention_mask, n_prompt)
+    if iter_num == start_iter:  # invariant: training log-probs are the sampling log-probs
+        gap = ((old_logp - sample_logp).abs() * response_mask).max().item()
+        if gap > (1e-3 if dtype == 'float32' else 5e-2):
+            raise UserError(f"training log-probs differ from sampling log-probs by {gap:.2e}: the sampling "
+                            f"temperature, dropout or weights differ between generation and training")
+    kl = kl_estimate(old_logp, ref_logp, 'k1') * response_mask  # (B, n)
+    kl_seq = kl.sum(1)  # nats per sequence
+    if iter_num == start_iter == 0 and ref_dtype == 'float32' and kl.abs().max() > 1e-4:  # invariant
+        raise UserError(f"KL to the reference is {kl.abs().max().item():.2e} before any update, not 0: "
+                        f"the reference is not the initial policy")
+
+    # 4./5. advantages
+    if advantage_estimator == 'gae':
+        rewards = -kl_coef * kl  # per token
+        rewards[torch.arange(n_seq), first_eos] += scores  # the score lands on the last real token
+        advantages, returns = gae(rewards, old_values, response_mask, gamma, lam)
+    else:
+        seq_scores = scores if kl_in_loss else scores - kl_coef * kl_seq
+        adv = grpo_advantages(seq_scores, group_size) if advantage_estimator == 'grpo' \
+            else rloo_advantages(seq_scores, group_size)
+        advantages, returns = adv[:, None] * response_mask, None
+    if whiten_advantages and advantage_estimator == 'gae':
+        advantages = masked_whiten(advantages, response_mask)
+    t_score = time.time() - t0 - t_rollout
+
+    # 6. PPO epochs over shuffled mini-batches
+    policy.train()
+    stats, n_steps, stop = {}, 0, False
+    for epoch in range(ppo_epochs):
+        perm = torch.randperm(n_seq, device=device)
+        for start in range(0, n_seq, mini_batch_size):
+            mb = perm[start:start + mini_batch_size]
+            logp, _, values = forward(policy, ids[mb], attention_mask[mb], n_prompt, shared_critic)
+            if critic_model is not None:
+                values = forward(critic_model, ids[mb], attention_mask[mb], n_prompt, True)[2]
+            pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[mb], advantages[mb], response_mask[mb],
+                                                cliprange, cliprange_high, loss_aggregation)
+            loss = pg_loss
+            if advantage_estimator == 'gae':
+                vf_loss, vf_stats = ppo_value_loss(values, old_values[mb], returns[mb], response_mask[mb], cliprange_value)
+                loss = loss + vf_coef * vf_loss
+                pg_stats = {**pg_stats, **vf_stats, 'vf_loss': vf_loss.detach()}
+            elif kl_in_loss:
+                loss = loss + kl_coef * masked_mean(kl_estimate(logp, ref_logp[mb], 'k3'), response_mask[mb])
+            if not torch.isfinite(loss):  # skip the step, keep the weights
+                say(f"iter {iter_num}: non-finite loss, step skipped")
+                optimizer.zero_grad(set_to_none=True)
+                stats['skipped'] = stats.get('skipped', 0) + 1
+                continue
+            if epoch == 0 and start == 0 and iter_num == 0:  # invariant: nothing changed yet, so ratio == 1
+                if abs(pg_stats['ratio_max'].item() - 1) > 1e-4:
+                    raise UserError(f"first PPO ratio is {pg_stats['ratio_max'].item():.6f}, not 1: training "
+                                    f"log-probs differ from sampling ones (temperature, dropout, stale state)")
+            loss.backward()
+            if grad_clip != 0.0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            pg_stats['pg_loss'] = pg_loss.detach()
+            for k, v in pg_stats.items():
+                stats[k] = stats.get(k, 0.0) + v.item()
+            n_steps += 1
+            if max_approx_kl > 0 and pg_stats['approxkl'].item() > max_approx_kl:
+                stop = True
+                break
+        if stop:
+            break
+
+    # KL controller, logging, checkpoints
+    mean_kl = kl_seq.mean().item()
+    if adaptive_kl:
+        kl_coef = adaptive_kl_coef(kl_coef, mean_kl, target_kl, kl_horizon, n_seq)
+    iter_num += 1
+    pbar.update(1)
+    dt = time.time() - t0
+    if (iter_num - 1) % log_interval == 0:
+        avg = {k: v / max(1, n_steps) for k, v in stats.items() if k != 'skipped'}
+        metrics = {'objective/kl': mean_kl, 'objective/entropy': masked_mean(entropy, response_mask).item(),
+                   'objective/scores': raw_scores.mean().item(),
+                   'objective/rlhf_reward': (scores - kl_coef * kl_seq).mean().item(),
+                   'objective/kl_coef': kl_coef,
+                   'policy/approxkl': avg.get('approxkl', 0.0), 'policy/clipfrac': avg.get('clipfrac', 0.0),
+                   'loss/policy': avg.get('pg_loss', 0.0), 'loss/value': avg.get('vf_loss', 0.0),
+                   'val/clipfrac': avg.get('vf_clipfrac', 0.0), 'val/ratio': avg.get('ratio_mean', 0.0),
+                   'val/num_eos_tokens': has_eos.sum().item(), 'response_length': response_mask.sum(1).mean().item(),
+                   'skipped_steps': stats.get('skipped', 0), 'tokens_per_s': response_mask.sum().item() / dt,
+                   'time/rollout': t_rollout, 'time/score': t_score, 'time/train': dt - t_rollout - t_score, 'lr': lr}
+        say(f"iter {iter_num - 1}: score {metrics['objective/scores']:.4f}, kl {mean_kl:.4f}, "
+            f"clipfrac {metrics['policy/clipfrac']:.3f}, eos {int(has_eos.sum())}/{n_seq}, "
+            f"len {metrics['response_length']:.1f}, {dt:.2f}s")
+        logger.log(metrics, iter_num - 1)
+    if sample_interval and (iter_num - 1) % sample_interval == 0:
+        for p, r, s in list(zip(prompt_texts, response_texts, raw_scores.tolist()))[:2]:
+            say(f"  [{s:+.3f}] {p[-80:]!r} -> {r[:120]!r}")
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint_state(), policy)
+pbar.close()
+logger.finish()
