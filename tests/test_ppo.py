@@ -84,7 +84,7 @@ def run_ppo(tiny, tmp_path, args):
             '--device=cpu', '--block_size=64', '--max_new_tokens=8', '--temperature=1.0', '--missing_eos_penalty=0.0',
             '--kl_coef=0.01', '--sample_interval=0', '--out_dir=out']
     return subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), *base, *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
 
 
 @pytest.mark.parametrize('algo', [['--advantage_estimator=gae'],
