@@ -1,0 +1,392 @@
+"""
+Direct preference optimisation (Rafailov et al. 2023, "Direct Preference Optimization: Your Language
+Model is Secretly a Reward Model", arXiv:2305.18290): finetune a policy on preference pairs against a
+frozen reference model, with no reward model and no sampling.
+
+    python train.py config/sft_gpt2large.py          # first an SFT model: the policy's start and the reference
+    python dpo_train.py config/dpo_gpt2large.py      # hh-rlhf, gpt2-large, 24 GB card
+    python dpo_train.py config/dpo_tiny.py           # CPU, a few minutes (after config/sft_tiny.py)
+    python dpo_train.py config/dpo_gpt2large.py --loss_type=ipo --beta=0.5   # IPO instead of DPO
+
+Each pair (x, y_w chosen, y_l rejected) costs losses.dpo_loss of the summed response log-probs
+log pi(y|x) of the policy and the reference: loss_type 'sigmoid' (DPO; label_smoothing > 0 is
+conservative DPO), 'ipo' or 'hinge' (SLiC). Chosen and rejected go through the model in one forward
+pass of 2 * batch_size rows. The reference is init_from's weights (or ref_from's): a frozen copy held
+in ref_dtype; with LoRA, the policy itself with its adapters disabled (no copy). With
+precompute_ref_logps=True its log-probs are computed once for every pair, cached in a .cache/
+directory next to the data file (reused by later runs; the file name holds a hash of the tokenized
+pairs, the reference's identity and the precision), and no reference model is held during training.
+
+Writes to out_dir: ckpt.pt (the last saved state; init_from='resume' continues it exactly), best.pt
+(the lowest val loss), log.csv with TRL's metric names: loss, rewards/chosen, rewards/rejected,
+rewards/accuracies, rewards/margins, logps/chosen, logps/rejected every log_interval (means over the
+iteration's pairs) and the same under val/ at every eval (the same val pairs each time).
+
+Departures from the paper and its code (eric-mitchell/direct-preference-optimization):
+1. AdamW (model.configure_optimizers), not RMSprop; warmup then constant LR as the paper's
+   (min_lr = learning_rate) or cosine decay (min_lr < learning_rate).
+2. A pair longer than block_size loses the start of its shared prompt (truncation='left') or is
+   dropped ('drop'), where the paper's code truncates prompt and responses to fixed lengths. Pairs
+   whose chosen and rejected responses are identical are skipped (their loss is log 2 whatever the
+   weights, their gradient 0) and counted.
+3. IPO uses the summed response log-probs, as the paper's code; TRL averages them per token for IPO.
+4. One GPU, no FSDP/DDP; the last micro-batch of an epoch may hold fewer pairs.
+"""
+
+import copy
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import (PTDTYPE, EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure,
+                    get_lr, get_rng_state, grad_scaler, load_preference_pairs, preference_logps, print_config,
+                    resolve_device, resolve_dtype, save_atomic, save_checkpoint, set_rng_state, source_identity)
+from losses import dpo_loss
+from model import GPT, parse_lora_targets
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out-dpo'
+init_from = 'gpt2'              # the policy's start: 'resume' | 'gpt2*' | HF directory | this project's checkpoint (an SFT out_dir)
+ref_from = ''                   # the reference: '' = init_from's weights (kept on resume); else gpt2* | HF dir | checkpoint
+eval_interval = 100             # evaluate (and save) every this many iterations
+eval_iters = 50                 # val micro-batches per eval (the same pairs each time; fewer if the split is smaller)
+log_interval = 1
+always_save_checkpoint = True   # save ckpt.pt at every eval (best.pt always holds the lowest val loss)
+seed = 1337
+wandb_log = False
+wandb_project = 'gpt2-rlhf'
+wandb_run_name = 'dpo'
+# data: {"prompt","chosen","rejected"} or hh-rlhf {"chosen","rejected"} records
+pref_data = 'data/hh_rlhf/pref_train.jsonl'  # .json/.jsonl/.jsonl.gz file or Hugging Face dataset name
+pref_split = 'train'            # split of a hub dataset given as pref_data
+pref_val_data = 'data/hh_rlhf/pref_val.jsonl'  # '' = hold out val_fraction of pref_data
+pref_val_split = 'test'
+val_fraction = 0.05
+truncation = 'left'             # too long: 'left' cuts the prompt's start, 'drop' skips the pair
+block_size = 1024               # longest prompt + response + EOS
+batch_size = 1                  # pairs per micro-batch (2 * batch_size sequences in one forward pass)
+gradient_accumulation_steps = 64  # micro-batches per step; the paper's batch is 64 pairs
+# DPO
+beta = 0.1                      # strength of the pull towards the reference (paper: 0.1; 0.01-0.5; IPO likes larger)
+loss_type = 'sigmoid'           # 'sigmoid' (DPO) | 'ipo' (IPO) | 'hinge' (SLiC)
+label_smoothing = 0.0           # sigmoid only: assumed share of flipped labels (conservative DPO), 0-0.2
+ref_dtype = 'float32'           # weights of the frozen reference copy: 'float32' | 'bfloat16' (half the memory)
+precompute_ref_logps = False    # reference log-probs computed once and cached on disk; no reference during training
+# model
+dropout = 0.0                   # 0 keeps policy and reference log-probs comparable (the paper uses 0)
+lora_rank = 0                   # LoRA on the policy (see train.py); the reference is then the adapters-off model
+lora_alpha = 16.0
+lora_dropout = 0.0
+lora_targets = 'attn'
+# AdamW and schedule: linear warmup, then cosine decay from learning_rate to min_lr
+learning_rate = 1e-6            # the paper's
+max_iters = 1000
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 10.0                # the paper code's max_grad_norm (TRL: 1.0); 0.0 disables
+decay_lr = True
+warmup_iters = 150              # the paper's
+lr_decay_iters = 1000
+min_lr = 1e-6                   # = learning_rate: constant after warmup, as the paper
+# system
+device = 'auto'
+dtype = 'auto'                  # autocast dtype of every forward pass (bf16 on recent GPUs)
+compile = False                 # torch.compile the policy (CUDA only)
+# -----------------------------------------------------------------------------
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+device = resolve_device(device)
+device_type = 'cuda' if device.startswith('cuda') else device
+dtype = resolve_dtype(dtype, device_type)
+ctx = autocast_context(device_type, dtype)
+print_config(config)
+os.makedirs(out_dir, exist_ok=True)
+if truncation not in ('left', 'drop'):
+    raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
+if ref_dtype not in ('float32', 'bfloat16'):
+    raise UserError(f"ref_dtype must be 'float32' or 'bfloat16', got {ref_dtype!r}")
+if beta <= 0:
+    raise UserError(f"beta must be > 0, got {beta}")
+try:  # one dry run names a bad loss_type or label_smoothing now, not after loading a model
+    dpo_loss(*torch.zeros(4, 1), beta, loss_type, label_smoothing)
+    parse_lora_targets(lora_targets)
+except ValueError as e:
+    raise UserError(str(e)) from None
+torch.manual_seed(seed)
+
+# -----------------------------------------------------------------------------
+# data: tokenized pairs ((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin) of each source file
+tokenizer = GPT2Tokenizer()
+pad_id = tokenizer.eot_token  # right padding: its id never matters
+sources = {'train': (pref_data, pref_split)}
+if pref_val_data:
+    sources['val'] = (pref_val_data, pref_val_split)
+source_pairs = {}
+for name, (source, split) in sources.items():
+    source_pairs[name], c = load_preference_pairs(source, split, tokenizer, block_size, truncation)
+    print(f"{source}: {len(source_pairs[name])} pairs; {c['identical']} with chosen == rejected skipped, "
+          f"{c['truncated']} truncated from the prompt's left, {c['dropped']} dropped (a response longer "
+          f"than block_size={block_size})")
+
+# -----------------------------------------------------------------------------
+# policy
+lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=lora_targets) if lora_rank else {}
+iter_num, best_val_loss, checkpoint = 0, 1e9, None
+if init_from == 'resume':
+    model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)
+    if 'ref_source' not in checkpoint:
+        raise UserError(f"{out_dir}/ckpt.pt is not a dpo_train.py checkpoint; to start DPO from it, "
+                        f"use --init_from={out_dir} and another out_dir")
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base'] and not ref_from
+else:
+    model = GPT.from_pretrained(init_from, dropout=dropout, **lora)
+    # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
+    ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
+    if ref_is_base and any(bool(p.any()) for n, p in model.named_parameters() if n.endswith('lora_B')):
+        raise UserError(f"{init_from} has trained LoRA adapters: the adapters-off reference would be its base model, "
+                        f"not {init_from}; merge them first (model.merge_lora()) or set ref_from")
+if block_size < model.config.block_size:
+    model.crop_block_size(block_size)
+elif block_size > model.config.block_size:
+    raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
+if model.config.vocab_size < tokenizer.n_vocab:
+    raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab} tokens")
+if lora_rank:
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"LoRA rank {lora_rank} on {lora_targets}: {n_train:,} trainable parameters of {model.get_num_params():,}")
+model.to(device)
+raw_model = model
+
+# -----------------------------------------------------------------------------
+# reference: log-probs of each pair under the frozen reference model
+
+
+def check_reference_vocab(vocab_size):
+    if vocab_size != raw_model.config.vocab_size:
+        raise UserError(f"reference {ref_source} has vocab_size {vocab_size} but the policy has "
+                        f"{raw_model.config.vocab_size}: DPO's log-ratios need the same vocabulary")
+
+
+def load_reference():
+    """The frozen reference model, or None when it is the policy with its adapters disabled (LoRA)."""
+    if ref_is_base:
+        return None
+    if init_from != 'resume' and ref_source == init_from:  # the policy's weights before any step
+        ref = copy.deepcopy(raw_model)
+    else:
+        ref = GPT.from_pretrained(ref_source)
+        check_reference_vocab(ref.config.vocab_size)
+        if ref.config.block_size < block_size:
+            raise UserError(f"reference {ref_source} has block_size {ref.config.block_size} < block_size={block_size}")
+    ref.requires_grad_(False)
+    print(f"reference: {ref_source}, a frozen copy in {ref_dtype}")
+    return ref.eval().to(device=device, dtype=PTDTYPE[ref_dtype])
+
+
+@torch.no_grad()
+def reference_logps(reference, batch):
+    """(chosen_logps (B,), rejected_logps (B,)) of the pairs in batch under the reference."""
+    with ctx:
+        if reference is not None:
+            return preference_logps(reference, batch, pad_id, device)
+        training = raw_model.training
+        raw_model.eval()  # no dropout in the reference
+        with raw_model.disable_adapters():
+            logps = preference_logps(raw_model, batch, pad_id, device)
+        raw_model.train(training)
+        return logps
+
+
+def ref_cache_path(source, pairs):
+    """Where the reference log-probs of `pairs` of `source` are cached: .cache/ next to a data file
+    (else in out_dir), named by a hash of the tokenized pairs themselves (so the data, block_size and
+    truncation are in it), the reference's identity (name, or a file's path, size and mtime) and the
+    precision of the reference's forward passes."""
+    h = hashlib.sha256()
+    for (chosen, n_prompt), (rejected, _), _ in pairs:
+        h.update(np.array([len(chosen), n_prompt, len(rejected), *chosen, *rejected], dtype=np.int64).tobytes())
+    weights_dtype = 'float32' if ref_is_base else ref_dtype  # the adapters-off base keeps the policy's fp32
+    h.update(repr(('ref_logps v1', source_identity(ref_source), weights_dtype, dtype, device_type)).encode())
+    local = os.path.isfile(source)
+    folder = os.path.join(os.path.dirname(os.path.abspath(source)) if local else out_dir, '.cache')
+    return os.path.join(folder, f"{os.path.basename(source)}.ref_logps.{h.hexdigest()[:16]}.pt")
+
+
+# cached reference log-probs (N, 2) per source, or None to compute them on line
+source_ref_logps = {name: None for name in sources}
+reference = None
+if precompute_ref_logps:
+    loaded = False
+    for name, (source, _) in sources.items():
+        path = ref_cache_path(source, source_pairs[name])
+        if os.path.isfile(path):
+            cache = torch.load(path, map_location='cpu', weights_only=True)
+            check_reference_vocab(cache['vocab_size'])
+            print(f"reference log-probs of {len(source_pairs[name])} pairs loaded from {path}")
+        else:
+            if not loaded:
+                reference, loaded = load_reference(), True
+            t0, pairs = time.time(), source_pairs[name]
+            logps = [torch.stack(reference_logps(reference, pairs[i:i + batch_size]), dim=1).cpu()
+                     for i in range(0, len(pairs), batch_size)]
+            vocab_size = (raw_model if reference is None else reference).config.vocab_size
+            cache = {'logps': torch.cat(logps), 'vocab_size': vocab_size, 'ref_source': ref_source}
+            save_atomic(cache, path)
+            print(f"reference log-probs of {len(pairs)} pairs computed in {time.time() - t0:.1f}s, saved to {path}")
+        source_ref_logps[name] = cache['logps']  # (N, 2): chosen, rejected
+    reference = None  # never held during training
+    if device_type == 'cuda':
+        torch.cuda.empty_cache()
+else:
+    reference = load_reference()
+    if reference is None:
+        print(f"reference: {ref_source}, the policy with its LoRA adapters disabled (no copy)")
+
+# splits: the val source, or a fixed seeded share of the train source
+pairs, ref_logps = {}, {}
+if pref_val_data:
+    for split in ('train', 'val'):
+        pairs[split], ref_logps[split] = source_pairs[split], source_ref_logps[split]
+else:
+    perm = torch.randperm(len(source_pairs['train']), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(perm) * val_fraction))
+    if n_val >= len(perm):
+        raise UserError(f"{pref_data}: {len(perm)} pairs are too few to hold out val_fraction={val_fraction}")
+    for split, idx in (('val', perm[:n_val]), ('train', perm[n_val:])):
+        pairs[split] = [source_pairs['train'][i] for i in idx]
+        ref_logps[split] = source_ref_logps['train'][idx] if precompute_ref_logps else None
+print(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
+
+
+def pair_batches(split, seed):
+    """Lists of indices into pairs[split], batch_size at a time, epoch after epoch (resumable)."""
+    return EpochBatches(range(len(pairs[split])), batch_size, seed, collate=list)
+
+
+# -----------------------------------------------------------------------------
+# optimizer and resume state
+start_iter = iter_num
+scaler = grad_scaler(device_type, dtype)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+train_loader = pair_batches('train', seed)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    train_loader.load_state_dict(checkpoint['train_loader'])
+    set_rng_state(checkpoint['rng'])
+    checkpoint = None
+if compile and device_type == 'cuda':
+    model = torch.compile(model)
+
+
+def forward(split, idx):
+    """DPO on the pairs idx of a split: (mean loss (), {metric name: (B,) tensor})."""
+    batch = [pairs[split][i] for i in idx]
+    if ref_logps[split] is not None:
+        ref_chosen_logps, ref_rejected_logps = ref_logps[split][idx].to(device).unbind(1)  # (B,), (B,)
+    else:
+        ref_chosen_logps, ref_rejected_logps = reference_logps(reference, batch)
+    with ctx:
+        policy_chosen_logps, policy_rejected_logps = preference_logps(model, batch, pad_id, device)  # (B,), (B,)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                                        ref_rejected_logps, beta, loss_type, label_smoothing)
+    return losses.mean(), {'loss': losses.detach(), 'rewards/chosen': chosen_rewards,
+                           'rewards/rejected': rejected_rewards,
+                           'rewards/accuracies': (chosen_rewards > rejected_rewards).float(),
+                           'rewards/margins': chosen_rewards - rejected_rewards,
+                           'logps/chosen': policy_chosen_logps.detach(), 'logps/rejected': policy_rejected_logps.detach()}
+
+
+@torch.no_grad()
+def evaluate():
+    """Every metric's mean over the same val pairs each time."""
+    model.eval()
+    loader = pair_batches('val', seed + 1)
+    parts = {}
+    for _ in range(min(eval_iters, len(loader.batches))):
+        for k, v in forward('val', loader.next())[1].items():
+            parts.setdefault(k, []).append(v)
+    model.train()
+    means = torch.stack([torch.cat(v).mean() for v in parts.values()]).tolist()  # one sync
+    return {f'val/{k}': m for k, m in zip(parts, means)}
+
+
+def checkpoint_state():
+    return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+            'config': config, 'rng': get_rng_state(), 'train_loader': train_loader.state_dict(),
+            'ref_source': ref_source, 'ref_is_base': ref_is_base}
+
+
+logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
+                resume_step=iter_num if init_from == 'resume' else None)
+
+# -----------------------------------------------------------------------------
+# training loop
+pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
+say = tqdm.write  # prints above the progress bar
+t0 = time.time()
+while True:
+    lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    # evaluate on the val pairs and write checkpoints
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        metrics = evaluate()
+        say(f"step {iter_num}: val loss {metrics['val/loss']:.4f}, accuracy {metrics['val/rewards/accuracies']:.3f}, "
+            f"margin {metrics['val/rewards/margins']:.3f}")
+        logger.log({**metrics, 'lr': lr}, iter_num)
+        improved = metrics['val/loss'] < best_val_loss
+        best_val_loss = min(best_val_loss, metrics['val/loss'])
+        if iter_num > start_iter:
+            state = checkpoint_state()
+            if improved or always_save_checkpoint:
+                save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
+            if improved:
+                save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
+    if iter_num >= max_iters:
+        break
+
+    # forward/backward over gradient_accumulation_steps micro-batches of pairs; sums stay on the device
+    sums, n_pairs = {}, 0
+    for micro_step in range(gradient_accumulation_steps):
+        loss, m = forward('train', train_loader.next())
+        scaler.scale(loss / gradient_accumulation_steps).backward()
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v.sum()
+        n_pairs += len(m['loss'])
+    metrics = dict(zip(sums, (torch.stack(list(sums.values())) / n_pairs).tolist()))  # one sync
+    if not math.isfinite(metrics['loss']):  # stop before the step touches the weights
+        pbar.close()
+        raise UserError(f"loss is {metrics['loss']} at iteration {iter_num}; stopped before the optimizer step, "
+                        f"checkpoints in {out_dir} are untouched (lower learning_rate, prefer bfloat16 to float16)")
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    # timing and logging
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0:
+        say(f"iter {iter_num}: loss {metrics['loss']:.4f}, accuracy {metrics['rewards/accuracies']:.3f}, "
+            f"margin {metrics['rewards/margins']:.3f}, time {dt * 1000:.0f}ms")
+        logger.log({**metrics, 'lr': lr, 'time_ms': dt * 1000}, iter_num)
+    iter_num += 1
+    pbar.update(1)
+pbar.close()
+logger.finish()
