@@ -713,3 +713,16 @@ def response_forward(model, ids, attention_mask, n_prompt, temperature, with_val
     values = model.value(h) if with_values else None
     logp = token_logprobs(logits, ids[:, n_prompt:], temperature)
     return logp, entropy_from_logits(logits.float() / temperature), values
+
+
+def lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets):
+    """The LoRA keys of a script's config as GPT.from_pretrained/GPTConfig overrides ({} when
+    lora_rank is 0), with lora_targets checked so a typo is a one-line UserError."""
+    from model import parse_lora_targets
+    try:
+        parse_lora_targets(lora_targets)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not lora_rank:
+        return {}
+    return dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)

@@ -45,10 +45,11 @@ import torch
 from tqdm import tqdm
 
 from common import (PTDTYPE, EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure,
-                    get_lr, get_rng_state, grad_scaler, load_preference_pairs, preference_logps, print_config,
-                    resolve_device, resolve_dtype, save_atomic, save_checkpoint, set_rng_state, source_identity)
+                    get_lr, get_rng_state, grad_scaler, load_preference_pairs, lora_overrides,
+                    preference_logps, print_config, resolve_device, resolve_dtype, save_atomic,
+                    save_checkpoint, set_rng_state, source_identity)
 from losses import dpo_loss
-from model import GPT, parse_lora_targets
+from model import GPT
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -118,7 +119,6 @@ if beta <= 0:
     raise UserError(f"beta must be > 0, got {beta}")
 try:  # one dry run names a bad loss_type or label_smoothing now, not after loading a model
     dpo_loss(*torch.zeros(4, 1), beta, loss_type, label_smoothing)
-    parse_lora_targets(lora_targets)
 except ValueError as e:
     raise UserError(str(e)) from None
 torch.manual_seed(seed)
@@ -139,8 +139,7 @@ for name, (source, split) in sources.items():
 
 # -----------------------------------------------------------------------------
 # policy
-lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets) if lora_rank else {}
+lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)

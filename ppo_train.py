@@ -32,11 +32,12 @@ import torch
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, autocast_context, configure,
-                    get_lr, get_rng_state, preference_triple, print_config, read_records, render_chat,
-                    resolve_device, resolve_dtype, response_forward, save_checkpoint, set_rng_state)
+                    get_lr, get_rng_state, lora_overrides, preference_triple, print_config, read_records,
+                    render_chat, resolve_device, resolve_dtype, response_forward, save_checkpoint,
+                    set_rng_state)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
-from model import GPT, parse_lora_targets
+from model import GPT
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -122,10 +123,6 @@ if n_seq % mini_batch_size != 0:
     raise UserError(f"{n_seq} sequences per rollout are not divisible by mini_batch_size={mini_batch_size}")
 if advantage_estimator != 'gae' and group_size < 2:
     raise UserError(f"{advantage_estimator} needs group_size >= 2")
-try:
-    parse_lora_targets(lora_targets)
-except ValueError as e:
-    raise UserError(str(e)) from None
 
 device = resolve_device(device)
 device_type = 'cuda' if device.startswith('cuda') else device
@@ -192,8 +189,7 @@ prompt_loader = EpochBatches(prompts, batch_size, seed, collate=lambda batch: ba
 
 # -----------------------------------------------------------------------------
 # models: policy (+ value head when the critic is shared), reference, optional separate critic
-lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets) if lora_rank else {}
+lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 shared_critic = advantage_estimator == 'gae' and critic == 'shared'
 iter_num, checkpoint = 0, None
 if init_from == 'resume':

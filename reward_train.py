@@ -27,11 +27,11 @@ import torch
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure, get_lr,
-                    get_rng_state, grad_scaler, load_preference_pairs, pad_right, print_config, read_records,
-                    resolve_device, resolve_dtype, reward_stats, save_checkpoint, set_rng_state, sft_pair,
-                    tokenize_pair)
+                    get_rng_state, grad_scaler, load_preference_pairs, lora_overrides, pad_right,
+                    print_config, read_records, resolve_device, resolve_dtype, reward_stats, save_checkpoint,
+                    set_rng_state, sft_pair, tokenize_pair)
 from losses import bradley_terry_loss, gather_last, lm_loss
-from model import GPT, parse_lora_targets
+from model import GPT
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -92,10 +92,6 @@ print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):
     raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
-try:
-    parse_lora_targets(lora_targets)
-except ValueError as e:
-    raise UserError(str(e)) from None
 torch.manual_seed(seed)
 
 # -----------------------------------------------------------------------------
@@ -131,8 +127,7 @@ def pair_batches(split, seed):
 
 # -----------------------------------------------------------------------------
 # model: a GPT with the value head (zero-initialised on a fresh model)
-lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets) if lora_rank else {}
+lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 iter_num, best_val_acc, checkpoint = 0, -1.0, None
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)

@@ -38,9 +38,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure, get_lr,
-                    get_rng_state, grad_scaler, print_config, read_records, resolve_device, resolve_dtype,
-                    save_checkpoint, set_rng_state, setup_ddp, sft_batch, sft_pair, tokenize_pair, unwrap)
-from model import GPT, GPTConfig, parse_lora_targets
+                    get_rng_state, grad_scaler, lora_overrides, print_config, read_records, resolve_device,
+                    resolve_dtype, save_checkpoint, set_rng_state, setup_ddp, sft_batch, sft_pair,
+                    tokenize_pair, unwrap)
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config: GPT-2 (124M) on OpenWebText, as nanoGPT
@@ -212,12 +213,7 @@ torch.manual_seed(seed + ddp_rank)  # weight init (the same on every rank: DDP b
 iter_num = 0
 best_val_loss = 1e9
 checkpoint = None
-lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_targets=lora_targets) if lora_rank else {}
-try:
-    parse_lora_targets(lora_targets)
-except ValueError as e:
-    raise UserError(str(e)) from None
+lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 if init_from == 'scratch':
     model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                       vocab_size=meta_vocab_size or 50304, dropout=dropout, **lora)  # 50304: 50257 padded to /64
