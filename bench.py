@@ -58,12 +58,9 @@ seed = 1337
 train_goal = 1.15      # ours/HF speed ratios we aim for
 sample_goal = 1.2
 # -----------------------------------------------------------------------------
-from common import configure, resolve_device, resolve_dtype, autocast_context  # noqa: E402
+from common import configure, setup_device  # noqa: E402
 configure(globals())
-device = resolve_device(device)
-device_type = 'cuda' if device.startswith('cuda') else device
-dtype = resolve_dtype(dtype, device_type)
-ctx = autocast_context(device_type, dtype)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 cuda = device_type == 'cuda'
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()

@@ -179,6 +179,15 @@ def autocast_context(device_type, dtype):
     return nullcontext()
 
 
+def setup_device(device, dtype):
+    """Resolve the device and dtype config keys of a script at once: (device, device_type, dtype,
+    autocast context), e.g. ('cuda:1', 'cuda', 'bfloat16', autocast(bf16))."""
+    device = resolve_device(device)
+    device_type = 'cuda' if device.startswith('cuda') else device
+    dtype = resolve_dtype(dtype, device_type)
+    return device, device_type, dtype, autocast_context(device_type, dtype)
+
+
 def grad_scaler(device_type, dtype):
     """GradScaler, enabled only for float16 (bf16 and fp32 need no loss scaling)."""
     return torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu',

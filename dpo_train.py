@@ -44,10 +44,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (PTDTYPE, EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure,
-                    get_lr, get_rng_state, grad_scaler, load_preference_pairs, lora_overrides,
-                    preference_logps, print_config, resolve_device, resolve_dtype, save_atomic,
-                    save_checkpoint, set_rng_state, source_identity)
+from common import (EpochBatches, GPT2Tokenizer, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state,
+                    grad_scaler, load_preference_pairs, lora_overrides, preference_logps, print_config,
+                    save_atomic, save_checkpoint, set_rng_state, setup_device, source_identity)
 from losses import dpo_loss
 from model import GPT
 
@@ -105,10 +104,7 @@ compile = False                 # torch.compile the policy (CUDA only)
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
-device = resolve_device(device)
-device_type = 'cuda' if device.startswith('cuda') else device
-dtype = resolve_dtype(dtype, device_type)
-ctx = autocast_context(device_type, dtype)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):

@@ -31,10 +31,9 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, autocast_context, configure,
-                    get_lr, get_rng_state, lora_overrides, preference_triple, print_config, read_records,
-                    render_chat, resolve_device, resolve_dtype, response_forward, save_checkpoint,
-                    set_rng_state)
+from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, configure, get_lr,
+                    get_rng_state, lora_overrides, preference_triple, print_config, read_records, render_chat,
+                    response_forward, save_checkpoint, set_rng_state, setup_device)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -124,10 +123,7 @@ if n_seq % mini_batch_size != 0:
 if advantage_estimator != 'gae' and group_size < 2:
     raise UserError(f"{advantage_estimator} needs group_size >= 2")
 
-device = resolve_device(device)
-device_type = 'cuda' if device.startswith('cuda') else device
-dtype = resolve_dtype(dtype, device_type)
-ctx = autocast_context(device_type, dtype)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(seed)

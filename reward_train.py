@@ -26,10 +26,9 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure, get_lr,
-                    get_rng_state, grad_scaler, load_preference_pairs, lora_overrides, pad_right,
-                    print_config, read_records, resolve_device, resolve_dtype, reward_stats, save_checkpoint,
-                    set_rng_state, sft_pair, tokenize_pair)
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
+                    grad_scaler, load_preference_pairs, lora_overrides, pad_right, print_config, read_records,
+                    reward_stats, save_checkpoint, set_rng_state, setup_device, sft_pair)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -84,10 +83,7 @@ compile = False                 # torch.compile the model (CUDA only)
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
-device = resolve_device(device)
-device_type = 'cuda' if device.startswith('cuda') else device
-dtype = resolve_dtype(dtype, device_type)
-ctx = autocast_context(device_type, dtype)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):

@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from common import (CHAT_TAGS, RewardModel, UserError, autocast_context, configure, get_tokenizer, print_config, resolve_device,
-                    resolve_dtype, seed_everything)
+from common import (CHAT_TAGS, RewardModel, UserError, configure, get_tokenizer, print_config,
+                    seed_everything, setup_device)
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -42,10 +42,7 @@ config = configure(globals())
 print_config(config, file=sys.stderr)  # stdout holds only the samples
 # -----------------------------------------------------------------------------
 
-device = resolve_device(device)
-device_type = 'cuda' if device.startswith('cuda') else device
-dtype = resolve_dtype(dtype, device_type)
-ctx = autocast_context(device_type, dtype)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 seed_everything(seed)
 generator = torch.Generator(device=device).manual_seed(seed)
 

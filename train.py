@@ -37,10 +37,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, autocast_context, configure, get_lr,
-                    get_rng_state, grad_scaler, lora_overrides, print_config, read_records, resolve_device,
-                    resolve_dtype, save_checkpoint, set_rng_state, setup_ddp, sft_batch, sft_pair,
-                    tokenize_pair, unwrap)
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
+                    grad_scaler, lora_overrides, print_config, read_records, save_checkpoint, set_rng_state,
+                    setup_ddp, setup_device, sft_batch, sft_pair, tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -114,9 +113,7 @@ if ddp:
         raise UserError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible "
                         f"by the {ddp_world_size} DDP processes")
     gradient_accumulation_steps //= ddp_world_size
-device = resolve_device(device)
-device_type = 'cuda' if device.startswith('cuda') else device
-dtype = resolve_dtype(dtype, device_type)
+device, device_type, dtype, ctx = setup_device(device, dtype)
 if master_process:
     print_config(config)
     os.makedirs(out_dir, exist_ok=True)
@@ -124,7 +121,6 @@ tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * bl
 print(f"tokens per iteration: {tokens_per_iter:,}") if master_process else None
 torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls and convolutions on Ampere+
 torch.backends.cudnn.allow_tf32 = True
-ctx = autocast_context(device_type, dtype)
 
 # -----------------------------------------------------------------------------
 # data: uint16 token memmaps (pretraining), or prompt/response records (SFT)
