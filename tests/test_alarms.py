@@ -281,3 +281,17 @@ def test_explained_variance_takes_tensors():
     # masked: returns 1, 2 (variance 0.25), errors 0.5, -0.5 (variance 0.25): 0
     assert explained_variance(v, r, m) == pytest.approx(0.0)
     assert distinct_n(torch.tensor([[1, 2, 3], [1, 2, 4]]), 2) == 3 / 4
+
+
+def test_readme_thresholds_are_the_defaults():
+    """Every `threshold` (number) the README's alarm table names is alarms.DEFAULTS' value."""
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')).read()
+    section = text[text.index('## Training health (alarms)'):]
+    section = section[:section.index('\n## ')]
+    claims = re.findall(r"`(\w+)` \(([\d.]+)\)", section)
+    assert len(claims) >= 15
+    for key, value in claims:
+        assert DEFAULTS[key] == float(value), key
+    assert set(re.findall(r"^\| `(\w+)` \(", section, re.M)) == set(RULES)  # one row per alarm
