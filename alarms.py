@@ -251,7 +251,8 @@ def missing_eos(history, th):
         return None
     length = _series(history, 'response_length')
     seen = f", mean response_length {length[-1]:.1f} tokens" if length else ""
-    return (f"only {_fmt(fracs[-n:])} of the responses end with EOS in the last {n} iterations{seen}: most are cut "
+    rates = ', '.join(f"{f:.0%}" for f in fracs[-n:])
+    return (f"only {rates} of the responses end with EOS in the last {n} iterations{seen}: most are cut "
             f"at max_new_tokens and scored mostly by missing_eos_penalty. Likely: max_new_tokens too small for "
             f"the answers this policy writes, or a policy that never learned to stop (a base model, SFT without "
             f"an EOS target). Change: max_new_tokens (larger), init_from (an SFT checkpoint), missing_eos_penalty")
