@@ -1013,14 +1013,16 @@ def check_fits(plan, device_bytes, where='this config'):
                     f"available{advice}")
 
 
-def make_optimizer(param_groups, optimizer, lr, betas, device_type, fused=None):
+def make_optimizer(param_groups, optimizer, lr, betas, device_type, fused=None, weight_decay=0.0):
     """The training optimizer by name: 'adamw' (torch.optim.AdamW; fused on CUDA unless
     fused=False) or 'adamw8bit' (bitsandbytes' AdamW8bit, Dettmers et al. 2022, arXiv:2110.02861:
     both moments in 8 bits with block-wise scales, 2 bytes per parameter instead of 8; CUDA only).
-    param_groups: parameters or a list of {'params', 'weight_decay'} groups."""
+    param_groups: parameters or a list of {'params', 'weight_decay'} groups; weight_decay applies
+    where a group sets none (0, not AdamW's silent default of 0.01)."""
     if optimizer == 'adamw':
         fused = device_type == 'cuda' if fused is None else fused
-        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, **(dict(fused=True) if fused else {}))
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay,
+                                 **(dict(fused=True) if fused else {}))
     if optimizer == 'adamw8bit':
         if device_type != 'cuda':
             raise UserError(f"optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes), not {device_type}; "
@@ -1029,7 +1031,7 @@ def make_optimizer(param_groups, optimizer, lr, betas, device_type, fused=None):
             import bitsandbytes as bnb  # heavy and optional: only for this optimizer
         except ImportError:
             raise UserError("optimizer='adamw8bit' needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(param_groups, lr=lr, betas=betas)
+        return bnb.optim.AdamW8bit(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
     raise UserError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}")
 
 
