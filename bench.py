@@ -8,6 +8,12 @@ GPT.from_pretrained), the same batches, the same dtype/autocast, SDPA attention 
     python bench.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \\
         --batch_size=8 --iters=5 --gen_prompt_len=128 --peak_flops=989e12  # gpt2-small, H100
     python bench.py --compile=True       # torch.compile both models' training step
+    python bench.py --plan config/dpo_gpt2large.py [--batch_size=2 ...]   # predicted memory only
+
+--plan runs nothing and downloads nothing: it prints common.py's memory planner table for the
+script that config is for (flags after it override that script's config, e.g.
+--gradient_checkpointing=True), and exits 1 with the flags that would fit when the prediction is
+over --plan_gb (default 24, an RTX 4090D).
 
 Each number is the median over `repeats` timings, the two models alternating (ABBA) after a
 warmup; ours/HF > 1 means ours is faster, (min-max) is the range of the per-repeat ratios.
@@ -24,8 +30,34 @@ The goals are printed with PASS/below goal; they never change the exit code.
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+
+
+def print_plan(argv):
+    """bench.py --plan config/X.py [--plan_gb=24] [--key=value ...]: the memory plan, nothing run."""
+    from common import GiB, check_fits, format_plan, plan_config, print_config
+    path = argv[1] if argv[0] == '--plan' and len(argv) > 1 else argv[0].split('=', 1)[1]
+    rest = argv[2:] if argv[0] == '--plan' else argv[1:]
+    gb = [float(a.split('=', 1)[1]) for a in rest if a.startswith('--plan_gb=')]
+    device_bytes = (gb[-1] if gb else 24.0) * GiB
+    script, config, plan = plan_config(path, [a for a in rest if not a.startswith('--plan_gb=')])
+    i = plan['inputs']
+    print(f"memory plan (predicted, not measured) of python {script} {' '.join([path, *rest])}")
+    print(f"model: {i['cfg']['n_layer']} layers, n_embd {i['cfg']['n_embd']}, vocab {i['cfg']['vocab_size']}"
+          + (f", LoRA rank {i['cfg']['lora_rank']} ({i['cfg'].get('lora_targets')})" if i['cfg'].get('lora_rank') else "")
+          + f"; micro-batch {i['batch_size']} x {i['seq_len']} tokens, dtype {i['dtype']}, {i['optimizer']}, "
+          f"gradient_checkpointing={i['gradient_checkpointing']}"
+          + "".join(f"; {name} ({dtype})" for name, _, dtype, _ in i['frozen'] if dtype)
+          + (f"; rollout KV cache {i['kv_batch']} x {i['kv_len']}" if i['kv_batch'] else ""))
+    print(format_plan(plan, device_bytes))
+    check_fits(plan, device_bytes, path)
+
+
+if len(sys.argv) > 1 and (sys.argv[1] == '--plan' or sys.argv[1].startswith('--plan=')):
+    print_plan(sys.argv[1:])
+    sys.exit(0)
 
 import torch
 import transformers

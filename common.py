@@ -735,3 +735,445 @@ def lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets):
     if not lora_rank:
         return {}
     return dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
+
+
+# ----------------------------------------------------------------------------------------------
+# memory planner: predicted GPU memory of a training run, before any model is loaded.
+# Pure arithmetic on the model's shape and the script's settings; nothing here touches a GPU.
+# Every figure is a prediction (bytes), not a measurement; the activation formula is checked on
+# CPU against the tensors autograd actually saves (tests/test_memory.py).
+
+GPT2_SHAPES = {  # the released GPT-2s (vocab 50257, 1024 positions), so no weights are downloaded to plan
+    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),
+    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),
+    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),
+}
+DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+OPTIMIZER_STATE_BYTES = {'adamw': 8, 'adamw8bit': 2}  # per trainable parameter: exp_avg + exp_avg_sq
+GiB = 2 ** 30
+
+
+def _shape(cfg, key, default=None):
+    """A model-shape field from a GPTConfig, any object with attributes, or a dict."""
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def param_counts(cfg, value_head=False):
+    """Exact parameter counts of model.py's GPT for a shape (n_layer, n_head, n_embd, vocab_size,
+    block_size, bias, lora_rank, lora_targets): {'total', 'trainable', 'matmul'}. With h = n_embd,
+    L = n_layer, V = vocab_size, P = block_size, r = lora_rank:
+        total = V h (wte, tied with lm_head) + P h (wpe) + L (12 h^2 + 13 h) + 2 h (ln_f)
+                + L r (6 h [attn] + 10 h [mlp]) + (h + 1 with a value head)
+    (without biases: 13 h -> 2 h per layer and ln_f's 2 h -> h). trainable: everything, or with
+    LoRA only the adapters and the value head. matmul: the weights the Linears multiply with
+    (trunk Linears, adapters and the tied lm_head), which autocast copies to 16 bits."""
+    h, L, V = _shape(cfg, 'n_embd'), _shape(cfg, 'n_layer'), _shape(cfg, 'vocab_size')
+    P, bias = _shape(cfg, 'block_size'), _shape(cfg, 'bias', True)
+    r = _shape(cfg, 'lora_rank', 0) or 0
+    targets = {t.strip() for t in (_shape(cfg, 'lora_targets', 'attn') or '').split(',') if t.strip()}
+    value_head = value_head or bool(_shape(cfg, 'value_head', False))
+    per_layer = 12 * h * h + (13 * h if bias else 2 * h)  # c_attn 3h^2, c_proj h^2, c_fc 4h^2, c_proj 4h^2; + biases, 2 LNs
+    lora = L * r * ((6 * h if 'attn' in targets else 0) + (10 * h if 'mlp' in targets else 0)) if r else 0
+    head = h + 1 if value_head else 0
+    total = V * h + P * h + L * per_layer + (2 * h if bias else h) + lora + head
+    matmul = V * h + L * 12 * h * h + lora
+    return {'total': total, 'trainable': (lora + head) if r else total, 'matmul': matmul}
+
+
+def activation_bytes(cfg, batch_size, seq_len, dtype='bfloat16', gradient_checkpointing=False,
+                     attention_mask=False, dropout=0.0, logit_rows=None, value_head=False):
+    """Bytes that autograd saves for the backward of one forward pass of model.py's GPT (with the
+    LM loss over `logit_rows` tokens, default batch_size * seq_len), on CUDA with SDPA's flash or
+    memory-efficient kernels. Returns {'per_layer', 'layers', 'outside', 'logits', 'saved'} where
+    saved = layers + outside + logits and the per-layer figure is per layer for the whole batch.
+
+    Per token and per layer (h = n_embd, a = n_head, s = seq_len, p = 2 bytes under 16-bit
+    autocast, 4 in fp32; the residual stream x stays fp32 under autocast, 4 bytes), read off
+    Block.forward:
+        ln_1 and ln_2 inputs (residual, fp32)                    8 h
+        their mean and rstd                                      16
+        c_attn input                                             p h
+        q, k, v (one 3h tensor, kept by SDPA)                    3 p h
+        attention output (= c_proj's input: SDPA returns it in
+        (B, T, nh, hs) layout, so .contiguous() copies nothing)  p h
+        c_fc input                                               p h
+        GELU input, MLP c_proj input                             8 p h
+        SDPA's log-sum-exp (fp32, per head)                      4 a
+      = 36 h + 4 a + 16 bytes in bf16 (64 h + 4 a + 16 in fp32). Korthikanti et al. 2022 (arXiv:
+    2205.05198, sec. 4.1) count 34 h + 5 a s per token for a 16-bit Megatron layer: no s^2 attention
+    matrices here (flash/memory-efficient SDPA recomputes them), but the fp32 residual stream costs
+    4 h more and there are no dropout masks at dropout 0.
+        dropout > 0: + 2 h (two 1-byte residual dropout masks; attention dropout keeps an RNG seed)
+        attention_mask (left padding): + p s (SDPA turns the (B, 1, T, T) bool mask into an additive
+        bias in each layer and keeps it)
+        LoRA (frozen base): a frozen Linear keeps no input (autograd saves only what a gradient
+        needs), so c_attn's input (p h) is kept only with 'attn' adapters, c_fc's and MLP c_proj's
+        (p h + 4 p h) only with 'mlp' ones; each adapter adds p r (its A output) and, with
+        lora_dropout, a 1-byte mask of its input width.
+    Outside the layers, per token: token ids 8 (+ 8 position ids with a mask), ln_f input 4 h + 8;
+    per logit row: lm_head input p h (trainable lm_head only), targets 8, the fp32 log-softmax 4 V
+    ('logits'); with a value head its input, p h per row.
+    With gradient_checkpointing each layer keeps only its input, 4 h per token (the bool mask,
+    s bytes per token, is shared by the layers); one layer's activations come back during its
+    backward (see memory_plan). The first layer of a LoRA model keeps a little less (its input
+    needs no gradient); not modelled."""
+    h, a, L = _shape(cfg, 'n_embd'), _shape(cfg, 'n_head'), _shape(cfg, 'n_layer')
+    V = _shape(cfg, 'vocab_size')
+    p = DTYPE_BYTES[dtype]
+    tokens = batch_size * seq_len
+    logit_rows = tokens if logit_rows is None else logit_rows
+    r = _shape(cfg, 'lora_rank', 0) or 0
+    targets = {t.strip() for t in (_shape(cfg, 'lora_targets', 'attn') or '').split(',') if t.strip()}
+    attn, mlp = (not r or 'attn' in targets), (not r or 'mlp' in targets)  # inputs kept for a weight gradient
+    per_token = 8 * h + 16 + 4 * a + p * (3 * h + h + 4 * h) + (p * h if attn else 0) + (5 * p * h if mlp else 0)
+    if dropout > 0:
+        per_token += 2 * h
+    if attention_mask:
+        per_token += p * seq_len
+    if r:
+        widths = ([h, h] if 'attn' in targets else []) + ([h, 4 * h] if 'mlp' in targets else [])
+        lora_dropout = _shape(cfg, 'lora_dropout', 0.0) or 0.0
+        per_token += sum(p * r + (d if lora_dropout > 0 else 0) for d in widths)
+    per_layer = per_token * tokens
+    outside = tokens * (8 + (8 if attention_mask else 0) + 4 * h + 8)
+    outside += logit_rows * (8 + (0 if r else p * h)) + (p * h * (logit_rows or tokens) if value_head else 0)
+    if gradient_checkpointing:
+        layers = L * 4 * h * tokens + (tokens * seq_len if attention_mask else 0)
+    else:
+        layers = L * per_layer
+    logits = 4 * V * logit_rows
+    return {'per_layer': per_layer, 'layers': layers, 'outside': outside, 'logits': logits,
+            'saved': layers + outside + logits}
+
+
+def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', gradient_checkpointing=False,
+                attention_mask=False, dropout=0.0, logit_rows=None, value_head=False, frozen=(),
+                critic=None, kv_batch=0, kv_len=0, kv_logit_rows=0, batch_key='batch_size',
+                rows_per_unit=1, seq_key='block_size'):
+    """Predicted peak bytes of a training step: a dict of named parts and 'total'.
+
+    cfg: the trained model's shape (GPTConfig, object or dict; lora_rank > 0 = only adapters
+    train). batch_size x seq_len: rows and tokens of one forward pass with grad (a micro-batch);
+    logit_rows: tokens whose logits get a loss (default all; 0 for a reward model). Weights are
+    kept in fp32 and `dtype` is the autocast dtype, as every script here does.
+        weights      4 bytes x all parameters (policy + separate critic)
+        gradients    4 x trainable parameters (fp32 grads of fp32 weights)
+        optimizer    8 x trainable (AdamW's two fp32 moments), 2 with optimizer='adamw8bit'
+        autocast     2 x matmul weights under bf16/fp16 autocast: the 16-bit copies each Linear
+                     keeps for its backward (the whole model's, at the end of the forward)
+        activations  activation_bytes' saved layers + outside, + one layer's activations for
+                     the backward (the recomputed layer with checkpointing; the working set
+                     of the layer being differentiated without), x 2 with a separate critic
+        logits       (p + 12) bytes x V per logit row: the 16-bit logits the caller holds, the
+                     saved fp32 log-softmax, and two fp32 (rows, V) gradients in the backward
+        frozen       models held without gradients: [(name, shape cfg, dtype, remedies)], e.g.
+                     the reference copy or the reward model (remedies: {'flag': new dtype or
+                     None = gone}, the flags check_fits may suggest)
+        kv_cache     generation (PPO rollouts): 2 x n_layer x kv_batch x kv_len x h x p, plus
+                     ~18 bytes x V per response token (kv_logit_rows) for the no-grad log-probs
+                     and entropies of the whole rollout; this phase and the training phase
+                     (gradients, autocast copies, activations, logits) are never alive together,
+                     so the total takes the larger of the two
+        overhead     0.5 GiB (CUDA context) + 5 % of the rest for allocator fragmentation: a guess
+    batch_key, rows_per_unit, seq_key: the script's names for the batch and sequence (e.g. DPO's
+    batch_size counts pairs: 2 rows each), so check_fits can name the flag to change."""
+    p = DTYPE_BYTES[dtype]
+    counts = param_counts(cfg, value_head)
+    weights, trainable = 4 * counts['total'], counts['trainable']
+    n_models = 1
+    if critic is not None:  # a separate critic: another full model with grads and optimizer states
+        c = param_counts(critic, value_head=True)
+        weights += 4 * c['total']
+        trainable += c['trainable']
+        n_models = 2
+    if optimizer not in OPTIMIZER_STATE_BYTES:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}")
+    act = activation_bytes(cfg, batch_size, seq_len, dtype, gradient_checkpointing, attention_mask, dropout,
+                           logit_rows, value_head)
+    V = _shape(cfg, 'vocab_size')
+    rows = batch_size * seq_len if logit_rows is None else logit_rows
+    frozen_bytes = sum(param_counts(f[1], value_head=True)['total'] * DTYPE_BYTES[f[2]]
+                       for f in frozen if f[2] is not None)
+    h, L = _shape(cfg, 'n_embd'), _shape(cfg, 'n_layer')
+    plan = {
+        'weights': weights,
+        'gradients': 4 * trainable,
+        'optimizer': OPTIMIZER_STATE_BYTES[optimizer] * trainable,
+        'autocast': 2 * counts['matmul'] * n_models if p < 4 else 0,
+        'activations': n_models * (act['layers'] + act['outside'] + act['per_layer']),
+        'logits': (p + 12) * V * rows,
+        'frozen': frozen_bytes,
+        'kv_cache': 2 * L * kv_batch * kv_len * h * p + 18 * V * kv_logit_rows,
+    }
+    train_phase = plan['gradients'] + plan['autocast'] + plan['activations'] + plan['logits']
+    rest = plan['weights'] + plan['optimizer'] + plan['frozen'] + max(train_phase, plan['kv_cache'])
+    plan['overhead'] = int(0.5 * GiB + 0.05 * rest)
+    plan['total'] = rest + plan['overhead']
+    plan['inputs'] = dict(cfg=cfg, batch_size=batch_size, seq_len=seq_len, dtype=dtype, optimizer=optimizer,
+                          gradient_checkpointing=gradient_checkpointing, attention_mask=attention_mask,
+                          dropout=dropout, logit_rows=logit_rows, value_head=value_head, frozen=tuple(frozen),
+                          critic=critic, kv_batch=kv_batch, kv_len=kv_len, kv_logit_rows=kv_logit_rows,
+                          batch_key=batch_key, rows_per_unit=rows_per_unit, seq_key=seq_key)
+    return plan
+
+
+PLAN_ROWS = (  # (key, label) in the order format_plan prints them
+    ('weights', 'weights (fp32)'), ('gradients', 'gradients (fp32)'), ('optimizer', 'optimizer states'),
+    ('autocast', '16-bit weight copies'), ('activations', 'activations'), ('logits', 'logits + loss'),
+    ('frozen', 'frozen models'), ('kv_cache', 'rollout (KV cache)'), ('overhead', 'CUDA context + slack'),
+)
+
+
+def format_plan(plan, device_bytes=None):
+    """The plan as a small table in GiB, one part a line, the total last (and the device size)."""
+    lines = [f"  {label:<22} {plan[key] / GiB:7.2f} GiB" for key, label in PLAN_ROWS if plan[key]]
+    lines.append(f"  {'predicted peak':<22} {plan['total'] / GiB:7.2f} GiB"
+                 + (f"  of {device_bytes / GiB:.0f} GiB" if device_bytes else ""))
+    if plan['kv_cache']:
+        lines.append("  (the rollout and the training step are not alive together: the peak counts the larger)")
+    return "\n".join(lines)
+
+
+def _replan(plan, **changes):
+    return memory_plan(**{**plan['inputs'], **changes})
+
+
+def fit_remedies(plan, device_bytes):
+    """Config changes that bring the plan under device_bytes: [(flags, predicted total)]. Each of
+    gradient checkpointing, 8-bit AdamW, a lighter frozen model and LoRA alone; the largest
+    micro-batch that fits as is and with checkpointing on (which keeps more of the batch); else a
+    shorter block_size; and if nothing alone fits, those changes together."""
+    i = plan['inputs']
+    fits = []
+
+    def attempt(flags, **changes):
+        total = _replan(plan, **changes)['total']
+        if total <= device_bytes:
+            fits.append((flags, total))
+            return True
+        return False
+
+    singles = []
+    if not i['gradient_checkpointing']:
+        singles.append(("--gradient_checkpointing=True", dict(gradient_checkpointing=True)))
+    if i['optimizer'] == 'adamw':
+        singles.append(("--optimizer=adamw8bit", dict(optimizer='adamw8bit')))
+    for idx, (name, shape, dtype, remedies) in enumerate(i['frozen']):
+        for flag, new_dtype in remedies.items():
+            frozen = list(i['frozen'])
+            frozen[idx] = (name, shape, new_dtype, {})
+            singles.append((f"--{flag}", dict(frozen=tuple(frozen))))
+    if not (_shape(i['cfg'], 'lora_rank', 0) or 0):
+        cfg = {k: _shape(i['cfg'], k) for k in ('n_layer', 'n_head', 'n_embd', 'vocab_size', 'block_size', 'bias')}
+        singles.append(("--lora_rank=16 --lora_targets=attn,mlp", dict(cfg={**cfg, 'lora_rank': 16, 'lora_targets': 'attn,mlp'})))
+    for flags, changes in singles:
+        attempt(flags, **changes)
+
+    def smaller_batch(prefix, **base):  # the largest micro-batch (in the script's units) that fits
+        units = i['batch_size'] // i['rows_per_unit']
+        while units > 1:
+            units //= 2
+            rows = units * i['rows_per_unit']
+            logit_rows = None if i['logit_rows'] is None else i['logit_rows'] * rows // i['batch_size']
+            if attempt(f"{prefix}--{i['batch_key']}={units}", batch_size=rows, logit_rows=logit_rows, **base):
+                return True
+        return False
+    found = smaller_batch("")
+    if not i['gradient_checkpointing']:
+        found = smaller_batch("--gradient_checkpointing=True ", gradient_checkpointing=True) or found
+    if not found and not fits:
+        seq = i['seq_len']
+        while seq > 128:
+            seq //= 2
+            logit_rows = None if i['logit_rows'] is None else i['logit_rows'] * seq // i['seq_len']
+            if attempt(f"--{i['seq_key']}={seq}", seq_len=seq, logit_rows=logit_rows):
+                break
+    if not fits:  # nothing alone: everything together
+        changes = {}
+        for _, change in singles:
+            changes.update(change)
+        attempt(" ".join(f for f, _ in singles), **changes)
+    return fits
+
+
+def check_fits(plan, device_bytes, where='this config'):
+    """Raise a one-line UserError when the plan's predicted peak exceeds device_bytes, naming the
+    flags that would each make it fit (with their predicted peaks). Returns the plan otherwise."""
+    if plan['total'] <= device_bytes:
+        return plan
+    fits = fit_remedies(plan, device_bytes)
+    advice = ("; would fit with " + ", or ".join(f"{f} ({t / GiB:.1f} GiB)" for f, t in fits)) if fits else \
+        "; no change of batch, sequence, precision, checkpointing, optimizer or LoRA makes it fit"
+    raise UserError(f"{where} needs ~{plan['total'] / GiB:.1f} GiB (predicted: weights {plan['weights'] / GiB:.1f}, "
+                    f"optimizer {plan['optimizer'] / GiB:.1f}, activations {plan['activations'] / GiB:.1f}, "
+                    f"logits {plan['logits'] / GiB:.1f}), more than the {device_bytes / GiB:.0f} GiB "
+                    f"available{advice}")
+
+
+def make_optimizer(param_groups, optimizer, lr, betas, device_type, fused=None, weight_decay=0.0):
+    """The training optimizer by name: 'adamw' (torch.optim.AdamW; fused on CUDA unless
+    fused=False) or 'adamw8bit' (bitsandbytes' AdamW8bit, Dettmers et al. 2022, arXiv:2110.02861:
+    both moments in 8 bits with block-wise scales, 2 bytes per parameter instead of 8; CUDA only).
+    param_groups: parameters or a list of {'params', 'weight_decay'} groups; weight_decay applies
+    where a group sets none (0, not AdamW's silent default of 0.01)."""
+    if optimizer == 'adamw':
+        fused = device_type == 'cuda' if fused is None else fused
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay,
+                                 **(dict(fused=True) if fused else {}))
+    if optimizer == 'adamw8bit':
+        if device_type != 'cuda':
+            raise UserError(f"optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes), not {device_type}; "
+                            f"use optimizer='adamw'")
+        try:
+            import bitsandbytes as bnb  # heavy and optional: only for this optimizer
+        except ImportError:
+            raise UserError("optimizer='adamw8bit' needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise UserError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}")
+
+
+def script_defaults(script):
+    """The default config of a script (train.py, dpo_train.py...) without running it: the literal
+    module-level assignments before its `configure(globals())` line, read with ast."""
+    with open(script) as f:
+        tree = ast.parse(f.read(), script)
+    scope = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and 'configure' in ast.unparse(node.value):
+            break
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:  # literals and arithmetic on them (5 * 8); anything else is not config
+                scope[node.targets[0].id] = eval(compile(ast.Expression(node.value), script, 'eval'),
+                                                 {'__builtins__': {}}, dict(scope))
+            except Exception:
+                continue
+    return scope
+
+
+def model_shape(source, config_dir='config', _seen=()):
+    """The shape of `source` (an init_from value) as a dict, without loading weights: a gpt2* name
+    (GPT2_SHAPES), a Hugging Face directory (config.json), a checkpoint of this project (its
+    model_args, read with mmap), or — for a checkpoint not trained yet — the config/*.py file
+    whose out_dir writes it (then that config's own init_from and LoRA settings)."""
+    vocab = dict(vocab_size=50257, block_size=1024, bias=True)
+    if source in GPT2_SHAPES:
+        return {**GPT2_SHAPES[source], **vocab}
+    ckpt = os.path.join(source, 'ckpt.pt') if os.path.isdir(source) else source
+    if os.path.isfile(ckpt):
+        model_args = torch.load(ckpt, map_location='cpu', mmap=True, weights_only=False)['model_args']
+        return dict(model_args)
+    if os.path.isfile(os.path.join(source, 'config.json')):
+        with open(os.path.join(source, 'config.json')) as f:
+            c = json.load(f)
+        return dict(n_layer=c['n_layer'], n_head=c['n_head'], n_embd=c['n_embd'], vocab_size=c['vocab_size'],
+                    block_size=c['n_positions'], bias=True)
+    out_dir = os.path.normpath(os.path.dirname(source) if source.endswith('.pt') else source)
+    for name in sorted(os.listdir(config_dir)) if os.path.isdir(config_dir) else []:
+        path = os.path.join(config_dir, name)
+        if not name.endswith('.py') or path in _seen:
+            continue
+        scope = {}
+        with open(path) as f:
+            exec(compile(f.read(), path, 'exec'), scope)
+        if os.path.normpath(str(scope.get('out_dir', ''))) == out_dir and 'init_from' in scope:
+            if scope['init_from'] == 'scratch':  # train.py's defaults where the config sets nothing
+                base = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=False, vocab_size=50304)
+                base.update({k: scope[k] for k in base if k in scope})
+            else:
+                base = model_shape(scope['init_from'], config_dir, _seen + (path,))
+            lora = {k: scope[k] for k in ('lora_rank', 'lora_targets', 'lora_dropout') if k in scope}
+            return {**base, **lora}
+    raise UserError(f"cannot tell the model size of {source!r}: not a gpt2* name, no checkpoint or "
+                    f"config.json there, and no {config_dir}/*.py has out_dir {out_dir!r}")
+
+
+def script_of_config(config):
+    """Which script a config is for, from the keys it sets: ppo_train.py, dpo_train.py,
+    reward_train.py or else train.py."""
+    if {'reward_model', 'reward_fn', 'advantage_estimator', 'prompt_data', 'max_new_tokens'} & set(config):
+        return 'ppo_train.py'
+    if {'beta', 'loss_type', 'precompute_ref_logps', 'ref_from'} & set(config):
+        return 'dpo_train.py'
+    if {'pref_data', 'chosen_lm_coef', 'norm_data'} & set(config):
+        return 'reward_train.py'
+    return 'train.py'
+
+
+PLANNER_KEYS = dict(gradient_checkpointing=False, optimizer='adamw')  # planned even before a script has them
+
+
+def plan_for_script(script, config, config_dir='config'):
+    """The memory plan of one of this project's scripts for its full effective `config` dict
+    (what configure() returns): the same plan the script's own check uses. The micro-batch is
+    batch_size x block_size (reward/DPO: 2 rows a pair; SFT with tokens_per_batch: that many
+    tokens), PPO's is mini_batch_size left-padded rows of block_size, logits over max_new_tokens."""
+    c = {**PLANNER_KEYS, **config}
+    script = os.path.basename(script)
+    init = c['init_from']
+    if init == 'resume':
+        init = c['out_dir']
+    if init == 'scratch':
+        shape = dict(n_layer=c['n_layer'], n_head=c['n_head'], n_embd=c['n_embd'], vocab_size=50304,
+                     block_size=c['block_size'], bias=c['bias'])
+    else:
+        shape = model_shape(init, config_dir)
+    shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
+    if c.get('lora_rank'):
+        shape.update(lora_rank=c['lora_rank'], lora_targets=c['lora_targets'], lora_dropout=c.get('lora_dropout', 0.0))
+    dtype = 'bfloat16' if c['dtype'] == 'auto' else c['dtype']  # 'auto' is bf16 on any recent GPU
+    T = c['block_size']
+    common_args = dict(dtype=dtype, optimizer=c['optimizer'], gradient_checkpointing=c['gradient_checkpointing'],
+                       dropout=c.get('dropout', 0.0))
+    lora = bool(shape.get('lora_rank'))
+    if script == 'train.py':
+        if c.get('sft_data') and c.get('tokens_per_batch', 0) > 0:
+            rows = max(1, c['tokens_per_batch'] // T)
+            return memory_plan(shape, rows, T, batch_key='tokens_per_batch', rows_per_unit=1, **common_args)
+        return memory_plan(shape, c['batch_size'], T, **common_args)
+    if script == 'reward_train.py':
+        rows = 2 * c['batch_size']
+        return memory_plan(shape, rows, T, value_head=True, logit_rows=rows * T if c['chosen_lm_coef'] > 0 else 0,
+                           rows_per_unit=2, **common_args)
+    if script == 'dpo_train.py':
+        rows, frozen = 2 * c['batch_size'], []
+        if not c['precompute_ref_logps'] and not lora:
+            ref = model_shape(c['ref_from'], config_dir) if c['ref_from'] else shape
+            frozen = [('reference', {**ref, 'lora_rank': 0}, c['ref_dtype'],
+                       {"ref_dtype='bfloat16'": 'bfloat16', 'precompute_ref_logps=True': None})]
+        return memory_plan(shape, rows, T, frozen=frozen, rows_per_unit=2, **common_args)
+    if script == 'ppo_train.py':
+        grouped = c['advantage_estimator'] != 'gae'
+        n_seq = c['batch_size'] * (c['group_size'] if grouped else 1)
+        shared = not grouped and c['critic'] == 'shared'
+        frozen = []
+        if not c['reward_fn']:
+            frozen.append(('reward model', {**model_shape(c['reward_model'], config_dir), 'lora_rank': 0}, 'float32', {}))
+        if not lora:
+            frozen.append(('reference', {**shape, 'lora_rank': 0}, c['ref_dtype'], {"ref_dtype='bfloat16'": 'bfloat16'}))
+        critic = None
+        if not grouped and c['critic'] == 'separate':
+            critic = {**model_shape(c['reward_model'], config_dir), 'lora_rank': 0}
+        mb = c['mini_batch_size']
+        return memory_plan(shape, mb, T, attention_mask=True, logit_rows=mb * c['max_new_tokens'], value_head=shared,
+                           frozen=frozen, critic=critic, kv_batch=n_seq, kv_len=T,
+                           kv_logit_rows=n_seq * c['max_new_tokens'], batch_key='mini_batch_size', **common_args)
+    raise UserError(f"no memory plan for {script} (train.py, reward_train.py, dpo_train.py, ppo_train.py)")
+
+
+def plan_config(config_file, overrides=(), script=None):
+    """(script, effective config, plan) for a config file as `python <script> config_file
+    --overrides` would run it; the script is guessed from the file's keys unless given."""
+    if not os.path.isfile(config_file):
+        raise UserError(f"config file {config_file} not found")
+    file_scope = {}
+    with open(config_file) as f:
+        exec(compile(f.read(), config_file, 'exec'), file_scope)
+    script = script or script_of_config(file_scope)
+    here = os.path.dirname(os.path.abspath(__file__))
+    scope = {**script_defaults(os.path.join(here, script))}
+    scope.update({k: v for k, v in PLANNER_KEYS.items() if k not in scope})
+    config = configure(scope, [config_file, *overrides])
+    return script, config, plan_for_script(script, config, os.path.dirname(config_file) or '.')

@@ -19,7 +19,10 @@ One GPT-2, readable top to bottom (after karpathy/nanoGPT's model.py), with what
   lora_targets ('attn', 'mlp' or 'attn,mlp') and freezes everything else except the value head.
   `with model.disable_adapters():` runs the frozen base model (DPO/PPO's reference, with no second
   copy of the weights); `model.merge_lora()` folds the adapters into plain Linears for export.
-  QLoRA (a 4-bit frozen base) is not implemented.
+  QLoRA (a 4-bit frozen base) is not implemented;
+- gradient checkpointing: GPTConfig(gradient_checkpointing=True), or set
+  model.config.gradient_checkpointing at any time: each Block keeps only its input and is
+  recomputed in backward (common.py's memory planner gives the bytes either way).
 
 Weight names match nanoGPT's, so nanoGPT checkpoints load; GPT.from_pretrained takes the
 gpt2* names, a directory saved by transformers' GPT2LMHeadModel.save_pretrained, or one of this
@@ -34,6 +37,7 @@ from dataclasses import dataclass, asdict, fields
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 IGNORE_INDEX = -1  # target value that the loss skips (prompt tokens, padding); nanoGPT's choice
@@ -59,6 +63,7 @@ class GPTConfig:
     lora_alpha: float = 16.0    # the adapter output is scaled by lora_alpha / lora_rank
     lora_dropout: float = 0.0   # dropout on the adapter input only; 0.05-0.1 for small data
     lora_targets: str = 'attn'  # which Linears get adapters: 'attn', 'mlp' or 'attn,mlp'
+    gradient_checkpointing: bool = False  # recompute each Block's activations in backward (less memory, ~1/3 more compute)
 
     def __post_init__(self):  # fail at construction, naming the bad value, not deep inside GPT()
         if self.lora_rank < 0:
@@ -317,8 +322,18 @@ class GPT(nn.Module):
             key_mask = attention_mask if attention_mask is not None else torch.ones(B, past + T, device=idx.device)
             attn_mask = build_attn_mask(key_mask[:, :past + T], T, past)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
+        # gradient checkpointing (Chen et al. 2016, arXiv:1604.06174): keep only each Block's input
+        # and recompute its activations during backward. Only when a backward can follow (grad
+        # enabled, no KV cache). Non-reentrant (use_reentrant=False): works with inputs that do
+        # not require grad (LoRA's frozen embeddings) and with the attention mask; the RNG state is
+        # saved and restored (preserve_rng_state, the default), so dropout draws the same masks
+        # when a Block is recomputed.
+        recompute = self.config.gradient_checkpointing and torch.is_grad_enabled() and kv_cache is None
         for block in self.transformer.h:
-            x = block(x, attn_mask, kv_cache)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.transformer.ln_f(x)
@@ -406,8 +421,8 @@ class GPT(nn.Module):
         transformers; set HF_ENDPOINT for a mirror), a directory saved by
         GPT2LMHeadModel.save_pretrained (sizes read from its config.json), or a directory/file of
         this project's checkpoint (ckpt.pt). overrides: dropout, value_head, block_size (crops),
-        lora_rank, lora_alpha, lora_dropout, lora_targets (adapters on top of the loaded weights)."""
-        allowed = {'dropout', 'value_head', 'block_size',
+        gradient_checkpointing, lora_rank, lora_alpha, lora_dropout, lora_targets (adapters on top of the loaded weights)."""
+        allowed = {'dropout', 'value_head', 'block_size', 'gradient_checkpointing',
                    'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets'}
         assert set(overrides) <= allowed, f"from_pretrained overrides must be in {allowed}"
         is_dir = os.path.isdir(name_or_path)

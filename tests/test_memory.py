@@ -1,0 +1,207 @@
+"""Gradient checkpointing (model.py) and the memory planner (common.py): checkpointing changes no
+number; the planner's parameter/gradient/optimizer bytes are exact counts of a real model, its
+activation bytes match what autograd saves on CPU, it refuses a config that cannot fit and says
+which flags would make it fit, and the gpt2-large configs are predicted to fit a 24 GB card."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common import (GiB, UserError, activation_bytes, check_fits, make_optimizer, memory_plan, param_counts,
+                    plan_config)
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=100, block_size=64)
+CARD = 24 * GiB  # RTX 4090D
+
+
+def batch(B=2, T=64, seed=0, masked=False):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 100, (B, T), generator=g)
+    targets = torch.randint(0, 100, (B, T), generator=g)
+    mask = None
+    if masked:  # left padding in row 0
+        mask = torch.ones(B, T, dtype=torch.long)
+        mask[0, :5] = 0
+        targets[0, :5] = -1
+    return idx, targets, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient checkpointing
+
+def loss_and_grads(checkpointing, dropout, masked, lora=False, value_head=False):
+    torch.manual_seed(0)
+    extra = dict(lora_rank=4, lora_targets='attn,mlp', lora_dropout=0.1) if lora else {}
+    model = GPT(GPTConfig(**TINY, dropout=dropout, gradient_checkpointing=checkpointing, value_head=value_head,
+                          **extra)).train()
+    idx, targets, mask = batch(masked=masked)
+    torch.manual_seed(1)  # the dropout masks: the same draws with and without checkpointing
+    logits, loss, values = model(idx, targets, attention_mask=mask, return_values=True) if value_head else \
+        (*model(idx, targets, attention_mask=mask), None)
+    if values is not None:
+        loss = loss + values.pow(2).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize('dropout,masked,lora,value_head', [
+    (0.0, False, False, False), (0.1, False, False, False), (0.1, True, False, False),
+    (0.1, True, True, False), (0.0, True, False, True)])
+def test_checkpointing_gives_identical_loss_and_gradients(dropout, masked, lora, value_head):
+    loss0, grads0 = loss_and_grads(False, dropout, masked, lora, value_head)
+    loss1, grads1 = loss_and_grads(True, dropout, masked, lora, value_head)
+    assert torch.equal(loss0, loss1)
+    assert grads0.keys() == grads1.keys() and grads0
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_checkpointing_only_when_a_backward_can_follow():
+    model = GPT(GPTConfig(**TINY, gradient_checkpointing=True)).eval()
+    idx = batch()[0]
+    with torch.no_grad():  # no recomputation under no_grad, and generate's KV cache still works
+        out = model.generate(idx[:, :8], 4, temperature=0)
+    model.config.gradient_checkpointing = False
+    with torch.no_grad():
+        assert torch.equal(out, model.generate(idx[:, :8], 4, temperature=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# the planner against a real model
+
+@pytest.mark.parametrize('extra', [{}, dict(lora_rank=8, lora_targets='attn,mlp'), dict(lora_rank=4),
+                                   dict(bias=False), dict(value_head=True)])
+def test_parameter_gradient_optimizer_bytes_are_exact(extra):
+    cfg = GPTConfig(**TINY, **extra)
+    model = GPT(cfg)
+    params = list(model.parameters())  # the tied wte/lm_head weight once
+    trainable = [p for p in params if p.requires_grad]
+    counts = param_counts(cfg)
+    assert counts['total'] == sum(p.numel() for p in params)
+    assert counts['trainable'] == sum(p.numel() for p in trainable)
+    plan = memory_plan(cfg, 2, 64, dtype='float32', value_head=cfg.value_head)
+    assert plan['weights'] == sum(p.numel() * p.element_size() for p in params)
+    # real gradients and AdamW states after one step
+    idx, targets, _ = batch()
+    _, loss, values = model(idx, targets, return_values=True) if cfg.value_head else (*model(idx, targets), None)
+    (loss + (values.mean() if values is not None else 0)).backward()
+    opt = make_optimizer(trainable, 'adamw', 1e-3, (0.9, 0.95), 'cpu')
+    opt.step()
+    assert plan['gradients'] == sum(p.grad.numel() * p.grad.element_size() for p in trainable)
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != 'step')
+    assert plan['optimizer'] == state_bytes
+
+
+def test_gpt2_large_parameter_count():
+    assert param_counts(dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024))['total'] == 774_030_080
+
+
+def saved_bytes(model, idx, targets, mask):
+    """Sum of the unique storages autograd saves for backward in one forward pass (parameters
+    excluded: they are counted as weights)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, targets, attention_mask=mask)[1].backward()
+    return sum(seen.values())
+
+
+TOLERANCE = 0.25  # the planner's activation bytes vs the measurement; within 1 % without LoRA
+
+
+@pytest.mark.parametrize('checkpointing', [False, True])
+@pytest.mark.parametrize('masked', [False, True])
+@pytest.mark.parametrize('extra', [{}, dict(lora_rank=4, lora_targets='attn,mlp'), dict(n_layer=4, n_embd=128)])
+def test_activation_bytes_match_what_autograd_saves(checkpointing, masked, extra):
+    # dropout 0: with dropout CPU SDPA falls back to the math kernel (s^2 matrices); CUDA's flash does not
+    cfg = GPTConfig(**{**TINY, **extra}, gradient_checkpointing=checkpointing)
+    model = GPT(cfg).train()
+    idx, targets, mask = batch(masked=masked)
+    measured = saved_bytes(model, idx, targets, mask)
+    predicted = activation_bytes(cfg, 2, 64, 'float32', checkpointing, masked)['saved']
+    assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured)
+    if not extra:
+        assert abs(predicted - measured) <= 0.01 * measured, (predicted, measured)
+
+
+def test_checkpointing_saves_most_activations_of_gpt2_large():
+    large = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024)
+    full, ckpt = (activation_bytes(large, 1, 1024, 'bfloat16', c)['layers'] for c in (False, True))
+    assert full == 36 * 1024 * (36 * 1280 + 4 * 20 + 16)  # 36 h + 4 a + 16 bytes a token a layer
+    assert ckpt == 36 * 1024 * 4 * 1280 and ckpt < full / 8  # only each layer's fp32 input
+
+
+# ----------------------------------------------------------------------------------------------
+# refusing what cannot fit, and the project's configs
+
+def test_planner_refuses_gpt2_large_fp32_batch_16_and_names_the_fixes():
+    large = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024)
+    plan = memory_plan(large, 16, 1024, dtype='float32', optimizer='adamw')
+    with pytest.raises(UserError) as e:
+        check_fits(plan, CARD, 'config/x.py')
+    msg = str(e.value)
+    assert '\n' not in msg and 'gradient_checkpointing=True' in msg and 'batch_size=' in msg, msg
+    # the advice is right: checkpointing keeps a larger micro-batch than no checkpointing does
+    assert '--gradient_checkpointing=True --batch_size=' in msg
+    with_ckpt = int(msg.split('--gradient_checkpointing=True --batch_size=')[1].split()[0])
+    without = int(msg.split('--batch_size=')[1].split()[0])
+    assert with_ckpt > without >= 1
+    check_fits(memory_plan(large, with_ckpt, 1024, dtype='float32', gradient_checkpointing=True), CARD)
+
+
+def test_dpo_advice_names_the_reference_flags():
+    large = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024)
+    frozen = [('reference', large, 'float32', {"ref_dtype='bfloat16'": 'bfloat16', 'precompute_ref_logps=True': None})]
+    plan = memory_plan(large, 2, 1024, frozen=frozen, rows_per_unit=2)
+    with pytest.raises(UserError) as e:
+        check_fits(plan, plan['total'] - 1 * GiB)
+    assert "precompute_ref_logps=True" in str(e.value) and "ref_dtype='bfloat16'" in str(e.value)
+
+
+GPT2_LARGE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*gpt2large*.py'))) + \
+    [os.path.join(ROOT, 'config', 'finetune_shakespeare.py')]
+
+
+@pytest.mark.parametrize('path', GPT2_LARGE_CONFIGS, ids=os.path.basename)
+def test_gpt2_large_configs_are_predicted_to_fit_24gb(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # out_dir / init_from paths are relative to the repository
+    script, config, plan = plan_config(os.path.relpath(path, ROOT))
+    assert plan['inputs']['cfg']['n_embd'] == 1280, script  # gpt2-large, resolved without weights
+    assert check_fits(plan, CARD) is plan, f"{path}: {plan['total'] / GiB:.1f} GiB"
+
+
+def test_bench_plan_prints_the_table_without_running_anything():
+    out = subprocess.run([sys.executable, 'bench.py', '--plan', 'config/dpo_gpt2large.py', '--batch_size=2'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'dpo_train.py' in out.stdout and 'predicted peak' in out.stdout and 'activations' in out.stdout
+    bad = subprocess.run([sys.executable, 'bench.py', '--plan', 'config/finetune_shakespeare.py', '--batch_size=16',
+                          '--dtype=float32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith('error: ') and 'gradient_checkpointing' in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# the optimizer flag
+
+def test_adamw8bit_is_a_one_line_error_without_cuda():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(UserError, match="adamw8bit.*CUDA"):
+        make_optimizer(params, 'adamw8bit', 1e-3, (0.9, 0.95), 'cpu')
+    with pytest.raises(UserError, match="adamw, adamw8bit"):
+        make_optimizer(params, 'sgd', 1e-3, (0.9, 0.95), 'cpu')
+
+
+def test_adamw8bit_without_bitsandbytes_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'bitsandbytes', None)  # import fails as if not installed
+    with pytest.raises(UserError, match="pip install bitsandbytes"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(3))], 'adamw8bit', 1e-3, (0.9, 0.95), 'cuda')
