@@ -1163,6 +1163,27 @@ def plan_for_script(script, config, config_dir='config'):
     raise UserError(f"no memory plan for {script} (train.py, reward_train.py, dpo_train.py, ppo_train.py)")
 
 
+def plan_memory(script, config, device, check=True):
+    """What every training script calls before loading a model: print the predicted peak GPU
+    memory of `script` run with `config` (the planner's table) and, on CUDA, stop with a one-line
+    error naming the flags that would fit when the prediction exceeds the device's memory.
+    check=False (the script's check_memory key) skips both. A model whose size cannot be told
+    without loading it is noted, not an error."""
+    if not check:
+        return None
+    try:
+        plan = plan_for_script(script, config)
+    except (UserError, OSError, KeyError, ValueError) as e:
+        print0(f"memory plan: skipped ({e})")
+        return None
+    device_bytes = torch.cuda.get_device_properties(torch.device(device)).total_memory \
+        if str(device).startswith('cuda') else None
+    print0(f"predicted peak GPU memory of {os.path.basename(script)} with this config:\n" + format_plan(plan, device_bytes))
+    if device_bytes:
+        check_fits(plan, device_bytes)
+    return plan
+
+
 def plan_config(config_file, overrides=(), script=None):
     """(script, effective config, plan) for a config file as `python <script> config_file
     --overrides` would run it; the script is guessed from the file's keys unless given."""

@@ -45,8 +45,9 @@ import torch
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state,
-                    grad_scaler, load_preference_pairs, lora_overrides, preference_logps, print_config,
-                    save_atomic, save_checkpoint, set_rng_state, setup_device, source_identity)
+                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, plan_memory,
+                    preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state, setup_device,
+                    source_identity)
 from losses import dpo_loss
 from model import GPT
 
@@ -100,11 +101,15 @@ min_lr = 1e-6                   # = learning_rate: constant after warmup, as the
 device = 'auto'
 dtype = 'auto'                  # autocast dtype of every forward pass (bf16 on recent GPUs)
 compile = False                 # torch.compile the policy (CUDA only)
+gradient_checkpointing = False  # recompute each block in backward: far less activation memory, ~30% more compute
+optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only: 2 bytes of state per parameter, not 8)
+check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
+plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):
@@ -273,7 +278,8 @@ def pair_batches(split, seed):
 # optimizer and resume state
 start_iter = iter_num
 scaler = grad_scaler(device_type, dtype)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+model.config.gradient_checkpointing = gradient_checkpointing
+optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_loader = pair_batches('train', seed)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])

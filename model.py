@@ -452,16 +452,19 @@ class GPT(nn.Module):
             model.crop_block_size(block_size)
         return model
 
+    def param_groups(self, weight_decay):
+        """The trainable parameters in two optimizer groups: matrices (>= 2-D: Linears, embeddings)
+        decayed by weight_decay, biases and layer norms not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        # LoRA's lora_A/lora_B are 2-D, so they are decayed too: what PEFT + AdamW does as well
+        return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices (>= 2-D: Linears, embeddings) and none on biases
         and layer norms; only parameters that require grad (so frozen/LoRA setups work).
         Fused AdamW on CUDA."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        # LoRA's lora_A/lora_B are 2-D, so they are decayed too: what PEFT + AdamW does as well
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{'params': decay, 'weight_decay': weight_decay},
-                  {'params': no_decay, 'weight_decay': 0.0}]
+        groups = self.param_groups(weight_decay)
         use_fused = 'fused' in inspect.signature(torch.optim.AdamW).parameters and device_type == 'cuda'
         extra = dict(fused=True) if use_fused else dict()
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)

@@ -27,8 +27,9 @@ import torch
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
-                    grad_scaler, load_preference_pairs, lora_overrides, pad_right, print_config, read_records,
-                    reward_stats, save_checkpoint, set_rng_state, setup_device, sft_pair)
+                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, pad_right,
+                    plan_memory, print_config, read_records, reward_stats, save_checkpoint, set_rng_state,
+                    setup_device, sft_pair)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -79,11 +80,15 @@ min_lr = 1e-6
 device = 'auto'
 dtype = 'auto'
 compile = False                 # torch.compile the model (CUDA only)
+gradient_checkpointing = False  # recompute each block in backward: far less activation memory, ~30% more compute
+optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only: 2 bytes of state per parameter, not 8)
+check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
+plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):
@@ -142,7 +147,8 @@ model.to(device)
 start_iter = iter_num
 
 scaler = grad_scaler(device_type, dtype)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+model.config.gradient_checkpointing = gradient_checkpointing
+optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_loader = pair_batches('train', seed)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])

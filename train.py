@@ -38,8 +38,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
-                    grad_scaler, lora_overrides, print_config, read_records, save_checkpoint, set_rng_state,
-                    setup_ddp, setup_device, sft_batch, sft_pair, tokenize_pair, unwrap)
+                    grad_scaler, lora_overrides, make_optimizer, plan_memory, print_config, read_records,
+                    save_checkpoint, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
+                    tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -98,6 +99,9 @@ backend = 'nccl'                # DDP backend: 'nccl' on GPUs, 'gloo' on CPU
 device = 'auto'                 # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'                  # 'auto' | 'float32' | 'bfloat16' | 'float16' (autocast on CUDA)
 compile = True                  # torch.compile the model (CUDA only)
+gradient_checkpointing = False  # recompute each block in backward: far less activation memory, ~30% more compute
+optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only: 2 bytes of state per parameter, not 8)
+check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())  # config/*.py files, then --key=value flags
 # -----------------------------------------------------------------------------
@@ -114,6 +118,7 @@ if ddp:
                         f"by the {ddp_world_size} DDP processes")
     gradient_accumulation_steps //= ddp_world_size
 device, device_type, dtype, ctx = setup_device(device, dtype)
+plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 if master_process:
     print_config(config)
     os.makedirs(out_dir, exist_ok=True)
@@ -237,7 +242,8 @@ model.to(device)
 start_iter = iter_num
 
 scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+model.config.gradient_checkpointing = gradient_checkpointing
+optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
 if sft_data:  # epochs over the examples; each DDP rank draws its own order
     sft_loader = sft_batches('train', seed + ddp_rank)
