@@ -88,6 +88,22 @@ def test_tokenizer_round_trips_like_tiktoken(policy_export):
     assert merges[1] == '\u0120 t'  # GPT-2's first merge: " t" (space is \u0120 in byte-level BPE)
 
 
+def test_tokenizer_files_equal_openai_originals(policy_export):
+    """vocab.json and merges.txt equal GPT-2's encoder.json and vocab.bpe, which tiktoken's cache
+    holds (as files named by a hash of their URL) when it was filled from them."""
+    _, path = policy_export
+    cache = os.environ['TIKTOKEN_CACHE_DIR']
+    originals = {}
+    for name in os.listdir(cache):
+        text = open(os.path.join(cache, name), encoding='utf-8').read()
+        originals['merges' if text.startswith('#version') else 'vocab'] = text
+    if set(originals) != {'merges', 'vocab'}:
+        pytest.skip(f"GPT-2's original encoder.json / vocab.bpe are not in {cache}")
+    assert json.load(open(os.path.join(path, 'vocab.json'), encoding='utf-8')) == json.loads(originals['vocab'])
+    ours = open(os.path.join(path, 'merges.txt'), encoding='utf-8').read().split('\n')
+    assert [m for m in ours if m] == [m for m in originals['merges'].split('\n') if m]
+
+
 def test_pipeline_generates_our_greedy_tokens(policy_export):
     from transformers import pipeline
     model, path = policy_export
