@@ -40,7 +40,7 @@ import os
 
 import torch
 
-from common import UserError, configure, print_config
+from common import GPT2Tokenizer, UserError, configure, print_config
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -153,7 +153,6 @@ def gpt2_vocab_and_merges():
     Token strings use GPT-2's byte-to-unicode map. The merge that made token r is found by running
     BPE on its bytes with only the merges ranked below r: it ends in exactly two parts, which
     reproduces GPT-2's vocab.bpe line for line."""
-    from common import GPT2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     enc = GPT2Tokenizer().enc  # tiktoken's 'gpt2', offline via TIKTOKEN_CACHE_DIR
     ranks = enc._mergeable_ranks  # bytes -> rank (no public accessor in tiktoken)
