@@ -1,0 +1,171 @@
+"""
+Curves of a run's log.csv (common.Logger: a header row, then one row per logged step, a 'step'
+column and one column per metric, empty where a metric was not logged at that step) as a PNG.
+
+    python plot.py --logs=out-shakespeare-char                       # -> out-shakespeare-char/curves.png
+    python plot.py --logs=out-ppo/log.csv --smooth=0.9               # PPO: a grid of its metrics
+    python plot.py --logs=out-dpo-a,out-dpo-b --labels=beta0.1,beta0.5 --out=dpo.png   # overlaid runs
+    python plot.py --logs=out-reward --columns=val/accuracy,train/loss
+
+Which metrics, unless `columns` names them:
+- a PPO/GRPO/RLOO log (it has objective/scores): PPO_COLUMNS below, one panel each (TRL's names:
+  val/clipfrac there is the value loss's clip fraction, not a validation metric);
+- any other log (train.py, SFT, reward_train.py, dpo_train.py): the loss-like columns (names with
+  loss, acc or margin); train/X, val/X and train/X_step share one panel (solid, dashed, faint).
+Several logs are overlaid in every panel, one colour each, labelled. matplotlib is optional
+(pip install matplotlib) and imported only here.
+"""
+
+import csv
+import math
+import os
+
+from common import UserError, configure, print_config
+
+# -----------------------------------------------------------------------------
+logs = 'out/log.csv'        # a log.csv or a run directory holding one; several comma-separated are overlaid
+labels = ''                 # legend labels, comma-separated, one per log ('' = each log's directory name)
+out = ''                    # the PNG ('' = curves.png next to the first log)
+columns = ''                # metrics to plot, comma-separated ('' = chosen by the kind of log, see above)
+smooth = 0.0                # exponential moving average weight in [0, 1): 0 = raw; 0.9 for noisy PPO curves
+panel_width = 4.5           # inches per panel (the PNG is n_cols * panel_width * dpi pixels wide)
+panel_height = 3.0          # inches per panel
+max_cols = 3                # panels per row
+dpi = 100
+# -----------------------------------------------------------------------------
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+print_config(config)
+if not 0.0 <= smooth < 1.0:
+    raise UserError(f"smooth must be in [0, 1), got {smooth}")
+PPO_COLUMNS = ['objective/scores', 'objective/rlhf_reward', 'objective/kl', 'objective/entropy',
+               'loss/policy', 'loss/value', 'policy/clipfrac', 'policy/approxkl', 'val/clipfrac',
+               'objective/kl_coef', 'response_length', 'val/num_eos_tokens']
+LOSS_LIKE = ('loss', 'acc', 'margin')  # substrings of the metrics plotted for non-PPO logs
+
+
+def read_log(path):
+    """{column: ([steps], [values])} of a Logger CSV, skipping empty cells and non-numbers."""
+    if os.path.isdir(path):
+        path = os.path.join(path, 'log.csv')
+    if not os.path.isfile(path):
+        raise UserError(f"log {path} not found")
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or 'step' not in reader.fieldnames:
+            raise UserError(f"{path} is not a log.csv of this project (no 'step' column)")
+        series = {k: ([], []) for k in reader.fieldnames if k != 'step'}
+        n_rows = 0
+        for row in reader:
+            n_rows += 1
+            for k, (steps, values) in series.items():
+                try:
+                    v = float(row[k])
+                except (TypeError, ValueError):  # not logged at this step (empty), or text
+                    continue
+                if math.isfinite(v):
+                    steps.append(float(row['step']))
+                    values.append(v)
+    if n_rows == 0:
+        raise UserError(f"{path} has no rows yet")
+    return path, {k: s for k, s in series.items() if s[0]}
+
+
+def ema(values, weight):
+    """Exponential moving average s_t = weight * s_{t-1} + (1 - weight) * x_t, debiased (divided by
+    1 - weight^t, as TensorBoard's smoothing) so the curve starts at the first value."""
+    out, s = [], 0.0
+    for t, x in enumerate(values, 1):
+        s = weight * s + (1 - weight) * x
+        out.append(s / (1 - weight ** t))
+    return out
+
+
+def panel_of(column, ppo):
+    """The panel a column is drawn in: train/X, val/X, X and train/X_step share panel X, except in
+    PPO logs (whose val/ prefix is the value function's)."""
+    if ppo:
+        return column
+    name = column.removeprefix('train/').removeprefix('val/')
+    return name.removesuffix('_step')
+
+
+def style_of(column, ppo):
+    """Line style by split: val dashed with markers (not in PPO logs), per-step train faint, the
+    rest solid."""
+    if column.startswith('val/') and not ppo:
+        return dict(linestyle='--', marker='o', markersize=3)
+    if column.endswith('_step'):
+        return dict(alpha=0.35, linewidth=0.8)
+    return dict()
+
+
+# -----------------------------------------------------------------------------
+# the logs, their labels, the panels
+paths = [p.strip() for p in logs.split(',') if p.strip()]
+if not paths:
+    raise UserError("logs is empty: give a log.csv or a run directory")
+runs = [read_log(p) for p in paths]
+names = [lbl.strip() for lbl in labels.split(',')] if labels else []
+if names and len(names) != len(runs):
+    raise UserError(f"{len(names)} labels for {len(runs)} logs")
+if not names:  # the run directory's name; the whole path where two runs share a name
+    names = [os.path.basename(os.path.dirname(os.path.abspath(p))) for p, _ in runs]
+    if len(set(names)) < len(names):
+        names = [p for p, _ in runs]
+available = list(dict.fromkeys(c for _, series in runs for c in series))  # in logging order
+ppo = any('objective/scores' in series for _, series in runs)
+if columns:
+    wanted = [c.strip() for c in columns.split(',') if c.strip()]
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise UserError(f"no column {unknown[0]!r} in the logs; they have: {', '.join(available)}")
+elif ppo:
+    wanted = [c for c in PPO_COLUMNS if c in available]
+else:
+    wanted = [c for c in available if any(s in c.lower() for s in LOSS_LIKE)]
+if not wanted:
+    raise UserError(f"nothing to plot by default; choose --columns among: {', '.join(available)}")
+panels = {}  # panel title -> its columns, in order
+for c in wanted:
+    panels.setdefault(panel_of(c, ppo), []).append(c)
+
+# -----------------------------------------------------------------------------
+# draw
+try:
+    import matplotlib
+except ImportError:
+    raise UserError("plot.py needs matplotlib, an optional dependency: pip install matplotlib") from None
+matplotlib.use('Agg')  # files only, no display needed
+import matplotlib.pyplot as plt
+
+n_cols = min(max_cols, len(panels))
+n_rows = math.ceil(len(panels) / n_cols)
+fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * panel_width, n_rows * panel_height),
+                         dpi=dpi, squeeze=False)
+colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+for ax, (title, cols) in zip(axes.flat, panels.items()):
+    for i, (name, (_, series)) in enumerate(zip(names, runs)):
+        for c in cols:
+            if c not in series:
+                continue
+            steps, values = series[c]
+            label = c if len(runs) == 1 else f"{name}: {c}"
+            kw = dict(color=colors[i % len(colors)], **style_of(c, ppo))
+            if smooth > 0 and len(values) > 1:
+                ax.plot(steps, values, color=kw['color'], alpha=0.2, linewidth=0.8)  # raw, faint
+                values = ema(values, smooth)
+            ax.plot(steps, values, label=label, **kw)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+for ax in list(axes.flat)[len(panels):]:
+    ax.axis('off')  # the empty rest of the last row
+fig.tight_layout()
+if not out:
+    out = os.path.join(os.path.dirname(runs[0][0]) or '.', 'curves.png')
+os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+fig.savefig(out)
+print(f"wrote {out}: {len(panels)} panels ({', '.join(panels)}) from {len(runs)} log(s)")

@@ -1,0 +1,227 @@
+"""export_hf.py: checkpoints of this project -> transformers directories, reloaded with transformers
+(offline) and compared with our model: policy logits, merged LoRA, padded vocabularies, bias=False,
+char-level models, the reward classifier's score at the last real token, the tokenizer, pipeline
+generation, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from common import GPT2Tokenizer, save_checkpoint, score_texts
+from conftest import ROOT, make_hf_gpt2
+from model import GPT, GPTConfig
+
+TEXTS = ["Hello world", " Hello  world!\n\n\tTabs  and   spaces ", "naïve café — 日本語 🤖 emoji",
+         "I'm sure they'll say we've 12345 apples, 3.14159", "\n\nHuman: hi\n\nAssistant: ok<|endoftext|>",
+         "  leading", "trailing   ", ""]
+
+
+def save_project_checkpoint(path, model, **extra):
+    """path/ckpt.pt as the training scripts write it (model, model_args, + extra keys)."""
+    save_checkpoint(os.path.join(path, 'ckpt.pt'), {'model': model.state_dict(),
+                                                    'model_args': asdict(model.config), **extra}, model)
+    return path
+
+
+def export(*args):
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # 2 shared cores
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'export_hf.py'), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def export_ok(ckpt, export_dir, *args):
+    r = export(f'--ckpt={ckpt}', f'--export_dir={export_dir}', *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def random_ids(vocab_size, B=3, T=12, seed=0):
+    return torch.randint(vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope='module')
+def policy_export(tmp_path_factory):
+    """(our GPT, export dir) of a tiny random GPT-2 with GPT-2's vocabulary, through a checkpoint."""
+    d = tmp_path_factory.mktemp('policy')
+    make_hf_gpt2(str(d / 'hf-init'), vocab_size=50257, n_positions=64)
+    model = GPT.from_pretrained(str(d / 'hf-init')).eval()
+    save_project_checkpoint(str(d / 'run'), model, iter_num=10, best_val_loss=1.0)
+    out = export_ok(str(d / 'run' / 'ckpt.pt'), str(d / 'hf'))
+    assert 'verify: max |logit difference|' in out
+    return model, str(d / 'hf')
+
+
+def test_policy_logits_equal_ours(policy_export):
+    from transformers import GPT2LMHeadModel
+    model, path = policy_export
+    hf = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32).eval()
+    assert hf.config.vocab_size == 50257 and hf.config.eos_token_id == 50256
+    idx = random_ids(50257)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+    assert set(os.listdir(path)) >= {'config.json', 'model.safetensors', 'tokenizer.json',
+                                     'tokenizer_config.json', 'vocab.json', 'merges.txt'}
+
+
+def test_tokenizer_round_trips_like_tiktoken(policy_export):
+    from transformers import AutoTokenizer, GPT2Tokenizer as HFGPT2Tokenizer
+    _, path = policy_export
+    ours = GPT2Tokenizer()
+    slow_dir = os.path.join(os.path.dirname(path), 'vocab-merges-only')  # the classic pair alone
+    os.makedirs(slow_dir, exist_ok=True)
+    for name in ('vocab.json', 'merges.txt'):
+        with open(os.path.join(path, name), encoding='utf-8') as f, \
+                open(os.path.join(slow_dir, name), 'w', encoding='utf-8') as g:
+            g.write(f.read())
+    for tok in (AutoTokenizer.from_pretrained(path), HFGPT2Tokenizer.from_pretrained(slow_dir)):
+        assert len(tok) == 50257 and tok.eos_token_id == 50256
+        for text in TEXTS:
+            ids = tok(text)['input_ids']
+            assert ids == ours.encode(text), text
+            assert tok.decode(ids) == text
+    merges = open(os.path.join(path, 'merges.txt'), encoding='utf-8').read().splitlines()
+    assert merges[0] == '#version: 0.2' and len(merges) == 1 + 50000
+    assert merges[1] == '\u0120 t'  # GPT-2's first merge: " t" (space is \u0120 in byte-level BPE)
+
+
+def test_tokenizer_files_equal_openai_originals(policy_export):
+    """vocab.json and merges.txt equal GPT-2's encoder.json and vocab.bpe, which tiktoken's cache
+    holds (as files named by a hash of their URL) when it was filled from them."""
+    _, path = policy_export
+    cache = os.environ['TIKTOKEN_CACHE_DIR']
+    originals = {}
+    for name in os.listdir(cache):
+        text = open(os.path.join(cache, name), encoding='utf-8').read()
+        originals['merges' if text.startswith('#version') else 'vocab'] = text
+    if set(originals) != {'merges', 'vocab'}:
+        pytest.skip(f"GPT-2's original encoder.json / vocab.bpe are not in {cache}")
+    assert json.load(open(os.path.join(path, 'vocab.json'), encoding='utf-8')) == json.loads(originals['vocab'])
+    ours = open(os.path.join(path, 'merges.txt'), encoding='utf-8').read().split('\n')
+    assert [m for m in ours if m] == [m for m in originals['merges'].split('\n') if m]
+
+
+def test_pipeline_generates_our_greedy_tokens(policy_export):
+    from transformers import pipeline
+    model, path = policy_export
+    pipe = pipeline('text-generation', model=path, device='cpu')
+    prompt = "The meaning of life is"
+    out = pipe(prompt, max_new_tokens=8, do_sample=False)[0]['generated_text']
+    assert out.startswith(prompt) and len(out) > len(prompt)
+    tok = GPT2Tokenizer()
+    ids = model.generate(torch.tensor([tok.encode(prompt)]), 8, temperature=0, eos_token_id=50256)
+    assert out == tok.decode(ids[0].tolist())
+
+
+def test_lora_export_equals_unmerged_model(tmp_path):
+    from transformers import GPT2LMHeadModel
+    make_hf_gpt2(str(tmp_path / 'hf-init'), vocab_size=50257, n_positions=64)
+    model = GPT.from_pretrained(str(tmp_path / 'hf-init'), lora_rank=4, lora_targets='attn,mlp').eval()
+    with torch.no_grad():  # trained-looking adapters (a fresh B = 0 would make merging trivial)
+        for n, p in model.named_parameters():
+            if n.endswith('lora_B'):
+                p.normal_(std=0.1)
+    idx = random_ids(50257)
+    with torch.no_grad():
+        unmerged = model(idx)[0]
+        with model.disable_adapters():
+            assert (model(idx)[0] - unmerged).abs().max() > 1e-2  # the adapters matter
+    save_project_checkpoint(str(tmp_path / 'run'), model)
+    export_ok(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf'), dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, unmerged, atol=1e-4, rtol=0)
+
+
+def test_padded_vocab_is_cut_to_gpt2(tmp_path):
+    """A from-scratch model with nanoGPT's 50304 rows exports GPT-2's 50257 (same logits on them)."""
+    from transformers import GPT2LMHeadModel
+    make_hf_gpt2(str(tmp_path / 'hf-init'), vocab_size=50304, n_positions=64)
+    model = GPT.from_pretrained(str(tmp_path / 'hf-init')).eval()
+    save_project_checkpoint(str(tmp_path / 'run'), model)
+    export_ok(str(tmp_path / 'run'), str(tmp_path / 'hf'), '--verify=False')
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf'), dtype=torch.float32).eval()
+    assert hf.config.vocab_size == 50257
+    idx = random_ids(50257)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0][..., :50257], atol=1e-4, rtol=0)
+
+
+def test_char_level_no_bias_model_exports_without_tokenizer(tmp_path):
+    from transformers import GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)).eval()
+    save_project_checkpoint(str(tmp_path / 'run'), model)
+    out = export_ok(str(tmp_path / 'run' / 'ckpt.pt'), str(tmp_path / 'hf'))
+    assert 'no tokenizer files' in out
+    assert not any(f.startswith(('tokenizer', 'vocab', 'merges')) for f in os.listdir(tmp_path / 'hf'))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf'), dtype=torch.float32).eval()
+    assert hf.config.vocab_size == 65 and hf.config.eos_token_id is None
+    idx = random_ids(65)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope='module')
+def reward_export(tmp_path_factory):
+    """(our reward GPT, checkpoint dir, export dir): a value head with non-zero weight AND bias."""
+    d = tmp_path_factory.mktemp('reward')
+    make_hf_gpt2(str(d / 'hf-init'), vocab_size=50257, n_positions=64)
+    model = GPT.from_pretrained(str(d / 'hf-init'), value_head=True).eval()
+    with torch.no_grad():
+        model.value_head.weight.normal_()
+        model.value_head.bias.fill_(0.7)  # HF's score has no bias: export_hf.py folds it into ln_f
+    save_project_checkpoint(str(d / 'run'), model, best_val_acc=0.6, reward_mean=0.25, reward_std=1.5)
+    export_ok(str(d / 'run' / 'ckpt.pt'), str(d / 'hf'))  # kind='auto' -> reward
+    return model, str(d / 'run'), str(d / 'hf')
+
+
+def test_reward_score_equals_value_head_at_last_real_token(reward_export):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model, _, path = reward_export
+    hf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    assert type(hf).__name__ == 'GPT2ForSequenceClassification' and hf.config.num_labels == 1
+    assert hf.config.reward_mean == 0.25 and hf.config.reward_std == 1.5
+    assert hf.config.pad_token_id not in (None, 50256)  # pad must differ from the EOS the score is read at
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.pad_token_id == hf.config.pad_token_id and tok.padding_side == 'right'
+    pairs = [("\n\nHuman: hi\n\nAssistant:", " hello there, how are you?"), ("Q: 2+2?", " 4"),
+             ("A long prompt with many words in it, to make rows of different lengths", " ok")]
+    batch = tok([p + r + tok.eos_token for p, r in pairs], padding=True, return_tensors='pt')
+    assert (batch['attention_mask'] == 0).any()  # really right-padded
+    with torch.no_grad():
+        theirs = hf(**batch).logits[:, 0]
+    ours = score_texts(model, GPT2Tokenizer(), pairs, block_size=64, batch_size=8, device='cpu')
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    assert ours.std() > 1e-3  # distinct scores: the test would notice a wrong position
+
+
+def test_value_head_checkpoint_without_reward_stats_exports_as_policy(reward_export, tmp_path):
+    """kind='auto': a value head alone (PPO's shared critic) is a policy; --kind=reward forces it."""
+    model, _, _ = reward_export
+    save_project_checkpoint(str(tmp_path / 'ppo'), model, iter_num=3, kl_coef=0.05)
+    out = export_ok(str(tmp_path / 'ppo'), str(tmp_path / 'hf'), '--verify=False')
+    assert 'value head is dropped' in out
+    config = json.load(open(tmp_path / 'hf' / 'config.json'))
+    assert config['architectures'] == ['GPT2LMHeadModel']
+
+
+def test_one_line_errors(tmp_path):
+    (tmp_path / 'notes.pt').write_text('not a checkpoint')
+    torch.save({'weights': 1}, tmp_path / 'foreign.pt')
+    policy = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    save_project_checkpoint(str(tmp_path / 'policy'), policy)
+    cases = [(['--ckpt=' + str(tmp_path / 'missing')], 'not found'),
+             (['--ckpt=' + str(tmp_path / 'notes.pt')], 'could not be read'),
+             (['--ckpt=' + str(tmp_path / 'foreign.pt')], 'not a checkpoint of this project'),
+             (['--ckpt=' + str(tmp_path / 'policy'), '--kind=reward'], 'no value head'),
+             (['--ckpt=' + str(tmp_path / 'policy'), '--kind=critic'], "kind must be")]
+    for args, message in cases:
+        r = export(*args, '--export_dir=' + str(tmp_path / 'out'))
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.startswith('error: ') and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not os.path.exists(tmp_path / 'out')

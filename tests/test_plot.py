@@ -1,0 +1,127 @@
+"""plot.py on logs written by common.Logger: a PNG of the right size for train, reward and PPO logs,
+overlaid runs, smoothing, and one-line errors (incl. matplotlib missing)."""
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from common import Logger
+from conftest import ROOT
+
+# matplotlib is optional (requirements.txt); .ci/run installs it, so CI draws every PNG below
+needs_mpl = pytest.mark.skipif(importlib.util.find_spec('matplotlib') is None,
+                               reason='matplotlib not installed (pip install matplotlib)')
+
+PPO_METRICS = ['objective/kl', 'objective/entropy', 'objective/scores', 'objective/rlhf_reward',
+               'objective/kl_coef', 'policy/approxkl', 'policy/clipfrac', 'loss/policy', 'loss/value',
+               'val/clipfrac', 'val/ratio', 'val/num_eos_tokens', 'response_length', 'tokens_per_s',
+               'time/rollout', 'time/score', 'time/train', 'lr']  # what ppo_train.py logs
+
+
+def plot(*args, env=None):
+    env = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg', **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'plot.py'), *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def png_size(path):
+    """(width, height) in pixels from a PNG's IHDR chunk."""
+    with open(path, 'rb') as f:
+        head = f.read(24)
+    assert head[:8] == b'\x89PNG\r\n\x1a\n', f"{path} is not a PNG"
+    return struct.unpack('>II', head[16:24])
+
+
+def write_train_log(out_dir, scale=1.0):
+    """A train.py-like log: per-step train loss, an eval row every 10 steps (other columns empty)."""
+    logger = Logger(os.path.join(out_dir, 'log.csv'))
+    for step in range(50):
+        if step % 10 == 0:
+            logger.log({'train/loss': scale * 4 / (1 + step), 'val/loss': scale * 4.2 / (1 + step), 'lr': 1e-3}, step)
+        logger.log({'train/loss_step': scale * 4 / (1 + step) + 0.1 * (step % 3), 'lr': 1e-3,
+                    'time_ms': 12.0, 'mfu': 0.01}, step)
+    return out_dir
+
+
+def write_ppo_log(out_dir):
+    logger = Logger(os.path.join(out_dir, 'log.csv'))
+    for step in range(30):
+        logger.log({k: (step % 7) * 0.1 + i for i, k in enumerate(PPO_METRICS)}, step)
+    return out_dir
+
+
+@needs_mpl
+def test_train_log_one_loss_panel(tmp_path):
+    run = write_train_log(str(tmp_path / 'out-train'))
+    r = plot(f'--logs={run}')
+    assert r.returncode == 0, r.stderr
+    png = os.path.join(run, 'curves.png')
+    assert png_size(png) == (450, 300)  # one panel (train/loss_step, train/loss, val/loss): 4.5 x 3 in at 100 dpi
+    assert os.path.getsize(png) > 5000
+    assert '1 panels (loss)' in r.stdout
+
+
+@needs_mpl
+def test_reward_log_panels(tmp_path):
+    logger = Logger(str(tmp_path / 'log.csv'))
+    for step in range(0, 40, 10):
+        logger.log({'train/loss': 0.69 - step / 100, 'train/accuracy': 0.5 + step / 100,
+                    'train/margin': step / 50, 'lr': 1e-5}, step)
+        logger.log({'val/loss': 0.7, 'val/accuracy': 0.55, 'val/margin': 0.1, 'val/reward_mean': 0.0}, step)
+    out = str(tmp_path / 'plots' / 'reward.png')
+    r = plot(f'--logs={tmp_path / "log.csv"}', f'--out={out}')
+    assert r.returncode == 0, r.stderr
+    assert png_size(out) == (3 * 450, 300)  # loss, accuracy, margin
+    assert '(loss, accuracy, margin)' in r.stdout
+
+
+@needs_mpl
+def test_ppo_log_grid_smoothed(tmp_path):
+    run = write_ppo_log(str(tmp_path / 'out-ppo'))
+    out = str(tmp_path / 'ppo.png')
+    r = plot(f'--logs={run}', f'--out={out}', '--smooth=0.9')
+    assert r.returncode == 0, r.stderr
+    assert '12 panels' in r.stdout and 'val/clipfrac' in r.stdout and 'time/rollout' not in r.stdout
+    assert png_size(out) == (3 * 450, 4 * 300)  # 12 panels, 3 a row
+    assert os.path.getsize(out) > 20000
+
+
+@needs_mpl
+def test_several_logs_overlaid(tmp_path):
+    a = write_train_log(str(tmp_path / 'a'), scale=1.0)
+    b = write_train_log(str(tmp_path / 'b'), scale=1.5)
+    out = str(tmp_path / 'both.png')
+    r = plot(f'--logs={a},{b}/log.csv', '--labels=lr 1e-3,lr 3e-4', f'--out={out}',
+             '--columns=val/loss,train/loss_step')
+    assert r.returncode == 0, r.stderr
+    assert 'from 2 log(s)' in r.stdout
+    assert png_size(out) == (450, 300)
+    single = str(tmp_path / 'a.png')
+    assert plot(f'--logs={a}', f'--out={single}', '--columns=val/loss,train/loss_step').returncode == 0
+    assert open(out, 'rb').read() != open(single, 'rb').read()  # the second run is drawn
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--logs=nowhere/log.csv'], 'not found'),
+    (['--logs={a}', '--columns=val/los'], "no column 'val/los'"),
+    (['--logs={a},{a}', '--labels=one'], '1 labels for 2 logs'),
+    (['--logs={a}', '--smooth=1.0'], 'smooth must be in'),
+])
+def test_one_line_errors(tmp_path, args, message):
+    a = write_train_log(str(tmp_path / 'a'))
+    r = plot(*[x.format(a=a) for x in args])
+    assert r.returncode == 1 and r.stderr.startswith('error: ') and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_matplotlib_is_one_line_error(tmp_path):
+    a = write_train_log(str(tmp_path / 'a'))
+    blocker = tmp_path / 'block' / 'matplotlib'  # an importable 'matplotlib' that fails to import
+    blocker.mkdir(parents=True)
+    (blocker / '__init__.py').write_text("raise ImportError('blocked for the test')\n")
+    r = plot(f'--logs={a}', env={'PYTHONPATH': str(tmp_path / 'block')})
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == 'error: plot.py needs matplotlib, an optional dependency: pip install matplotlib'
