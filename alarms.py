@@ -428,6 +428,19 @@ class HealthMonitor:
                                       + ' | '.join(str(a) for a in stops), new)
         return new
 
+    def check(self, metrics, step=None, say=print):
+        """What a script calls after computing an iteration's metrics: update(), print each new
+        alarm with `say`, and return {'alarm/<name>': 1.0} for the new ones, for the CSV/wandb
+        row. On a stop, the summary is printed before TrainingHealthError propagates."""
+        try:
+            new = self.update(metrics, step)
+        except TrainingHealthError:
+            say(self.summary())
+            raise
+        for alarm in new:
+            say(f"alarm: {alarm}")
+        return {f"alarm/{a.name}": 1.0 for a in new}
+
     def summary(self):
         """The alarms of the run so far, for the end of the run: one line each with its counts."""
         head = f"training health ({self.kind}, {len(self.history)} updates)"

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alarms import HealthMonitor
 from common import (EpochBatches, GPT2Tokenizer, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, plan_memory,
                     preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state, setup_device,
@@ -59,6 +60,7 @@ ref_from = ''                   # the reference: '' = init_from's weights (kept 
 eval_interval = 100             # evaluate (and save) every this many iterations
 eval_iters = 50                 # val micro-batches per eval (the same pairs each time; fewer if the split is smaller)
 log_interval = 1
+on_alarm = 'warn'               # training health (alarms.py): 'warn' prints an alarm once | 'stop' ends the run on it
 always_save_checkpoint = True   # save ckpt.pt at every eval (best.pt always holds the lowest val loss)
 seed = 1337
 wandb_log = False
@@ -333,6 +335,8 @@ def checkpoint_state():
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
                 resume_step=iter_num if init_from == 'resume' else None)
 
+monitor = HealthMonitor('dpo', on_alarm)  # training health: alarms.py
+
 # -----------------------------------------------------------------------------
 # training loop
 pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
@@ -348,7 +352,7 @@ while True:
         metrics = evaluate()
         say(f"step {iter_num}: val loss {metrics['val/loss']:.4f}, accuracy {metrics['val/rewards/accuracies']:.3f}, "
             f"margin {metrics['val/rewards/margins']:.3f}")
-        logger.log({**metrics, 'lr': lr}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
         improved = metrics['val/loss'] < best_val_loss
         best_val_loss = min(best_val_loss, metrics['val/loss'])
         if iter_num > start_iter:
@@ -371,6 +375,8 @@ while True:
     metrics = dict(zip(sums, (torch.stack(list(sums.values())) / n_pairs).tolist()))  # one sync
     if not math.isfinite(metrics['loss']):  # stop before the step touches the weights
         pbar.close()
+        monitor.history.append(metrics)  # the non-finite loss in the health report
+        print(monitor.summary())
         raise UserError(f"loss is {metrics['loss']} at iteration {iter_num}; stopped before the optimizer step, "
                         f"checkpoints in {out_dir} are untouched (lower learning_rate, prefer bfloat16 to float16)")
     if grad_clip != 0.0:
@@ -386,8 +392,9 @@ while True:
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {metrics['loss']:.4f}, accuracy {metrics['rewards/accuracies']:.3f}, "
             f"margin {metrics['rewards/margins']:.3f}, time {dt * 1000:.0f}ms")
-        logger.log({**metrics, 'lr': lr, 'time_ms': dt * 1000}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr, 'time_ms': dt * 1000}, iter_num)
     iter_num += 1
     pbar.update(1)
 pbar.close()
+print(monitor.summary())
 logger.finish()

@@ -26,6 +26,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
+from alarms import HealthMonitor
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, pad_right,
                     plan_memory, print_config, read_records, reward_stats, save_checkpoint, set_rng_state,
@@ -40,6 +41,7 @@ init_from = 'gpt2'              # 'resume' | 'gpt2*' | HF directory | this proje
 eval_interval = 100             # evaluate (and save) every this many iterations
 eval_iters = 50                 # val batches per eval (the same ones each time; fewer if the split is smaller)
 log_interval = 1
+on_alarm = 'warn'               # training health (alarms.py): 'warn' prints an alarm once | 'stop' ends the run on it
 always_save_checkpoint = True   # save ckpt.pt at every eval (best.pt always tracks the best val accuracy)
 seed = 1337
 wandb_log = False
@@ -206,6 +208,8 @@ def checkpoint_state():
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
                 resume_step=iter_num if init_from == 'resume' else None)
 
+monitor = HealthMonitor('reward', on_alarm)  # training health: alarms.py
+
 # -----------------------------------------------------------------------------
 # training loop
 pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
@@ -219,7 +223,7 @@ while True:
         metrics = evaluate()
         say(f"step {iter_num}: val accuracy {metrics['val/accuracy']:.4f}, loss {metrics['val/loss']:.4f}, "
             f"margin {metrics['val/margin']:.3f}")
-        logger.log({**metrics, 'lr': lr}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
         improved = metrics['val/accuracy'] > best_val_acc
         best_val_acc = max(best_val_acc, metrics['val/accuracy'])
         if iter_num > start_iter:
@@ -241,6 +245,7 @@ while True:
             sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
     lossf = sums['loss'].item()
     if not math.isfinite(lossf):
+        print(monitor.summary())
         raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped before the optimizer step, "
                         f"checkpoints in {out_dir} are untouched (lower learning_rate, prefer bfloat16 to float16)")
     if grad_clip != 0.0:
@@ -253,11 +258,12 @@ while True:
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {lossf:.4f}, accuracy {sums['accuracy'].item():.3f}, "
             f"margin {sums['margin'].item():.3f}")
-        logger.log({'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(),
-                    'train/margin': sums['margin'].item(), 'lr': lr}, iter_num)
+        metrics = {'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(), 'train/margin': sums['margin'].item()}
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
     iter_num += 1
     pbar.update(1)
 pbar.close()
+print(monitor.summary())
 
 # -----------------------------------------------------------------------------
 # reward normalisation: mean/std of the reward over reference responses, stored in the checkpoints
