@@ -274,6 +274,7 @@ class Logger:
                  resume_step=None, enabled=True):
         self.path, self.enabled, self.wandb = path, enabled, None
         self.fields, self.rows = ['step'], []
+        self.resume_step, self.tables = resume_step, {}
         if not enabled:
             return
         if resume_step is not None and os.path.isfile(path):
@@ -306,6 +307,23 @@ class Logger:
                 csv.DictWriter(f, fieldnames=self.fields).writerow(row)
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+
+    def log_table(self, name, rows, step):
+        """Rows of text (dicts with the same keys, e.g. prompt/response/score samples) to <name>.csv
+        next to the metrics CSV, one line each with its step (dropped from `step` on, on resume,
+        like the metrics), and to wandb as a wandb.Table under `name`."""
+        if not self.enabled or not rows:
+            return
+        if name not in self.tables:
+            self.tables[name] = Logger(os.path.join(os.path.dirname(self.path), f'{name}.csv'),
+                                       resume_step=self.resume_step)
+        for row in rows:
+            self.tables[name].log(row, step)
+        if self.wandb is not None:
+            import wandb
+            columns = list(rows[0])
+            data = [[step] + [row[c] for c in columns] for row in rows]
+            self.wandb.log({name: wandb.Table(columns=['step'] + columns, data=data)}, step=step)
 
     def finish(self):
         if self.wandb is not None:

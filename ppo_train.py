@@ -383,9 +383,12 @@ while iter_num < max_iters:
             f"clipfrac {metrics['policy/clipfrac']:.3f}, eos {int(has_eos.sum())}/{n_seq}, "
             f"len {metrics['response_length']:.1f}, {dt:.2f}s")
         logger.log(metrics, iter_num - 1)
-    if sample_interval and (iter_num - 1) % sample_interval == 0:
-        for p, r, s in list(zip(prompt_texts, response_texts, raw_scores.tolist()))[:2]:
-            say(f"  [{s:+.3f}] {p[-80:]!r} -> {r[:120]!r}")
+    if sample_interval and (iter_num - 1) % sample_interval == 0:  # 2 on stdout, all to samples.csv (+ wandb)
+        samples = [{'prompt': p, 'response': r, 'score': s}
+                   for p, r, s in zip(prompt_texts, response_texts, raw_scores.tolist())]
+        for x in samples[:2]:
+            say(f"  [{x['score']:+.3f}] {x['prompt'][-80:]!r} -> {x['response'][:120]!r}")
+        logger.log_table('samples', samples, iter_num - 1)
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint_state(), policy)
 pbar.close()
