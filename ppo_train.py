@@ -190,9 +190,13 @@ shared_critic = advantage_estimator == 'gae' and critic == 'shared'
 iter_num, checkpoint = 0, None
 if init_from == 'resume':
     policy, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=0.0)
-    iter_num, kl_coef = checkpoint['iter_num'], checkpoint['kl_coef']
+    if 'ref_source' not in checkpoint:
+        raise UserError(f"{out_dir}/ckpt.pt is not a ppo_train.py checkpoint; to start PPO from it, "
+                        f"use --init_from={out_dir} and another out_dir")
+    iter_num, kl_coef, ref_source = checkpoint['iter_num'], checkpoint['kl_coef'], checkpoint['ref_source']
 else:
     policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic, **lora)
+    ref_source = init_from  # the reference is the initial policy, also after a resume
 if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab}")
 if block_size < policy.config.block_size:
@@ -201,7 +205,11 @@ policy.to(device)
 if lora_rank:
     reference = None  # the policy with its adapters disabled
 else:
-    reference = copy.deepcopy(policy).to(dtype={'float32': torch.float32, 'bfloat16': torch.bfloat16}[ref_dtype])
+    # on resume the policy has moved: the reference is loaded again from where the run started
+    reference = copy.deepcopy(policy) if checkpoint is None else GPT.from_pretrained(ref_source, dropout=0.0)
+    if block_size < reference.config.block_size:
+        reference.crop_block_size(block_size)
+    reference.to(device=device, dtype={'float32': torch.float32, 'bfloat16': torch.bfloat16}[ref_dtype])
     reference.requires_grad_(False).eval()
 critic_model = None
 if advantage_estimator == 'gae' and critic == 'separate':
@@ -219,7 +227,7 @@ if checkpoint is not None:
     prompt_loader.load_state_dict(checkpoint['prompt_loader'])
     set_rng_state(checkpoint['rng'])
     checkpoint = None
-generator = torch.Generator(device=device).manual_seed(seed + iter_num)  # sampling; reseeded on resume
+generator = torch.Generator(device=device)  # sampling: reseeded with seed + iter_num every rollout (exact resume)
 start_iter = iter_num
 
 
@@ -239,7 +247,7 @@ def reference_logprobs(ids, attention_mask, n_prompt):
 def checkpoint_state():
     state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(policy.config),
              'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config, 'rng': get_rng_state(),
-             'prompt_loader': prompt_loader.state_dict()}
+             'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()
     return state
@@ -263,6 +271,7 @@ while iter_num < max_iters:
     batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
     prompt_ids, prompt_mask = left_pad(batch_prompts)
     n_prompt = prompt_ids.size(1)
+    generator.manual_seed(seed + iter_num)
     with torch.no_grad(), ctx:
         ids, sample_logp = policy.generate(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                            top_p=top_p, attention_mask=prompt_mask, eos_token_id=eos,
