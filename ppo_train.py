@@ -31,7 +31,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, configure, get_lr,
+from common import (EpochBatches, GPT2Tokenizer, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
                     get_rng_state, lora_overrides, preference_triple, print_config, read_records, render_chat,
                     response_forward, save_checkpoint, set_rng_state, setup_device)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
@@ -52,10 +52,12 @@ wandb_run_name = 'ppo'
 # prompts: records with "prompt", or "messages" (chat), or hh-rlhf dialogues ("chosen")
 prompt_data = 'data/hh_rlhf/sft_train.jsonl'
 prompt_split = 'train'
-# reward: this project's reward checkpoint, or a Python function (then reward_model is ignored)
+# reward: a .pt path is this project's reward checkpoint; anything else a Hugging Face
+# sequence-classification model (directory or hub name) with its own tokenizer; or a Python function
 reward_model = 'out-reward-gpt2large/best.pt'
-reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts)
-normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint
+reward_template = ''            # HF reward model: '' = (prompt, response) as a text pair; else e.g. '{prompt}{response}'
+reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts); overrides reward_model
+normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint (no stats in an HF model)
 reward_clip = 0.0               # clip scores to [-reward_clip, reward_clip] (0 = off)
 missing_eos_penalty = 1.0       # subtracted from the score of a response that never emits EOS
 # generation
@@ -140,9 +142,10 @@ if reward_fn:
     except (ImportError, AttributeError) as e:
         raise UserError(f"reward_fn={reward_fn!r} cannot be imported: {e}") from None
 else:
-    if not os.path.exists(reward_model):
+    if reward_model.endswith('.pt') and not os.path.exists(reward_model):
         raise UserError(f"reward_model {reward_model} not found (train one with reward_train.py, or set reward_fn)")
-    scorer = RewardModel(reward_model, device, dtype)
+    scorer = RewardModel(reward_model, device, dtype) if reward_model.endswith('.pt') \
+        else HFRewardModel(reward_model, device, dtype, template=reward_template)
     score_fn = lambda prompts, responses: scorer.score(prompts, responses, normalize=normalize_reward).tolist()
 
 
@@ -213,8 +216,9 @@ else:
     reference.requires_grad_(False).eval()
 critic_model = None
 if advantage_estimator == 'gae' and critic == 'separate':
-    if reward_fn:
-        raise UserError("critic='separate' starts from the reward model; with reward_fn use critic='shared'")
+    if reward_fn or not reward_model.endswith('.pt'):
+        raise UserError("critic='separate' starts from this project's reward checkpoint (a .pt file); "
+                        "with reward_fn or a Hugging Face reward model use critic='shared'")
     critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device)  # its value head: the reward head
     if checkpoint is not None:
         critic_model.load_state_dict(checkpoint['critic'])

@@ -198,3 +198,99 @@ def test_resume_continues_the_identical_run(tiny, tmp_path):
     for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a['kl_coef'] == b['kl_coef'] and a['prompt_loader'] == b['prompt_loader']
+
+
+WORDS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '</s>'] + 'once upon a time the cat sat on mat yes no good bad'.split() \
+    + [str(i) for i in range(10)]
+
+
+def make_hf_classifier(path, arch='bert', num_labels=1, max_length=32):
+    """A tiny random sequence classifier saved with its own word-level tokenizer (not GPT-2's BPE):
+    'bert' (pair template [CLS] A [SEP] B [SEP], a pad token) or 'gpt2' (no pad token, only EOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
+                              PreTrainedTokenizerFast)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    if arch == 'bert':
+        tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1',
+                                                           special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
+        specials = dict(unk_token='[UNK]', pad_token='[PAD]', cls_token='[CLS]', sep_token='[SEP]')
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=max_length, num_labels=num_labels))
+    else:
+        specials = dict(unk_token='[UNK]', eos_token='</s>')
+        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(WORDS), n_embd=16, n_layer=2, n_head=2,
+                                                         n_positions=max_length, num_labels=num_labels, bos_token_id=4, eos_token_id=4))
+    PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials).save_pretrained(path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # away from the init, so different texts score differently
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope='module')
+def hf_rm(tmp_path_factory):
+    d = tmp_path_factory.mktemp('hf_rm')
+    make_hf_classifier(str(d / 'bert'))
+    make_hf_classifier(str(d / 'gpt2'), arch='gpt2')
+    make_hf_classifier(str(d / 'two'), num_labels=2)
+    return d
+
+
+def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
+    """HFRewardModel (batched, right-padded, re-tokenised with the reward model's own tokenizer) gives
+    each text the score of the model and tokenizer run on that text alone; a too-long prompt loses its
+    start; a GPT-2-style tokenizer without a pad token is padded with EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from common import HFRewardModel
+    prompts = ['once upon a time', 'the cat sat on the mat 3', 'a', 'good 1 2 3 bad bad']
+    responses = [' yes good', ' no', ' the cat', ' bad 7']
+    for arch, template in [('bert', ''), ('bert', '{prompt} | {response}'), ('gpt2', '{prompt}{response}')]:
+        rm = HFRewardModel(str(hf_rm / arch), batch_size=3, template=template)
+        tok, model = AutoTokenizer.from_pretrained(hf_rm / arch), AutoModelForSequenceClassification.from_pretrained(hf_rm / arch)
+        def alone(p, r):
+            x = tok(template.format(prompt=p, response=r)) if template else tok(p, r)
+            return model(**{k: torch.tensor([v]) for k, v in x.items()}).logits[0, 0].item()
+        expected = torch.tensor([alone(p, r) for p, r in zip(prompts, responses)])
+        got = rm.score(prompts, responses)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert got.std() > 1e-3  # the texts really score differently
+        assert torch.equal(rm.score(prompts, responses, normalize=True), got)  # no stats: no-op
+    # 40 prompt words + [CLS] [SEP] 2 response words [SEP] = 45 > 32 tokens: the first 13 prompt words go
+    from common import UserError
+    rm = HFRewardModel(str(hf_rm / 'bert'))
+    words = [WORDS[5 + i * 7 % 23] for i in range(40)]
+    long_score = rm.score([' '.join(words)], ['yes no'])
+    torch.testing.assert_close(long_score, rm.score([' '.join(words[13:])], ['yes no']), atol=1e-6, rtol=0)
+    assert (long_score - rm.score([' '.join(words[14:])], ['yes no'])).abs().item() > 1e-6  # 13 exactly
+    with pytest.raises(UserError, match='a response of 40 reward-model tokens does not fit its max length 32'):
+        rm.score(['a'], [' '.join(words)])
+
+
+def test_hf_reward_model_errors(hf_rm, tmp_path):
+    from common import HFRewardModel, UserError
+    with pytest.raises(UserError, match='num_labels=2'):
+        HFRewardModel(str(hf_rm / 'two'))
+    with pytest.raises(UserError, match='without a Hugging Face config.json'):
+        HFRewardModel(str(tmp_path))
+    with pytest.raises(UserError, match='not a loadable Hugging Face'):
+        HFRewardModel(str(tmp_path / 'missing_rm'))
+    with pytest.raises(UserError, match='must contain'):
+        HFRewardModel(str(hf_rm / 'bert'), template='{prompt}')
+
+
+def test_ppo_runs_with_a_hf_reward_model(tiny, hf_rm, tmp_path):
+    """ppo_train.py with reward_model = a Hugging Face classifier directory (not a .pt): the GPT-2
+    texts are re-tokenised with its tokenizer and scored; samples.csv holds the scores."""
+    p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={hf_rm / "bert"}', '--batch_size=4',
+                                 '--mini_batch_size=4', '--max_iters=2', '--sample_interval=1', '--ppo_epochs=1'])
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+    samples = list(csv.DictReader(open(tmp_path / 'out' / 'samples.csv')))
+    assert len(rows) == 2 and len(samples) == 8 and {s['step'] for s in samples} == {'0', '1'}
+    assert all(abs(float(s['score'])) < 1e3 for s in samples)
+    p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={tmp_path / "nope"}', '--max_iters=1'])
+    assert p.returncode != 0 and 'is not a loadable Hugging Face sequence-classification model' in p.stderr
