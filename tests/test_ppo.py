@@ -294,3 +294,46 @@ def test_ppo_runs_with_a_hf_reward_model(tiny, hf_rm, tmp_path):
     assert all(abs(float(s['score'])) < 1e3 for s in samples)
     p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={tmp_path / "nope"}', '--max_iters=1'])
     assert p.returncode != 0 and 'is not a loadable Hugging Face sequence-classification model' in p.stderr
+
+
+def test_ppo_and_grpo_configs_parse():
+    """config/ppo_*.py and grpo_*.py assign only ppo_train.py's keys, with their types."""
+    import glob
+    from common import configure
+    src = open(os.path.join(ROOT, 'ppo_train.py')).read()
+    defaults = src[src.index('# I/O'):src.index('config = configure(globals())')]  # the config block
+    paths = sorted(glob.glob(os.path.join(ROOT, 'config', 'ppo_*.py')) + glob.glob(os.path.join(ROOT, 'config', 'grpo_*.py')))
+    assert len(paths) >= 3
+    for path in paths:
+        scope = {}
+        exec(defaults, scope)
+        configure(scope, [path])
+
+
+def test_ppo_tiny_config_runs_with_a_project_reward_checkpoint(tmp_path):
+    """config/ppo_tiny.py for 2 iterations, with stand-ins for the tiny chain's outputs: a random
+    GPT as out-sft-tiny/ckpt.pt, a random GPT with a value head (and normalisation stats) as
+    out-reward-tiny/best.pt, and a few prompts as data/hh_rlhf/sft_train.jsonl. Covers the project
+    reward-model path (common.RewardModel) of ppo_train.py."""
+    from dataclasses import asdict
+    from model import GPTConfig
+    torch.manual_seed(0)
+    for path, value_head in [('out-sft-tiny/ckpt.pt', False), ('out-reward-tiny/best.pt', True)]:
+        model = GPT(GPTConfig(block_size=256, vocab_size=50304, n_layer=1, n_head=2, n_embd=32, value_head=value_head))
+        if value_head:
+            torch.nn.init.normal_(model.value_head.weight)
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        torch.save({'model': model.state_dict(), 'model_args': asdict(model.config), 'reward_mean': 0.5,
+                    'reward_std': 2.0}, tmp_path / path)
+    os.makedirs(tmp_path / 'data' / 'hh_rlhf')
+    (tmp_path / 'data' / 'hh_rlhf' / 'sft_train.jsonl').write_text('\n'.join(
+        json.dumps({'prompt': f'\n\nHuman: what is {i}?\n\nAssistant:', 'response': ' no'}) for i in range(16)))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
+                        '--max_iters=2', '--max_new_tokens=8', '--ppo_epochs=1'], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'log.csv')))
+    assert len(rows) == 2 and all(abs(float(r['objective/scores'])) < 1e3 for r in rows)
+    assert float(rows[0]['objective/scores']) != 0.0  # the value head really scored the texts
+    assert os.path.isfile(tmp_path / 'out-ppo-tiny' / 'ckpt.pt')
+    assert len(list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'samples.csv')))) == 8  # iteration 0
