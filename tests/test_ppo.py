@@ -337,3 +337,17 @@ def test_ppo_tiny_config_runs_with_a_project_reward_checkpoint(tmp_path):
     assert float(rows[0]['objective/scores']) != 0.0  # the value head really scored the texts
     assert os.path.isfile(tmp_path / 'out-ppo-tiny' / 'ckpt.pt')
     assert len(list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'samples.csv')))) == 8  # iteration 0
+
+
+def test_logger_table_csv_keeps_one_history_on_resume(tmp_path):
+    """Logger.log_table writes <name>.csv next to log.csv; a resumed Logger drops the rows from the
+    resumed step on, as it does for the metrics (samples.csv stays one run)."""
+    from common import Logger
+    log = Logger(str(tmp_path / 'log.csv'))
+    for step in range(3):
+        log.log_table('samples', [{'prompt': 'a,"b"\nc', 'response': f'r{step}{i}', 'score': step + i} for i in range(2)], step)
+    log = Logger(str(tmp_path / 'log.csv'), resume_step=1)
+    log.log_table('samples', [{'prompt': 'p', 'response': 'new', 'score': 9.0}], 1)
+    rows = list(csv.DictReader(open(tmp_path / 'samples.csv')))
+    assert [(r['step'], r['response']) for r in rows] == [('0', 'r00'), ('0', 'r01'), ('1', 'new')]
+    assert rows[0]['prompt'] == 'a,"b"\nc'
