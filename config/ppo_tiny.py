@@ -1,4 +1,4 @@
-# A tiny PPO run on CPU in a few minutes: the tiny SFT model of config/sft_tiny.py against the tiny
+# A tiny PPO run on CPU in ~5 minutes: the tiny SFT model of config/sft_tiny.py against the tiny
 # reward model of config/reward_tiny.py on hh-rlhf prompts, to check the RLHF pipeline end to end
 # (models this small will not learn to chat; watch the score and the KL, not the samples).
 #   python data/hh_rlhf/prepare.py --input ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz
