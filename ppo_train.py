@@ -3,9 +3,10 @@ RLHF: optimise a policy against a reward with PPO (or GRPO / RLOO), one loop rea
 (CleanRL style). Each iteration:
   1. rollout: sample a batch of prompts, left-pad them, generate with the KV cache at
      `temperature` (top_k/top_p), cut each response after its first EOS;
-  2. score: the reward of (prompt, response) texts, from this project's reward checkpoint
-     (normalised with its stored mean/std) or a Python `reward_fn = "module:function"`; a response
-     with no EOS gets `missing_eos_penalty` subtracted;
+  2. score: the reward of (prompt, response) texts, from this project's reward checkpoint (a .pt,
+     normalised with its stored mean/std), a Hugging Face sequence classifier with its own tokenizer
+     (any other reward_model) or a Python `reward_fn = "module:function"`; a response with no EOS
+     gets `missing_eos_penalty` subtracted;
   3. recompute the policy's and the reference's log-probs with logits / temperature (the sampling
      temperature) and the values at the positions that predict each response token;
   4. per-token reward = -kl_coef * KL(k1) on every response token + the score on the last one;
