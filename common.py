@@ -274,6 +274,7 @@ class Logger:
                  resume_step=None, enabled=True):
         self.path, self.enabled, self.wandb = path, enabled, None
         self.fields, self.rows = ['step'], []
+        self.resume_step, self.tables = resume_step, {}
         if not enabled:
             return
         if resume_step is not None and os.path.isfile(path):
@@ -306,6 +307,23 @@ class Logger:
                 csv.DictWriter(f, fieldnames=self.fields).writerow(row)
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+
+    def log_table(self, name, rows, step):
+        """Rows of text (dicts with the same keys, e.g. prompt/response/score samples) to <name>.csv
+        next to the metrics CSV, one line each with its step (dropped from `step` on, on resume,
+        like the metrics), and to wandb as a wandb.Table under `name`."""
+        if not self.enabled or not rows:
+            return
+        if name not in self.tables:
+            self.tables[name] = Logger(os.path.join(os.path.dirname(self.path), f'{name}.csv'),
+                                       resume_step=self.resume_step)
+        for row in rows:
+            self.tables[name].log(row, step)
+        if self.wandb is not None:
+            import wandb
+            columns = list(rows[0])
+            data = [[step] + [row[c] for c in columns] for row in rows]
+            self.wandb.log({name: wandb.Table(columns=['step'] + columns, data=data)}, step=step)
 
     def finish(self):
         if self.wandb is not None:
@@ -662,6 +680,73 @@ class RewardModel:
         rewards = score_texts(self.model, self.tokenizer, list(zip(prompts, responses)),
                               self.model.config.block_size, self.batch_size, self.device, self.ctx)
         return (rewards - self.mean) / self.std if normalize else rewards
+
+
+class HFRewardModel:
+    """A Hugging Face sequence-classification reward model (a directory or a hub name, e.g.
+    OpenAssistant/reward-model-deberta-v3-large-v2) with its own tokenizer, with RewardModel's
+    score() API. The texts are re-tokenised with the model's tokenizer: by default (template='')
+    as the text pair (prompt, response), the way OpenAssistant's reward models are trained; with a
+    template such as '{prompt}{response}' as that one text. The reward is logits[:, 0]; a model
+    with num_labels > 1 is refused (which label would be the reward is the model's business).
+    Batches are right-padded with an attention mask; a pair longer than the model's max length
+    loses the start of its prompt (of the whole text with a template). A tokenizer without a pad
+    token pads with its EOS (or UNK). There are no normalisation stats: normalize=True is a no-op."""
+
+    def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template=''):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy, only when used
+        if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, 'config.json')):
+            raise UserError(f"reward_model {name_or_path} is a directory without a Hugging Face config.json "
+                            f"(for this project's reward checkpoint give its .pt file, e.g. {name_or_path}/best.pt)")
+        if template and ('{prompt}' not in template or '{response}' not in template):
+            raise UserError(f"reward_template must contain {{prompt}} and {{response}}, got {template!r}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch.float32)
+        except (OSError, ValueError) as e:  # missing files, no network, an unknown architecture
+            raise UserError(f"reward_model {name_or_path!r} is not a loadable Hugging Face sequence-"
+                            f"classification model: {str(e).splitlines()[0]}") from None
+        if self.model.config.num_labels != 1:
+            raise UserError(f"reward_model {name_or_path} has num_labels={self.model.config.num_labels}; a reward "
+                            f"model has one output (num_labels=1)")
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            if (tok.eos_token or tok.unk_token) is None:
+                raise UserError(f"the tokenizer of {name_or_path} has no pad, EOS or UNK token to pad with")
+            tok.pad_token = tok.eos_token or tok.unk_token
+        if self.model.config.pad_token_id is None:  # GPT-2-like classifiers find the last token by it
+            self.model.config.pad_token_id = tok.pad_token_id
+        tok.padding_side, tok.truncation_side = 'right', 'left'
+        limits = [tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', None)]
+        self.max_length = min(n for n in limits if n is not None and n < 1_000_000)  # unset = 1e30
+        self.model.to(device).eval()
+        self.device, self.batch_size, self.template = device, batch_size, template
+        self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)
+
+    def encode(self, prompts, responses):
+        """The model's inputs for a batch of texts: input_ids, attention_mask (and token_type_ids)."""
+        tok = self.tokenizer
+        if self.template:
+            texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
+            return tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors='pt')
+        room = self.max_length - tok.num_special_tokens_to_add(pair=True)  # what only_first can free
+        longest = max(len(ids) for ids in tok(responses, add_special_tokens=False)['input_ids'])
+        if longest > room:
+            raise UserError(f"a response of {longest} reward-model tokens does not fit its max length "
+                            f"{self.max_length}; lower max_new_tokens")
+        return tok(prompts, responses, padding=True, truncation='only_first', max_length=self.max_length,
+                   return_tensors='pt')
+
+    @torch.no_grad()
+    def score(self, prompts, responses, normalize=False):
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            inputs = self.encode(prompts[i:i + self.batch_size], responses[i:i + self.batch_size]).to(self.device)
+            with self.ctx:
+                out.append(self.model(**inputs).logits[:, 0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
 
 
 def preference_logps(model, pairs, pad_id, device):

@@ -3,9 +3,10 @@ RLHF: optimise a policy against a reward with PPO (or GRPO / RLOO), one loop rea
 (CleanRL style). Each iteration:
   1. rollout: sample a batch of prompts, left-pad them, generate with the KV cache at
      `temperature` (top_k/top_p), cut each response after its first EOS;
-  2. score: the reward of (prompt, response) texts, from this project's reward checkpoint
-     (normalised with its stored mean/std) or a Python `reward_fn = "module:function"`; a response
-     with no EOS gets `missing_eos_penalty` subtracted;
+  2. score: the reward of (prompt, response) texts, from this project's reward checkpoint (a .pt,
+     normalised with its stored mean/std), a Hugging Face sequence classifier with its own tokenizer
+     (any other reward_model) or a Python `reward_fn = "module:function"`; a response with no EOS
+     gets `missing_eos_penalty` subtracted;
   3. recompute the policy's and the reference's log-probs with logits / temperature (the sampling
      temperature) and the values at the positions that predict each response token;
   4. per-token reward = -kl_coef * KL(k1) on every response token + the score on the last one;
@@ -31,7 +32,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, configure, get_lr,
+from common import (EpochBatches, GPT2Tokenizer, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
                     get_rng_state, lora_overrides, preference_triple, print_config, read_records, render_chat,
                     response_forward, save_checkpoint, set_rng_state, setup_device)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
@@ -52,10 +53,12 @@ wandb_run_name = 'ppo'
 # prompts: records with "prompt", or "messages" (chat), or hh-rlhf dialogues ("chosen")
 prompt_data = 'data/hh_rlhf/sft_train.jsonl'
 prompt_split = 'train'
-# reward: this project's reward checkpoint, or a Python function (then reward_model is ignored)
+# reward: a .pt path is this project's reward checkpoint; anything else a Hugging Face
+# sequence-classification model (directory or hub name) with its own tokenizer; or a Python function
 reward_model = 'out-reward-gpt2large/best.pt'
-reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts)
-normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint
+reward_template = ''            # HF reward model: '' = (prompt, response) as a text pair; else e.g. '{prompt}{response}'
+reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts); overrides reward_model
+normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint (no stats in an HF model)
 reward_clip = 0.0               # clip scores to [-reward_clip, reward_clip] (0 = off)
 missing_eos_penalty = 1.0       # subtracted from the score of a response that never emits EOS
 # generation
@@ -140,9 +143,10 @@ if reward_fn:
     except (ImportError, AttributeError) as e:
         raise UserError(f"reward_fn={reward_fn!r} cannot be imported: {e}") from None
 else:
-    if not os.path.exists(reward_model):
+    if reward_model.endswith('.pt') and not os.path.exists(reward_model):
         raise UserError(f"reward_model {reward_model} not found (train one with reward_train.py, or set reward_fn)")
-    scorer = RewardModel(reward_model, device, dtype)
+    scorer = RewardModel(reward_model, device, dtype) if reward_model.endswith('.pt') \
+        else HFRewardModel(reward_model, device, dtype, template=reward_template)
     score_fn = lambda prompts, responses: scorer.score(prompts, responses, normalize=normalize_reward).tolist()
 
 
@@ -190,9 +194,13 @@ shared_critic = advantage_estimator == 'gae' and critic == 'shared'
 iter_num, checkpoint = 0, None
 if init_from == 'resume':
     policy, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=0.0)
-    iter_num, kl_coef = checkpoint['iter_num'], checkpoint['kl_coef']
+    if 'ref_source' not in checkpoint:
+        raise UserError(f"{out_dir}/ckpt.pt is not a ppo_train.py checkpoint; to start PPO from it, "
+                        f"use --init_from={out_dir} and another out_dir")
+    iter_num, kl_coef, ref_source = checkpoint['iter_num'], checkpoint['kl_coef'], checkpoint['ref_source']
 else:
     policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic, **lora)
+    ref_source = init_from  # the reference is the initial policy, also after a resume
 if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab}")
 if block_size < policy.config.block_size:
@@ -201,12 +209,17 @@ policy.to(device)
 if lora_rank:
     reference = None  # the policy with its adapters disabled
 else:
-    reference = copy.deepcopy(policy).to(dtype={'float32': torch.float32, 'bfloat16': torch.bfloat16}[ref_dtype])
+    # on resume the policy has moved: the reference is loaded again from where the run started
+    reference = copy.deepcopy(policy) if checkpoint is None else GPT.from_pretrained(ref_source, dropout=0.0)
+    if block_size < reference.config.block_size:
+        reference.crop_block_size(block_size)
+    reference.to(device=device, dtype={'float32': torch.float32, 'bfloat16': torch.bfloat16}[ref_dtype])
     reference.requires_grad_(False).eval()
 critic_model = None
 if advantage_estimator == 'gae' and critic == 'separate':
-    if reward_fn:
-        raise UserError("critic='separate' starts from the reward model; with reward_fn use critic='shared'")
+    if reward_fn or not reward_model.endswith('.pt'):
+        raise UserError("critic='separate' starts from this project's reward checkpoint (a .pt file); "
+                        "with reward_fn or a Hugging Face reward model use critic='shared'")
     critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device)  # its value head: the reward head
     if checkpoint is not None:
         critic_model.load_state_dict(checkpoint['critic'])
@@ -219,7 +232,7 @@ if checkpoint is not None:
     prompt_loader.load_state_dict(checkpoint['prompt_loader'])
     set_rng_state(checkpoint['rng'])
     checkpoint = None
-generator = torch.Generator(device=device).manual_seed(seed + iter_num)  # sampling; reseeded on resume
+generator = torch.Generator(device=device)  # sampling: reseeded with seed + iter_num every rollout (exact resume)
 start_iter = iter_num
 
 
@@ -239,7 +252,7 @@ def reference_logprobs(ids, attention_mask, n_prompt):
 def checkpoint_state():
     state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(policy.config),
              'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config, 'rng': get_rng_state(),
-             'prompt_loader': prompt_loader.state_dict()}
+             'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()
     return state
@@ -263,6 +276,7 @@ while iter_num < max_iters:
     batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
     prompt_ids, prompt_mask = left_pad(batch_prompts)
     n_prompt = prompt_ids.size(1)
+    generator.manual_seed(seed + iter_num)
     with torch.no_grad(), ctx:
         ids, sample_logp = policy.generate(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                            top_p=top_p, attention_mask=prompt_mask, eos_token_id=eos,
@@ -383,9 +397,12 @@ while iter_num < max_iters:
             f"clipfrac {metrics['policy/clipfrac']:.3f}, eos {int(has_eos.sum())}/{n_seq}, "
             f"len {metrics['response_length']:.1f}, {dt:.2f}s")
         logger.log(metrics, iter_num - 1)
-    if sample_interval and (iter_num - 1) % sample_interval == 0:
-        for p, r, s in list(zip(prompt_texts, response_texts, raw_scores.tolist()))[:2]:
-            say(f"  [{s:+.3f}] {p[-80:]!r} -> {r[:120]!r}")
+    if sample_interval and (iter_num - 1) % sample_interval == 0:  # 2 on stdout, all to samples.csv (+ wandb)
+        samples = [{'prompt': p, 'response': r, 'score': s}
+                   for p, r, s in zip(prompt_texts, response_texts, raw_scores.tolist())]
+        for x in samples[:2]:
+            say(f"  [{x['score']:+.3f}] {x['prompt'][-80:]!r} -> {x['response'][:120]!r}")
+        logger.log_table('samples', samples, iter_num - 1)
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint_state(), policy)
 pbar.close()

@@ -165,3 +165,189 @@ def test_ppo_bad_inputs_fail_before_work(tiny, tmp_path):
     assert p.returncode != 0 and 'error: reward_model missing/best.pt not found' in p.stderr
     p = run_ppo(tiny, tmp_path, ['--max_new_tokens=64', '--max_iters=1'])
     assert p.returncode != 0 and 'leaves no room for a prompt' in p.stderr
+
+
+TIMING = ('tokens_per_s', 'time/rollout', 'time/score', 'time/train')
+
+
+def test_resume_continues_the_identical_run(tiny, tmp_path):
+    """4 iterations straight == 2, then init_from=resume to 4: the same log.csv metrics, samples.csv
+    and final weights and optimizer state. Regression: the sampling generator was seeded once from
+    seed + iter_num at start-up (so a resumed run sampled other responses than the straight one),
+    and the resumed reference was a copy of the resumed policy instead of the initial one."""
+    args = ['--batch_size=8', '--mini_batch_size=4', '--learning_rate=1e-3', '--eval_interval=100',
+            '--adaptive_kl=True', '--target_kl=0.1', '--sample_interval=1']
+    p = run_ppo(tiny, tmp_path, args + ['--max_iters=4', '--out_dir=straight'])
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run_ppo(tiny, tmp_path, args + ['--max_iters=2', '--out_dir=resumed'])
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=4', '--out_dir=resumed'])
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    def rows(run, name):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(tmp_path / run / name))]
+    straight, resumed = rows('straight', 'log.csv'), rows('resumed', 'log.csv')
+    assert len(straight) == 4 and straight == resumed
+    assert len(set(r['objective/kl_coef'] for r in straight)) > 1  # the controller moved: kl_coef is state
+    assert rows('straight', 'samples.csv') == rows('resumed', 'samples.csv')
+    a = torch.load(tmp_path / 'straight' / 'ckpt.pt', weights_only=False)
+    b = torch.load(tmp_path / 'resumed' / 'ckpt.pt', weights_only=False)
+    assert a['model'].keys() == b['model'].keys()
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a['kl_coef'] == b['kl_coef'] and a['prompt_loader'] == b['prompt_loader']
+
+
+WORDS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '</s>'] + 'once upon a time the cat sat on mat yes no good bad'.split() \
+    + [str(i) for i in range(10)]
+
+
+def make_hf_classifier(path, arch='bert', num_labels=1, max_length=32):
+    """A tiny random sequence classifier saved with its own word-level tokenizer (not GPT-2's BPE):
+    'bert' (pair template [CLS] A [SEP] B [SEP], a pad token) or 'gpt2' (no pad token, only EOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
+                              PreTrainedTokenizerFast)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    if arch == 'bert':
+        tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1',
+                                                           special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
+        specials = dict(unk_token='[UNK]', pad_token='[PAD]', cls_token='[CLS]', sep_token='[SEP]')
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=max_length, num_labels=num_labels))
+    else:
+        specials = dict(unk_token='[UNK]', eos_token='</s>')
+        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(WORDS), n_embd=16, n_layer=2, n_head=2,
+                                                         n_positions=max_length, num_labels=num_labels, bos_token_id=4, eos_token_id=4))
+    PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials).save_pretrained(path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # away from the init, so different texts score differently
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope='module')
+def hf_rm(tmp_path_factory):
+    d = tmp_path_factory.mktemp('hf_rm')
+    make_hf_classifier(str(d / 'bert'))
+    make_hf_classifier(str(d / 'gpt2'), arch='gpt2')
+    make_hf_classifier(str(d / 'two'), num_labels=2)
+    return d
+
+
+def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
+    """HFRewardModel (batched, right-padded, re-tokenised with the reward model's own tokenizer) gives
+    each text the score of the model and tokenizer run on that text alone; a too-long prompt loses its
+    start; a GPT-2-style tokenizer without a pad token is padded with EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from common import HFRewardModel
+    prompts = ['once upon a time', 'the cat sat on the mat 3', 'a', 'good 1 2 3 bad bad']
+    responses = [' yes good', ' no', ' the cat', ' bad 7']
+    for arch, template in [('bert', ''), ('bert', '{prompt} | {response}'), ('gpt2', '{prompt}{response}')]:
+        rm = HFRewardModel(str(hf_rm / arch), batch_size=3, template=template)
+        tok, model = AutoTokenizer.from_pretrained(hf_rm / arch), AutoModelForSequenceClassification.from_pretrained(hf_rm / arch)
+        def alone(p, r):
+            x = tok(template.format(prompt=p, response=r)) if template else tok(p, r)
+            return model(**{k: torch.tensor([v]) for k, v in x.items()}).logits[0, 0].item()
+        expected = torch.tensor([alone(p, r) for p, r in zip(prompts, responses)])
+        got = rm.score(prompts, responses)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert got.std() > 1e-3  # the texts really score differently
+        assert torch.equal(rm.score(prompts, responses, normalize=True), got)  # no stats: no-op
+    # 40 prompt words + [CLS] [SEP] 2 response words [SEP] = 45 > 32 tokens: the first 13 prompt words go
+    from common import UserError
+    rm = HFRewardModel(str(hf_rm / 'bert'))
+    words = [WORDS[5 + i * 7 % 23] for i in range(40)]
+    long_score = rm.score([' '.join(words)], ['yes no'])
+    torch.testing.assert_close(long_score, rm.score([' '.join(words[13:])], ['yes no']), atol=1e-6, rtol=0)
+    assert (long_score - rm.score([' '.join(words[14:])], ['yes no'])).abs().item() > 1e-6  # 13 exactly
+    with pytest.raises(UserError, match='a response of 40 reward-model tokens does not fit its max length 32'):
+        rm.score(['a'], [' '.join(words)])
+
+
+def test_hf_reward_model_errors(hf_rm, tmp_path):
+    from common import HFRewardModel, UserError
+    with pytest.raises(UserError, match='num_labels=2'):
+        HFRewardModel(str(hf_rm / 'two'))
+    with pytest.raises(UserError, match='without a Hugging Face config.json'):
+        HFRewardModel(str(tmp_path))
+    with pytest.raises(UserError, match='not a loadable Hugging Face'):
+        HFRewardModel(str(tmp_path / 'missing_rm'))
+    with pytest.raises(UserError, match='must contain'):
+        HFRewardModel(str(hf_rm / 'bert'), template='{prompt}')
+
+
+def test_ppo_runs_with_a_hf_reward_model(tiny, hf_rm, tmp_path):
+    """ppo_train.py with reward_model = a Hugging Face classifier directory (not a .pt): the GPT-2
+    texts are re-tokenised with its tokenizer and scored; samples.csv holds the scores."""
+    p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={hf_rm / "bert"}', '--batch_size=4',
+                                 '--mini_batch_size=4', '--max_iters=2', '--sample_interval=1', '--ppo_epochs=1'])
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+    samples = list(csv.DictReader(open(tmp_path / 'out' / 'samples.csv')))
+    assert len(rows) == 2 and len(samples) == 8 and {s['step'] for s in samples} == {'0', '1'}
+    assert all(abs(float(s['score'])) < 1e3 for s in samples)
+    p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={tmp_path / "nope"}', '--max_iters=1'])
+    assert p.returncode != 0 and 'is not a loadable Hugging Face sequence-classification model' in p.stderr
+
+
+def test_ppo_and_grpo_configs_parse():
+    """config/ppo_*.py and grpo_*.py assign only ppo_train.py's keys, with their types."""
+    import glob
+    from common import configure
+    src = open(os.path.join(ROOT, 'ppo_train.py')).read()
+    defaults = src[src.index('# I/O'):src.index('config = configure(globals())')]  # the config block
+    paths = sorted(glob.glob(os.path.join(ROOT, 'config', 'ppo_*.py')) + glob.glob(os.path.join(ROOT, 'config', 'grpo_*.py')))
+    assert len(paths) >= 3
+    for path in paths:
+        scope = {}
+        exec(defaults, scope)
+        configure(scope, [path])
+
+
+def test_ppo_tiny_config_runs_with_a_project_reward_checkpoint(tmp_path):
+    """config/ppo_tiny.py for 2 iterations, with stand-ins for the tiny chain's outputs: a random
+    GPT as out-sft-tiny/ckpt.pt, a random GPT with a value head (and normalisation stats) as
+    out-reward-tiny/best.pt, and a few prompts as data/hh_rlhf/sft_train.jsonl. Covers the project
+    reward-model path (common.RewardModel) of ppo_train.py."""
+    from dataclasses import asdict
+    from model import GPTConfig
+    torch.manual_seed(0)
+    for path, value_head in [('out-sft-tiny/ckpt.pt', False), ('out-reward-tiny/best.pt', True)]:
+        model = GPT(GPTConfig(block_size=256, vocab_size=50304, n_layer=1, n_head=2, n_embd=32, value_head=value_head))
+        if value_head:
+            torch.nn.init.normal_(model.value_head.weight)
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        torch.save({'model': model.state_dict(), 'model_args': asdict(model.config), 'reward_mean': 0.5,
+                    'reward_std': 2.0}, tmp_path / path)
+    os.makedirs(tmp_path / 'data' / 'hh_rlhf')
+    (tmp_path / 'data' / 'hh_rlhf' / 'sft_train.jsonl').write_text('\n'.join(
+        json.dumps({'prompt': f'\n\nHuman: what is {i}?\n\nAssistant:', 'response': ' no'}) for i in range(16)))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
+                        '--max_iters=2', '--max_new_tokens=8', '--ppo_epochs=1'], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'log.csv')))
+    assert len(rows) == 2 and all(abs(float(r['objective/scores'])) < 1e3 for r in rows)
+    assert float(rows[0]['objective/scores']) != 0.0  # the value head really scored the texts
+    assert os.path.isfile(tmp_path / 'out-ppo-tiny' / 'ckpt.pt')
+    assert len(list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'samples.csv')))) == 8  # iteration 0
+
+
+def test_logger_table_csv_keeps_one_history_on_resume(tmp_path):
+    """Logger.log_table writes <name>.csv next to log.csv; a resumed Logger drops the rows from the
+    resumed step on, as it does for the metrics (samples.csv stays one run)."""
+    from common import Logger
+    log = Logger(str(tmp_path / 'log.csv'))
+    for step in range(3):
+        log.log_table('samples', [{'prompt': 'a,"b"\nc', 'response': f'r{step}{i}', 'score': step + i} for i in range(2)], step)
+    log = Logger(str(tmp_path / 'log.csv'), resume_step=1)
+    log.log_table('samples', [{'prompt': 'p', 'response': 'new', 'score': 9.0}], 1)
+    rows = list(csv.DictReader(open(tmp_path / 'samples.csv')))
+    assert [(r['step'], r['response']) for r in rows] == [('0', 'r00'), ('0', 'r01'), ('1', 'new')]
+    assert rows[0]['prompt'] == 'a,"b"\nc'
