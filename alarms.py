@@ -428,6 +428,17 @@ class HealthMonitor:
                                       + ' | '.join(str(a) for a in stops), new)
         return new
 
+    def state_dict(self):
+        """Everything update() depends on, for a checkpoint (so a resumed run alarms as a straight one)."""
+        return {'history': self.history, 'active': sorted(self.active), 'fired': self.fired,
+                'updates_on': self.updates_on,
+                'first': {k: (a.name, a.message, a.severity, a.step) for k, a in self.first.items()}}
+
+    def load_state_dict(self, state):
+        self.history, self.active = list(state['history']), set(state['active'])
+        self.fired, self.updates_on = dict(state['fired']), dict(state['updates_on'])
+        self.first = {k: Alarm(*v) for k, v in state['first'].items()}
+
     def check(self, metrics, step=None, say=print):
         """What a script calls after computing an iteration's metrics: update(), print each new
         alarm with `say`, and return {'alarm/<name>': 1.0} for the new ones, for the CSV/wandb

@@ -32,9 +32,10 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
+from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, GPT2Tokenizer, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
-                    get_rng_state, lora_overrides, preference_triple, print_config, read_records, render_chat,
-                    response_forward, save_checkpoint, set_rng_state, setup_device)
+                    get_rng_state, lora_overrides, make_optimizer, plan_memory, preference_triple, print_config,
+                    read_records, render_chat, response_forward, save_checkpoint, set_rng_state, setup_device)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -88,6 +89,9 @@ cliprange_value = 0.2
 vf_coef = 0.1
 loss_aggregation = 'token'      # 'token' | 'sequence' mean of the policy loss
 max_approx_kl = 0.0             # stop a rollout's epochs early when approx KL exceeds this (0 = never)
+# training health (alarms.py)
+on_alarm = 'warn'               # 'warn': print each alarm once when it turns on | 'stop': end the run on it
+kl_ceiling = 0.0                # nats per sequence; KL above it while the score rises = reward hacking (0 = off)
 # model
 block_size = 1024
 lora_rank = 0                   # LoRA: the reference is the policy with adapters disabled (no copy)
@@ -95,6 +99,7 @@ lora_alpha = 16.0
 lora_dropout = 0.0
 lora_targets = 'attn'
 ref_dtype = 'float32'           # 'bfloat16' halves the frozen reference copy
+gradient_checkpointing = False  # recompute each block in backward: far less activation memory, ~30% more compute
 # AdamW
 learning_rate = 1e-6
 max_iters = 500
@@ -106,9 +111,11 @@ decay_lr = False
 warmup_iters = 0
 lr_decay_iters = 500
 min_lr = 1e-7
+optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only: 2 bytes of state per parameter, not 8)
 # system
 device = 'auto'
 dtype = 'auto'
+check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
 # -----------------------------------------------------------------------------
@@ -127,6 +134,7 @@ if advantage_estimator != 'gae' and group_size < 2:
     raise UserError(f"{advantage_estimator} needs group_size >= 2")
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
+plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(seed)
@@ -226,10 +234,15 @@ if advantage_estimator == 'gae' and critic == 'separate':
 params = [p for p in policy.parameters() if p.requires_grad]
 if critic_model is not None:
     params += list(critic_model.parameters())
-optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(beta1, beta2), weight_decay=weight_decay)
+for m in (policy, critic_model):
+    if m is not None:
+        m.config.gradient_checkpointing = gradient_checkpointing
+optimizer = make_optimizer(params, optimizer, learning_rate, (beta1, beta2), device_type, weight_decay=weight_decay)
+monitor = HealthMonitor('ppo' if advantage_estimator == 'gae' else advantage_estimator, on_alarm, kl_ceiling=kl_ceiling)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     prompt_loader.load_state_dict(checkpoint['prompt_loader'])
+    monitor.load_state_dict(checkpoint['monitor'])
     set_rng_state(checkpoint['rng'])
     checkpoint = None
 generator = torch.Generator(device=device)  # sampling: reseeded with seed + iter_num every rollout (exact resume)
@@ -252,7 +265,7 @@ def reference_logprobs(ids, attention_mask, n_prompt):
 def checkpoint_state():
     state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(policy.config),
              'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config, 'rng': get_rng_state(),
-             'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source}
+             'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source, 'monitor': monitor.state_dict()}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()
     return state
@@ -292,8 +305,8 @@ while iter_num < max_iters:
 
     # 2. score the texts (without EOS; the scorer appends it)
     prompt_texts = [tokenizer.decode(p) for p in batch_prompts]
-    response_texts = [tokenizer.decode(r[:int(f) + (0 if e else 1)].tolist())
-                      for r, f, e in zip(responses, first_eos, has_eos)]
+    response_tokens = [r[:int(f) + (0 if e else 1)].tolist() for r, f, e in zip(responses, first_eos, has_eos)]
+    response_texts = [tokenizer.decode(t) for t in response_tokens]
     scores = score(prompt_texts, response_texts)  # (B,)
     raw_scores = scores.clone()
     if reward_clip > 0:
@@ -333,7 +346,7 @@ while iter_num < max_iters:
 
     # 6. PPO epochs over shuffled mini-batches
     policy.train()
-    stats, n_steps, stop = {}, 0, False
+    stats, n_steps, stop, ratio_max = {}, 0, False, 0.0
     for epoch in range(ppo_epochs):
         perm = torch.randperm(n_seq, device=device)
         for start in range(0, n_seq, mini_batch_size):
@@ -368,6 +381,7 @@ while iter_num < max_iters:
             for k, v in pg_stats.items():
                 stats[k] = stats.get(k, 0.0) + v.item()
             n_steps += 1
+            ratio_max = max(ratio_max, pg_stats['ratio_max'].item())
             if max_approx_kl > 0 and pg_stats['approxkl'].item() > max_approx_kl:
                 stop = True
                 break
@@ -392,11 +406,19 @@ while iter_num < max_iters:
                    'val/clipfrac': avg.get('vf_clipfrac', 0.0), 'val/ratio': avg.get('ratio_mean', 0.0),
                    'val/num_eos_tokens': has_eos.sum().item(), 'response_length': response_mask.sum(1).mean().item(),
                    'skipped_steps': stats.get('skipped', 0), 'tokens_per_s': response_mask.sum().item() / dt,
-                   'time/rollout': t_rollout, 'time/score': t_score, 'time/train': dt - t_rollout - t_score, 'lr': lr}
+                   'time/rollout': t_rollout, 'time/score': t_score, 'time/train': dt - t_rollout - t_score, 'lr': lr,
+                   # for the health alarms (alarms.py)
+                   'policy/ratio_max': ratio_max, 'val/num_sequences': n_seq,
+                   'objective/distinct_2': distinct_n(response_tokens, 2),
+                   'objective/duplicate_frac': duplicate_fraction(response_texts, prompt_texts)}
+        if advantage_estimator == 'gae':
+            metrics['val/explained_variance'] = explained_variance(old_values, returns, response_mask)
+        else:
+            metrics['objective/zero_std_groups_frac'] = zero_std_fraction(scores, group_size)
         say(f"iter {iter_num - 1}: score {metrics['objective/scores']:.4f}, kl {mean_kl:.4f}, "
             f"clipfrac {metrics['policy/clipfrac']:.3f}, eos {int(has_eos.sum())}/{n_seq}, "
             f"len {metrics['response_length']:.1f}, {dt:.2f}s")
-        logger.log(metrics, iter_num - 1)
+        logger.log({**metrics, **monitor.check(metrics, iter_num - 1, say)}, iter_num - 1)
     if sample_interval and (iter_num - 1) % sample_interval == 0:  # 2 on stdout, all to samples.csv (+ wandb)
         samples = [{'prompt': p, 'response': r, 'score': s}
                    for p, r, s in zip(prompt_texts, response_texts, raw_scores.tolist())]
@@ -406,4 +428,5 @@ while iter_num < max_iters:
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), checkpoint_state(), policy)
 pbar.close()
+print(monitor.summary())
 logger.finish()

@@ -104,6 +104,35 @@ def test_ppo_runs_with_invariants_and_logs(tiny, tmp_path, algo):
     for r in rows:
         assert all(v == '' or abs(float(v)) < 1e6 for k, v in r.items())
     assert os.path.isfile(tmp_path / 'out' / 'ckpt.pt')
+    # a broken setup for the task: 8 new tokens, and a random model never emits EOS -> the health alarm
+    assert '[missing_eos] only 0%, 0%, 0% of the responses end with EOS' in p.stdout
+    assert rows[2]['alarm/missing_eos'] == '1.0' and rows[1]['alarm/missing_eos'] == ''  # after 3 iterations
+    assert 'missing_eos (warn): turned on 1x' in p.stdout  # the end-of-run summary
+
+
+def test_invariant_stops_training_at_another_temperature(tiny, tmp_path, monkeypatch):
+    """The start-up invariant: when the training pass computes log-probs at a different
+    temperature than sampling (here: response_forward patched to use 1.5x the temperature), the run
+    stops on its first rollout with the message of what it means, before any update."""
+    import runpy
+    import common
+    from common import UserError
+    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
+    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
+    argv = ['ppo_train.py', f'--init_from={tiny / "hf"}', '--prompt_data=prompts.jsonl', '--reward_fn=rewards:space_fraction',
+            '--device=cpu', '--block_size=64', '--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=4',
+            '--max_iters=1', '--out_dir=out', '--temperature=0.7']
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, 'argv', argv)
+    right = common.response_forward
+    monkeypatch.setattr(common, 'response_forward', lambda m, ids, am, n, t, v: right(m, ids, am, n, 1.5 * t, v))
+    with pytest.raises(UserError, match='training log-probs differ from sampling log-probs'):
+        runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+    assert not (tmp_path / 'out' / 'ckpt.pt').exists()
+    monkeypatch.setattr(common, 'response_forward', right)  # the same run, correct: no stop
+    runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+    assert (tmp_path / 'out' / 'ckpt.pt').exists()
 
 
 @pytest.fixture(scope='module')
