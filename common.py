@@ -142,6 +142,13 @@ def setup_ddp(backend):
     return True, int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
 
 
+def single_process(script):
+    """Stop a script that has no DDP when torchrun starts several copies of it: each would train
+    alone on the same data and write the same out_dir."""
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        raise UserError(f"{script} runs in one process (only train.py has DDP): start it with python, not torchrun")
+
+
 def state_sha256(state_dict):
     """sha256 of a state dict (names and raw bytes, in sorted name order): equal hashes mean
     bit-identical weights, e.g. the replicas of every DDP rank."""

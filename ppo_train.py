@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, RewardModel, UserError, configure, get_lr,
                     get_rng_state, lora_overrides, preference_triple, print_config, read_records, render_chat,
-                    response_forward, save_checkpoint, set_rng_state, setup_device)
+                    response_forward, save_checkpoint, set_rng_state, setup_device, single_process)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -108,6 +108,7 @@ device = 'auto'
 dtype = 'auto'
 # -----------------------------------------------------------------------------
 config = configure(globals())
+single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 
 # checks that need no model: fail before any GPU work

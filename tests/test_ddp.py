@@ -154,3 +154,14 @@ def test_ddp_resume_continues_every_rank_exactly(workdir):
     sd_a = torch.load(os.path.join(straight, 'ckpt.pt'), weights_only=False)['model']
     sd_b = torch.load(os.path.join(resumed, 'ckpt.pt'), weights_only=False)['model']
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+@pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py', 'ppo_train.py'])
+def test_scripts_without_ddp_refuse_torchrun(workdir, script):
+    """They have no DDP: under torchrun every copy would train alone and write the same out_dir."""
+    env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2')  # what torchrun sets
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=workdir, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [f'error: {script} runs in one process (only train.py has DDP): '
+                                             'start it with python, not torchrun']
