@@ -11,6 +11,7 @@ import ast
 import csv
 import difflib
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -134,9 +135,29 @@ def setup_ddp(backend):
     """Initialise torch.distributed when run by torchrun. Returns (ddp, rank, local_rank, world_size)."""
     if int(os.environ.get('RANK', -1)) == -1:
         return False, 0, 0, 1
+    if backend == 'nccl' and not torch.cuda.is_available():
+        raise UserError("backend=nccl needs CUDA GPUs; on CPU use --backend=gloo --device=cpu")
     from torch.distributed import init_process_group
     init_process_group(backend=backend)
     return True, int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+
+
+def single_process(script):
+    """Stop a script that has no DDP when torchrun starts several copies of it: each would train
+    alone on the same data and write the same out_dir."""
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        raise UserError(f"{script} runs in one process (only train.py has DDP): start it with python, not torchrun")
+
+
+def state_sha256(state_dict):
+    """sha256 of a state dict (names and raw bytes, in sorted name order): equal hashes mean
+    bit-identical weights, e.g. the replicas of every DDP rank."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def resolve_device(device):

@@ -48,7 +48,7 @@ from alarms import HealthMonitor
 from common import (EpochBatches, GPT2Tokenizer, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, plan_memory,
                     preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state, setup_device,
-                    source_identity)
+                    single_process, source_identity)
 from losses import dpo_loss
 from model import GPT
 
@@ -108,6 +108,7 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
+single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 
 device, device_type, dtype, ctx = setup_device(device, dtype)

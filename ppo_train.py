@@ -35,7 +35,8 @@ from tqdm import tqdm
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, GPT2Tokenizer, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
                     get_rng_state, lora_overrides, make_optimizer, plan_memory, preference_triple, print_config,
-                    read_records, render_chat, response_forward, save_checkpoint, set_rng_state, setup_device)
+                    read_records, render_chat, response_forward, save_checkpoint, set_rng_state, setup_device,
+                    single_process)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -118,6 +119,7 @@ dtype = 'auto'
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
+single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 
 # checks that need no model: fail before any GPU work

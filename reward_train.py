@@ -30,7 +30,7 @@ from alarms import HealthMonitor
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, pad_right,
                     plan_memory, print_config, read_records, reward_stats, save_checkpoint, set_rng_state,
-                    setup_device, sft_pair)
+                    setup_device, sft_pair, single_process)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -87,6 +87,7 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
+single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 
 device, device_type, dtype, ctx = setup_device(device, dtype)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
                     grad_scaler, lora_overrides, make_optimizer, plan_memory, print_config, read_records,
                     save_checkpoint, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
-                    tokenize_pair, unwrap)
+                    state_sha256, tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -110,7 +110,7 @@ config = configure(globals())  # config/*.py files, then --key=value flags
 ddp, ddp_rank, ddp_local_rank, ddp_world_size = setup_ddp(backend)
 master_process = ddp_rank == 0  # only rank 0 evaluates, logs and writes checkpoints
 if ddp:
-    device = f'cuda:{ddp_local_rank}' if backend == 'nccl' else 'cpu'
+    device = 'cpu' if device == 'cpu' else f'cuda:{ddp_local_rank}'  # CPU processes (gloo), or one GPU each
     if device.startswith('cuda'):
         torch.cuda.set_device(device)
     if gradient_accumulation_steps % ddp_world_size != 0:
@@ -254,11 +254,19 @@ if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
-    if 'train_gen' in checkpoint:  # nanoGPT checkpoints have no RNG state: resume is then not exact
-        train_gen.set_state(checkpoint['train_gen'])
-        set_rng_state(checkpoint['rng'])
-    if sft_data and checkpoint.get('sft_loader'):
-        sft_loader.load_state_dict(checkpoint['sft_loader'])
+    # each DDP rank resumes its own RNGs and data position (a DDP checkpoint holds every rank's), so
+    # the ranks do not all continue with rank 0's batches
+    rank_states = checkpoint.get('rank_states') or [checkpoint]
+    if ddp_rank < len(rank_states):
+        state = rank_states[ddp_rank]
+        if 'train_gen' in state:  # nanoGPT checkpoints have no RNG state: resume is then not exact
+            train_gen.set_state(state['train_gen'])
+            set_rng_state(state['rng'])
+        if sft_data and state.get('sft_loader'):
+            sft_loader.load_state_dict(state['sft_loader'])
+    if len(rank_states) != ddp_world_size and master_process:
+        print(f"note: {ckpt_path} was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
+              f"ranks without a saved state restart their batches from seed + rank (resume not exact)")
     checkpoint = None  # free memory
 
 raw_model = model
@@ -297,12 +305,17 @@ def estimate_loss():
     return out
 
 
-def checkpoint_state():
+def rank_state():
+    """What differs between DDP ranks and an exact resume needs: the RNGs and the data position."""
+    return {'rng': get_rng_state(), 'train_gen': train_gen.get_state(),
+            'sft_loader': sft_loader.state_dict() if sft_data else None}
+
+
+def checkpoint_state(rank_states=None):
     return {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
             'scaler': scaler.state_dict(), 'model_args': asdict(unwrap(model).config),
             'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-            'rng': get_rng_state(), 'train_gen': train_gen.get_state(),
-            'sft_loader': sft_loader.state_dict() if sft_data else None}
+            **rank_state(), 'rank_states': rank_states}  # rank_states: every DDP rank's rank_state()
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
@@ -321,14 +334,19 @@ while True:
         param_group['lr'] = lr
 
     # evaluate the loss on train/val and write checkpoints
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and master_process:
+    eval_now = iter_num % eval_interval == 0 or iter_num == max_iters
+    rank_states = None
+    if ddp and eval_now and iter_num > start_iter:  # every rank's RNGs for the checkpoint (a collective: all ranks)
+        rank_states = [None] * ddp_world_size
+        torch.distributed.all_gather_object(rank_states, rank_state())
+    if eval_now and master_process:
         losses = estimate_loss()
         say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         logger.log({'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr}, iter_num)
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > start_iter and (improved or always_save_checkpoint):
-            state = checkpoint_state()
+            state = checkpoint_state(rank_states)
             say(f"saving checkpoint to {out_dir}")
             save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
             if improved and always_save_checkpoint:
@@ -384,5 +402,10 @@ while True:
 
 pbar.close()
 logger.finish()
-if ddp:
+if ddp:  # the replicas must be bit-identical (DDP broadcasts the start and averages gradients): check once
+    hashes = [None] * ddp_world_size
+    torch.distributed.all_gather_object(hashes, state_sha256(unwrap(model).state_dict()))
+    print(f"DDP: parameter sha256 per rank: {' '.join(h[:16] for h in hashes)}") if master_process else None
     torch.distributed.destroy_process_group()
+    if len(set(hashes)) > 1:
+        raise UserError(f"DDP ranks ended with different weights (sha256 {', '.join(h[:16] for h in hashes)})")
