@@ -1284,7 +1284,10 @@ def plan_memory(script, config, device, check=True):
         return None
     device_bytes = torch.cuda.get_device_properties(torch.device(device)).total_memory \
         if str(device).startswith('cuda') else None
-    print0(f"predicted peak GPU memory of {os.path.basename(script)} with this config:\n" + format_plan(plan, device_bytes))
+    if device_bytes:  # the breakdown where it matters; one line elsewhere
+        print0(f"predicted peak GPU memory of {os.path.basename(script)} with this config:\n" + format_plan(plan, device_bytes))
+    else:
+        print0(f"predicted peak GPU memory on a GPU: {plan['total'] / GiB:.2f} GiB (breakdown: python bench.py --plan)")
     if device_bytes:
         check_fits(plan, device_bytes)
     return plan

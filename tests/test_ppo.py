@@ -137,30 +137,24 @@ def test_invariant_stops_training_at_another_temperature(tiny, tmp_path, monkeyp
 
 @pytest.fixture(scope='module')
 def peaked(tmp_path_factory):
-    """A tiny GPT-2 whose token embeddings are scaled up, so its next-token distribution has
-    favourites (a fresh tiny model is nearly uniform over 50k tokens: nothing to reinforce), and
-    the token it samples most often: the target of the learning test's reward."""
-    from transformers import GPT2LMHeadModel
+    """A tiny GPT-2 whose token embeddings are scaled up (x6), so its next-token distribution is
+    far from uniform (a fresh tiny model is nearly uniform over 50k tokens)."""
     d = tmp_path_factory.mktemp('peaked') / 'hf'
     hf = make_hf_gpt2(str(d), vocab_size=50257, n_positions=64, n_embd=32)
     with torch.no_grad():
-        hf.transformer.wte.weight.mul_(4.0)
+        hf.transformer.wte.weight.mul_(6.0)
     hf.save_pretrained(str(d))
-    model = GPT.from_pretrained(str(d)).eval()
-    import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
-    prompts = torch.tensor([enc.encode(f'Once upon a time {i}')[:5] for i in range(32)])
-    out = model.generate(prompts, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))[:, 5:]
-    return d, torch.mode(out.flatten()).values.item()
+    return d
 
 
 TARGET_REWARD = '''
 import tiktoken
 enc = tiktoken.get_encoding('gpt2')
 
-def target_fraction(prompts, responses):
-    """Fraction of the response's tokens that are token TARGET: 1.0 at best."""
-    return [sum(i == TARGET for i in enc.encode_ordinary(r)) / max(1, len(enc.encode_ordinary(r))) for r in responses]
+def low_id_fraction(prompts, responses):
+    """Fraction of the response's GPT-2 tokens with an id below 2000 (the BPE's earliest merges,
+    ~4 % of the vocabulary): 1.0 at best."""
+    return [sum(i < 2000 for i in enc.encode_ordinary(r)) / max(1, len(enc.encode_ordinary(r))) for r in responses]
 '''
 
 
@@ -169,18 +163,20 @@ def target_fraction(prompts, responses):
                                   ['--advantage_estimator=rloo', '--batch_size=4', '--group_size=4']],
                          ids=['ppo', 'grpo', 'rloo'])
 def test_ppo_grpo_rloo_learn_a_known_reward(peaked, tmp_path, algo):
-    """Reward = the fraction of response tokens equal to one token the initial policy samples a
-    few % of the time. Each method must raise the mean score to >= 0.8 of the maximum (1.0)."""
-    hf_dir, target = peaked
-    (tmp_path / 'target_reward.py').write_text(TARGET_REWARD.replace('TARGET', str(target)))
-    p = run_ppo(tiny=None, tmp_path=tmp_path, args=[f'--init_from={hf_dir}', '--reward_fn=target_reward:target_fraction',
-                                                    '--mini_batch_size=8', '--learning_rate=3e-3', '--max_iters=50',
-                                                    '--eval_interval=50'] + algo)
+    """Reward = the fraction of response tokens from a fixed 4 % of the vocabulary (ids < 2000),
+    which the initial policy samples ~10 % of the time. Each method must raise the mean score to
+    >= 0.8 of the maximum (1.0) within 30 iterations. (An earlier version rewarded one target token,
+    the mode of a few hundred samples: at ~0.5 % it was sampling noise, and passing depended on the
+    sampling seed.)"""
+    (tmp_path / 'target_reward.py').write_text(TARGET_REWARD)
+    p = run_ppo(tiny=None, tmp_path=tmp_path, args=[f'--init_from={peaked}', '--reward_fn=target_reward:low_id_fraction',
+                                                    '--mini_batch_size=8', '--learning_rate=3e-3', '--max_iters=30',
+                                                    '--eval_interval=30'] + algo)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
     scores = [float(r['objective/scores']) for r in rows]
     kls = [float(r['objective/kl']) for r in rows]
-    assert sum(scores[:3]) / 3 < 0.2
+    assert scores[0] < 0.3, scores
     assert sum(scores[-5:]) / 5 >= 0.8, scores
     assert all(0 <= k < 100 for k in kls[1:]) and kls[0] == 0.0  # finite, and k1 per sequence stays sane
 
