@@ -366,12 +366,14 @@ class Timer:
 # tokenizers
 
 class CharTokenizer:
-    """Character-level tokenizer from a prepare.py meta.pkl (stoi/itos)."""
+    """Character-level tokenizer from a prepare.py meta.pkl (stoi/itos). Its EOS is the newline
+    character (when the vocabulary has one): a response is one line, ended by '\n' (the demo's
+    convention; char-level data has no <|endoftext|>)."""
 
     def __init__(self, meta):
         self.stoi, self.itos = meta['stoi'], meta['itos']
         self.n_vocab = meta['vocab_size']
-        self.eot_token = None
+        self.eot_token = self.stoi.get('\n')
 
     def encode(self, s):
         unknown = sorted(set(c for c in s if c not in self.stoi))
@@ -403,12 +405,19 @@ class GPT2Tokenizer:
         return self.enc.decode([i for i in ids if i < self.n_vocab])
 
 
-def get_tokenizer(dataset=None):
-    """The char-level tokenizer of data/<dataset>/meta.pkl if there is one, else GPT-2's BPE."""
-    meta_path = os.path.join('data', dataset, 'meta.pkl') if dataset else None
-    if meta_path and os.path.isfile(meta_path):
+def get_tokenizer(name=None, strict=False):
+    """The tokenizer called `name`: 'gpt2' (or None) is GPT-2's BPE; a path to a meta.pkl, or a
+    dataset name with a data/<name>/meta.pkl, is that char-level vocabulary. Any other name is
+    GPT-2's BPE (a BPE dataset such as 'openwebtext' has no meta.pkl), or, with strict=True (a
+    script's `tokenizer` key), a UserError."""
+    if name in (None, '', 'gpt2'):
+        return GPT2Tokenizer()
+    meta_path = name if name.endswith('.pkl') else os.path.join('data', name, 'meta.pkl')
+    if os.path.isfile(meta_path):
         with open(meta_path, 'rb') as f:
             return CharTokenizer(pickle.load(f))
+    if strict:
+        raise UserError(f"tokenizer={name!r}: neither 'gpt2' nor a char-level vocabulary ({meta_path} not found)")
     return GPT2Tokenizer()
 
 
@@ -693,7 +702,7 @@ class RewardModel:
         self.model.to(device).eval()
         self.device, self.batch_size = device, batch_size
         self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)
-        self.tokenizer = GPT2Tokenizer()
+        self.tokenizer = get_tokenizer(checkpoint.get('config', {}).get('tokenizer', 'gpt2'), strict=True)
 
     def score(self, prompts, responses, normalize=False):
         if len(prompts) != len(responses):

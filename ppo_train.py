@@ -33,10 +33,10 @@ import torch
 from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
-from common import (EpochBatches, GPT2Tokenizer, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
-                    get_rng_state, lora_overrides, make_optimizer, plan_memory, preference_triple, print_config,
-                    read_records, render_chat, response_forward, save_checkpoint, set_rng_state, setup_device,
-                    single_process)
+from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
+                    get_rng_state, get_tokenizer, lora_overrides, make_optimizer, plan_memory,
+                    preference_triple, print_config, read_records, render_chat, response_forward,
+                    save_checkpoint, set_rng_state, setup_device, single_process)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -53,6 +53,7 @@ wandb_log = False
 wandb_project = 'gpt2-rlhf'
 wandb_run_name = 'ppo'
 # prompts: records with "prompt", or "messages" (chat), or hh-rlhf dialogues ("chosen")
+tokenizer = 'gpt2'              # 'gpt2' (BPE, EOS <|endoftext|>) or a char-level data/<name>/meta.pkl (EOS '\n')
 prompt_data = 'data/hh_rlhf/sft_train.jsonl'
 prompt_split = 'train'
 # reward: a .pt path is this project's reward checkpoint; anything else a Hugging Face
@@ -140,7 +141,7 @@ plan_memory(__file__, config, device, check_memory)  # before any model is loade
 print_config(config)
 os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(seed)
-tokenizer = GPT2Tokenizer()
+tokenizer = get_tokenizer(tokenizer, strict=True)
 eos = tokenizer.eot_token
 
 # -----------------------------------------------------------------------------
@@ -212,7 +213,7 @@ else:
     policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic, **lora)
     ref_source = init_from  # the reference is the initial policy, also after a resume
 if policy.config.vocab_size < tokenizer.n_vocab:
-    raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab}")
+    raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")
 if block_size < policy.config.block_size:
     policy.crop_block_size(block_size)
 policy.to(device)

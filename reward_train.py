@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from alarms import HealthMonitor
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
+from common import (EpochBatches, Logger, UserError, configure, get_lr, get_rng_state, get_tokenizer,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, pad_right,
                     plan_memory, print_config, read_records, reward_stats, save_checkpoint, set_rng_state,
                     setup_device, sft_pair, single_process)
@@ -48,6 +48,7 @@ wandb_log = False
 wandb_project = 'gpt2-rlhf'
 wandb_run_name = 'reward'
 # data: {"prompt","chosen","rejected"} or hh-rlhf {"chosen","rejected"} records
+tokenizer = 'gpt2'              # 'gpt2' (BPE, EOS <|endoftext|>) or a char-level data/<name>/meta.pkl (EOS '\n')
 pref_data = 'data/hh_rlhf/pref_train.jsonl'  # .json/.jsonl/.jsonl.gz file or Hugging Face dataset name
 pref_split = 'train'            # split of a hub dataset given as pref_data
 pref_val_data = 'data/hh_rlhf/pref_val.jsonl'  # '' = hold out val_fraction of pref_data
@@ -100,7 +101,7 @@ torch.manual_seed(seed)
 
 # -----------------------------------------------------------------------------
 # data: tokenized pairs ((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin)
-tokenizer = GPT2Tokenizer()
+tokenizer = get_tokenizer(tokenizer, strict=True)
 pairs, counts = {}, {}
 pairs['train'], counts['train'] = load_preference_pairs(pref_data, pref_split, tokenizer, block_size, truncation)
 if pref_val_data:
@@ -145,7 +146,7 @@ if block_size < model.config.block_size:
 elif block_size > model.config.block_size:
     raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
 if model.config.vocab_size < tokenizer.n_vocab:
-    raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than GPT-2's {tokenizer.n_vocab} tokens")
+    raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
 model.to(device)
 start_iter = iter_num
 

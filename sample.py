@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import (CHAT_TAGS, RewardModel, UserError, configure, get_tokenizer, print_config,
+from common import (CHAT_TAGS, GPT2Tokenizer, RewardModel, UserError, configure, get_tokenizer, print_config,
                     seed_everything, setup_device)
 from model import GPT
 
@@ -49,7 +49,7 @@ generator = torch.Generator(device=device).manual_seed(seed)
 dataset = None
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, ckpt), device='cpu')
-    dataset = checkpoint.get('config', {}).get('dataset')
+    dataset = checkpoint.get('config', {}).get('tokenizer') or checkpoint.get('config', {}).get('dataset')
 else:
     model = GPT.from_pretrained(init_from)
 model.eval().to(device)
@@ -65,8 +65,8 @@ if start.startswith('FILE:'):
         start = f.read()
 eos_token_id = None
 if chat:  # an SFT model answers and then emits EOS (<|endoftext|>); print only the answer
-    if tokenizer.eot_token is None:
-        raise UserError("chat=True needs a tokenizer with an EOS token (GPT-2's BPE), not a char-level one")
+    if not isinstance(tokenizer, GPT2Tokenizer):
+        raise UserError("chat=True needs GPT-2's BPE tokenizer (its chat tags and <|endoftext|>), not a char-level one")
     start = f"{CHAT_TAGS['user']} {start}{CHAT_TAGS['assistant']}"
     eos_token_id = tokenizer.eot_token
 start_ids = tokenizer.encode(start)

@@ -111,3 +111,19 @@ def test_logger_grows_columns_and_drops_rows_on_resume(tmp_path):
     Logger(path, resume_step=2).log({'loss': 0.7}, 2)  # resumed at 2: the old row 2 goes
     rows = list(csv.DictReader(open(path)))
     assert [(r['step'], r['loss']) for r in rows] == [('0', '1.0'), ('1', '0.9'), ('2', '0.7')]
+
+
+def test_get_tokenizer_char_level_and_gpt2(tmp_path):
+    import pickle
+    from common import CharTokenizer, GPT2Tokenizer, get_tokenizer
+    chars = sorted(set('hello world\n'))
+    meta = {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
+    path = tmp_path / 'meta.pkl'
+    path.write_bytes(pickle.dumps(meta))
+    tok = get_tokenizer(str(path), strict=True)
+    assert isinstance(tok, CharTokenizer) and tok.eot_token == meta['stoi']['\n']  # a line ends a response
+    assert tok.decode(tok.encode('hello world')) == 'hello world'
+    assert isinstance(get_tokenizer('gpt2', strict=True), GPT2Tokenizer)
+    assert isinstance(get_tokenizer('openwebtext'), GPT2Tokenizer)  # a BPE dataset has no meta.pkl
+    with pytest.raises(UserError, match="tokenizer='shakespere_char'"):
+        get_tokenizer('shakespere_char', strict=True)
