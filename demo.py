@@ -15,12 +15,12 @@ positive lexicon (love, sweet, fair...) minus those from a negative one (death, 
 Stages, each one of the project's scripts with its own config (skipped when its output exists;
 delete out_dir to start over):
   1. pretrain a small char-level GPT (train.py config/demo_pretrain.py);
-  2. sample `samples_per_prompt` responses for each training prompt, keep the best and the worst
-     by the true reward when they differ: preference pairs (out-demo/pairs.jsonl);
+  2. sample `samples_per_prompt` responses for each training prompt; every two complete lines of a
+     prompt whose true rewards differ make a preference pair (out-demo/pairs.jsonl);
   3. a reward model on those pairs (reward_train.py config/demo_reward.py);
   4. DPO on the same pairs at each beta in `dpo_betas` (dpo_train.py config/demo_dpo.py);
   5. PPO against the LEARNED reward model with a KL penalty (ppo_train.py config/demo_ppo.py),
-     and GRPO (config/demo_grpo.py);
+     and with --run_grpo=True GRPO (config/demo_grpo.py);
   6. every policy on held-out prompts: true reward (mean +- standard error) and the KL to the
      pretrained model (sampled, summed over response tokens), in out-demo/eval.csv, a table, a
      reward-vs-KL frontier (out-demo/frontier.png, when matplotlib is installed) and a few lines
@@ -46,13 +46,13 @@ out_dir = 'out-demo'
 device = 'cpu'                  # 'cuda' runs every stage on the GPU
 quick = False                   # shrink every stage to a few iterations (a pipeline check, not a result)
 input_txt = ''                  # tiny Shakespeare from this local file ('' = prepare.py downloads it)
-samples_per_prompt = 4          # stage 2: responses sampled per training prompt; best vs worst make a pair
-n_pair_prompts = 2000           # stage 2: training prompts sampled for pairs
+samples_per_prompt = 4          # stage 2: responses sampled per training prompt; pairs where their rewards differ
+n_pair_prompts = 1200           # stage 2: training prompts sampled for pairs
 dpo_betas = '0.1,0.5'           # stage 4: one DPO run per beta
-run_grpo = True                 # stage 5: GRPO too
-n_eval_prompts = 400            # stage 6: held-out prompts per policy
+run_grpo = False                # stage 5: GRPO too (+2 minutes on 2 CPU cores)
+n_eval_prompts = 300            # stage 6: held-out prompts per policy
 max_new_tokens = 64             # a response: at most this many characters, '\n' included
-max_prompt_chars = 63           # prompt + response fit the models' block_size of 128
+max_prompt_chars = 48           # the prompt's last characters (prompt + response fit block_size 128)
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
@@ -182,18 +182,19 @@ if stage('2. preference pairs', pairs_path):
     _, texts, ended = sample(model, [p for p in chosen for _ in range(samples_per_prompt)], gen)
     rewards = positivity(None, texts)
     pairs = []
+    key = (lambda x: (x[0], len(x[1]))) if quick else (lambda x: x[0])  # quick: ties broken by length
     for i, prompt in enumerate(chosen):
         group = [(rewards[j], texts[j]) for j in range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
                  if ended[j] or quick]  # only complete lines
-        key = (lambda x: (x[0], len(x[1]))) if quick else (lambda x: x[0])  # quick: ties broken by length
-        if len(group) >= 2 and key(max(group, key=key)) > key(min(group, key=key)):
-            best, worst = max(group, key=key), min(group, key=key)
-            pairs.append({'prompt': prompt, 'chosen': best[1], 'rejected': worst[1],
-                          'chosen_reward': best[0], 'rejected_reward': worst[0]})
+        for a in group:  # every pair of the group whose true rewards differ, the better one chosen
+            for b in group:
+                if key(a) > key(b) and a[1] != b[1]:
+                    pairs.append({'prompt': prompt, 'chosen': a[1], 'rejected': b[1],
+                                  'chosen_reward': a[0], 'rejected_reward': b[0]})
     with open(pairs_path + '.tmp', 'w') as f:
         f.writelines(json.dumps(p) + '\n' for p in pairs)
     os.replace(pairs_path + '.tmp', pairs_path)
-    print(f"{len(pairs)} pairs from {len(chosen)} prompts x {samples_per_prompt} samples (ties dropped)")
+    print(f"{len(pairs)} pairs from {len(chosen)} prompts x {samples_per_prompt} samples (equal rewards make no pair)")
 
 # 3. reward model
 if stage('3. reward model', os.path.join(out_dir, 'reward', 'best.pt')):

@@ -11,14 +11,14 @@ norm_samples = 256
 block_size = 128
 batch_size = 16
 gradient_accumulation_steps = 1
-learning_rate = 1e-3
-min_lr = 1e-4
+learning_rate = 3e-4
+min_lr = 3e-5
 warmup_iters = 20
-max_iters = 250
-lr_decay_iters = 250
+max_iters = 120
+lr_decay_iters = 120
 weight_decay = 0.0
 
-eval_interval = 125
+eval_interval = 60
 eval_iters = 20
 log_interval = 20
 
