@@ -19,8 +19,8 @@ delete out_dir to start over):
      prompt whose true rewards differ make a preference pair (out-demo/pairs.jsonl);
   3. a reward model on those pairs (reward_train.py config/demo_reward.py);
   4. DPO on the same pairs at each beta in `dpo_betas` (dpo_train.py config/demo_dpo.py);
-  5. PPO against the LEARNED reward model with a KL penalty (ppo_train.py config/demo_ppo.py),
-     and with --run_grpo=True GRPO (config/demo_grpo.py);
+X
+     and GRPO (config/demo_grpo.py; --run_grpo=False skips it);
   6. every policy on held-out prompts: true reward (mean +- standard error) and the KL to the
      pretrained model (sampled, summed over response tokens), in out-demo/eval.csv, a table, a
      reward-vs-KL frontier (out-demo/frontier.png, when matplotlib is installed) and a few lines
@@ -47,10 +47,10 @@ device = 'cpu'                  # 'cuda' runs every stage on the GPU
 quick = False                   # shrink every stage to a few iterations (a pipeline check, not a result)
 input_txt = ''                  # tiny Shakespeare from this local file ('' = prepare.py downloads it)
 samples_per_prompt = 4          # stage 2: responses sampled per training prompt; pairs where their rewards differ
-n_pair_prompts = 1200           # stage 2: training prompts sampled for pairs
+n_pair_prompts = 3000           # stage 2: training prompts sampled for pairs
 dpo_betas = '0.1,0.5'           # stage 4: one DPO run per beta
-run_grpo = False                # stage 5: GRPO too (+2 minutes on 2 CPU cores)
-n_eval_prompts = 300            # stage 6: held-out prompts per policy
+run_grpo = True                 # stage 5: GRPO too
+n_eval_prompts = 400            # stage 6: held-out prompts per policy
 max_new_tokens = 64             # a response: at most this many characters, '\n' included
 max_prompt_chars = 48           # the prompt's last characters (prompt + response fit block_size 128)
 seed = 1337

@@ -14,11 +14,11 @@ gradient_accumulation_steps = 1
 learning_rate = 3e-4
 min_lr = 3e-5
 warmup_iters = 10
-max_iters = 60
-lr_decay_iters = 60
+max_iters = 100
+lr_decay_iters = 100
 grad_clip = 1.0
 
-eval_interval = 30
+eval_interval = 50
 eval_iters = 10
 log_interval = 10
 

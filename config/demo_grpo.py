@@ -20,8 +20,8 @@ batch_size = 8
 mini_batch_size = 16
 ppo_epochs = 2
 learning_rate = 1e-4
-max_iters = 30
+max_iters = 80
 
-eval_interval = 30
+eval_interval = 80
 sample_interval = 10
 device = 'cpu'

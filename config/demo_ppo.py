@@ -14,14 +14,14 @@ temperature = 1.0
 
 advantage_estimator = 'gae'
 critic = 'shared'
-kl_coef = 0.1
+kl_coef = 0.2
 batch_size = 32
 mini_batch_size = 16
 ppo_epochs = 2
 vf_coef = 0.1
 learning_rate = 1e-4
-max_iters = 30
+max_iters = 60
 
-eval_interval = 30
+eval_interval = 60
 sample_interval = 10
 device = 'cpu'

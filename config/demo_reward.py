@@ -14,11 +14,11 @@ gradient_accumulation_steps = 1
 learning_rate = 3e-4
 min_lr = 3e-5
 warmup_iters = 20
-max_iters = 120
-lr_decay_iters = 120
+max_iters = 300
+lr_decay_iters = 300
 weight_decay = 0.0
 
-eval_interval = 60
+eval_interval = 100
 eval_iters = 20
 log_interval = 20
 

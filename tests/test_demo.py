@@ -13,7 +13,7 @@ INPUT = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 
 
 def test_demo_pipeline_end_to_end(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'demo.py'), '--quick=True', '--run_grpo=True', f'--input_txt={INPUT}']
+    cmd = [sys.executable, os.path.join(ROOT, 'demo.py'), '--quick=True', f'--input_txt={INPUT}']
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     out = tmp_path / 'out-demo'
