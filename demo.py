@@ -19,12 +19,16 @@ delete out_dir to start over):
      prompt whose true rewards differ make a preference pair (out-demo/pairs.jsonl);
   3. a reward model on those pairs (reward_train.py config/demo_reward.py);
   4. DPO on the same pairs at each beta in `dpo_betas` (dpo_train.py config/demo_dpo.py);
-X
+  5. PPO against the LEARNED reward model with a KL penalty (ppo_train.py config/demo_ppo.py),
      and GRPO (config/demo_grpo.py; --run_grpo=False skips it);
   6. every policy on held-out prompts: true reward (mean +- standard error) and the KL to the
      pretrained model (sampled, summed over response tokens), in out-demo/eval.csv, a table, a
      reward-vs-KL frontier (out-demo/frontier.png, when matplotlib is installed) and a few lines
-     before and after.
+     before and after;
+  7. (--envelope_seeds=3) the reference envelope of healthy runs: PPO, GRPO and DPO again with
+     seeds 1..N, their per-iteration metrics (PPO/GRPO: also the true reward of every sampled
+     response) reduced to min/median/max per iteration in out-demo/envelope_{ppo,grpo,dpo}.csv,
+     the curves plot.py --envelope=... overlays on a run of yours.
 """
 
 import csv
@@ -51,6 +55,7 @@ n_pair_prompts = 3000           # stage 2: training prompts sampled for pairs
 dpo_betas = '0.1,0.5'           # stage 4: one DPO run per beta
 run_grpo = True                 # stage 5: GRPO too
 n_eval_prompts = 400            # stage 6: held-out prompts per policy
+envelope_seeds = 0              # stage 7: PPO, GRPO and DPO (beta 0.1) again with seeds 1..N -> min/median/max curves
 max_new_tokens = 64             # a response: at most this many characters, '\n' included
 max_prompt_chars = 48           # the prompt's last characters (prompt + response fit block_size 128)
 seed = 1337
@@ -291,4 +296,61 @@ try:
     print(f"\nwrote {out_dir}/eval.csv and {out_dir}/frontier.png")
 except ImportError:
     print(f"\nwrote {out_dir}/eval.csv (pip install matplotlib for the frontier picture)")
+
+# -----------------------------------------------------------------------------
+# 7. optional: the reference envelope of healthy runs, several seeds of the same configs
+ENVELOPE = {
+    'ppo': ['objective/scores', 'true_reward', 'objective/kl', 'objective/entropy', 'policy/clipfrac',
+            'loss/value', 'response_length'],
+    'grpo': ['objective/scores', 'true_reward', 'objective/kl', 'objective/entropy', 'policy/clipfrac',
+             'response_length'],
+    'dpo': ['loss', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected'],
+}
+
+
+def log_by_step(run_dir):
+    """{step: {metric: value}} of a run's log.csv, the rows of one step merged (train and eval)."""
+    steps = {}
+    with open(os.path.join(run_dir, 'log.csv'), newline='') as f:
+        for row in csv.DictReader(f):
+            steps.setdefault(int(row['step']), {}).update({k: v for k, v in row.items() if v != '' and k != 'step'})
+    return steps
+
+
+if envelope_seeds:
+    print(f"== 7. reference envelope: {envelope_seeds} seeds of PPO, GRPO and DPO ({time.time() - t_start:.0f}s so far)")
+    for algo, metrics in ENVELOPE.items():
+        runs = []
+        for k in range(1, envelope_seeds + 1):
+            d = os.path.join(out_dir, 'envelope', f'{algo}_seed{k}')
+            if not os.path.exists(os.path.join(d, 'ckpt.pt')):
+                if algo == 'dpo':
+                    run('dpo_train.py', 'demo_dpo.py', f'--out_dir={d}', f'--init_from={out_dir}/pretrain',
+                        f'--pref_data={pairs_path}', '--beta=0.1', f'--seed={k}')
+                else:  # every response to samples.csv, for its true reward
+                    run('ppo_train.py', f'demo_{algo}.py', f'--out_dir={d}', f'--init_from={out_dir}/pretrain',
+                        f'--prompt_data={prompts_path}', f'--reward_model={out_dir}/reward/best.pt', f'--seed={k}',
+                        '--sample_interval=1')
+            steps = log_by_step(d)
+            if algo != 'dpo':
+                texts = {}
+                with open(os.path.join(d, 'samples.csv'), newline='') as f:
+                    for row in csv.DictReader(f):
+                        texts.setdefault(int(row['step']), []).append(row['response'])
+                for step, responses in texts.items():
+                    steps.setdefault(step, {})['true_reward'] = sum(positivity(None, responses)) / len(responses)
+            runs.append(steps)
+        common_steps = sorted(set.intersection(*(set(r) for r in runs)))
+        path = os.path.join(out_dir, f'envelope_{algo}.csv')
+        with open(path, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['step'] + [f'{m}/{q}' for m in metrics for q in ('min', 'median', 'max')])
+            for step in common_steps:
+                row = [step]
+                for m in metrics:
+                    vals = sorted(float(r[step][m]) for r in runs if m in r[step])
+                    row += [vals[0], vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2,
+                            vals[-1]] if vals else ['', '', '']
+                w.writerow(row)
+        print(f"wrote {path}: {len(common_steps)} steps x {len(metrics)} metrics over {envelope_seeds} seeds")
 print(f"demo done in {time.time() - t_start:.0f}s")

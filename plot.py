@@ -6,6 +6,7 @@ column and one column per metric, empty where a metric was not logged at that st
     python plot.py --logs=out-ppo/log.csv --smooth=0.9               # PPO: a grid of its metrics
     python plot.py --logs=out-dpo-a,out-dpo-b --labels=beta0.1,beta0.5 --out=dpo.png   # overlaid runs
     python plot.py --logs=out-reward --columns=val/accuracy,train/loss
+    python plot.py --logs=out-ppo --envelope=assets/healthy_envelope_ppo.csv   # over healthy runs
 
 Which metrics, unless `columns` names them:
 - a PPO/GRPO/RLOO log (it has objective/scores): PPO_COLUMNS below, one panel each (TRL's names:
@@ -32,6 +33,8 @@ panel_width = 4.5           # inches per panel (the PNG is n_cols * panel_width 
 panel_height = 3.0          # inches per panel
 max_cols = 3                # panels per row
 dpi = 100
+envelope = ''               # a reference envelope CSV (step, <metric>/min, /median, /max; demo.py --envelope_seeds)
+                            # drawn as a grey band (min-max) and a dashed median behind the matching metrics
 # -----------------------------------------------------------------------------
 config = configure(globals())
 # -----------------------------------------------------------------------------
@@ -131,6 +134,19 @@ panels = {}  # panel title -> its columns, in order
 for c in wanted:
     panels.setdefault(panel_of(c, ppo), []).append(c)
 
+band = {}  # metric -> (steps, min, median, max) of the reference envelope
+if envelope:
+    if not os.path.isfile(envelope):
+        raise UserError(f"envelope {envelope} not found")
+    with open(envelope, newline='') as f:
+        rows = list(csv.DictReader(f))
+    for c in wanted:
+        if rows and f'{c}/min' in rows[0]:
+            kept = [r for r in rows if r[f'{c}/min'] != '']
+            band[c] = tuple([float(r[k]) for r in kept] for k in ('step', f'{c}/min', f'{c}/median', f'{c}/max'))
+    if not band:
+        raise UserError(f"envelope {envelope} has none of the plotted metrics ({', '.join(wanted)})")
+
 # -----------------------------------------------------------------------------
 # draw
 try:
@@ -146,6 +162,11 @@ fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * panel_width, n_rows *
                          dpi=dpi, squeeze=False)
 colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
 for ax, (title, cols) in zip(axes.flat, panels.items()):
+    for c in cols:
+        if c in band:
+            steps, lo, mid, hi = band[c]
+            ax.fill_between(steps, lo, hi, color='0.5', alpha=0.25, linewidth=0, label='healthy runs (min-max)')
+            ax.plot(steps, mid, color='0.4', linestyle='--', linewidth=1, label='healthy runs (median)')
     for i, (name, (_, series)) in enumerate(zip(names, runs)):
         for c in cols:
             if c not in series:

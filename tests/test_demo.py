@@ -13,7 +13,7 @@ INPUT = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 
 
 def test_demo_pipeline_end_to_end(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'demo.py'), '--quick=True', f'--input_txt={INPUT}']
+    cmd = [sys.executable, os.path.join(ROOT, 'demo.py'), '--quick=True', '--envelope_seeds=1', f'--input_txt={INPUT}']
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     out = tmp_path / 'out-demo'
@@ -27,7 +27,12 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert float(rows[0]['kl']) == 0.0  # the reference against itself
     for r in rows:
         assert int(r['n']) == 16 and float(r['kl_se']) >= 0 and 0 <= float(r['eos_rate']) <= 1
+    for algo, metric in [('ppo', 'true_reward/median'), ('grpo', 'objective/kl/max'), ('dpo', 'rewards/margins/min')]:
+        rows = list(csv.DictReader(open(out / f'envelope_{algo}.csv')))
+        assert rows and metric in rows[0] and (all if algo != 'dpo' else any)(r[metric] != '' for r in rows)
+        # (DPO logs its train metrics every log_interval steps; its eval-only steps have them empty)
     # a second run: every stage is skipped, only the evaluation runs again
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count('exists, skipped') == 8, p.stdout  # data, pretrain, pairs, reward, 2 x DPO, PPO, GRPO
+    assert p.stdout.count('$ ') == 0, p.stdout  # and the envelope's runs are not repeated

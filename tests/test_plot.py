@@ -104,6 +104,28 @@ def test_several_logs_overlaid(tmp_path):
     assert open(out, 'rb').read() != open(single, 'rb').read()  # the second run is drawn
 
 
+@needs_mpl
+def test_run_overlaid_on_reference_envelope(tmp_path):
+    """--envelope: a min/median/max CSV (as demo.py --envelope_seeds writes it) drawn behind the
+    matching metrics; the picture differs from the run alone; an envelope without any plotted
+    metric is a one-line error."""
+    run = write_ppo_log(str(tmp_path / 'out-ppo'))
+    env = tmp_path / 'env.csv'
+    cols = ['objective/scores', 'objective/kl']
+    env.write_text('step,' + ','.join(f'{c}/{q}' for c in cols for q in ('min', 'median', 'max')) + '\n'
+                   + ''.join(f"{s},{','.join(str(v) for _ in cols for v in (0.1 * s, 0.2 * s, 0.3 * s))}\n"
+                             for s in range(30)))
+    out, alone = str(tmp_path / 'with.png'), str(tmp_path / 'alone.png')
+    r = plot(f'--logs={run}', f'--out={out}', f'--envelope={env}')
+    assert r.returncode == 0, r.stderr
+    assert plot(f'--logs={run}', f'--out={alone}').returncode == 0
+    assert png_size(out) == png_size(alone) and open(out, 'rb').read() != open(alone, 'rb').read()
+    bad = tmp_path / 'bad.csv'
+    bad.write_text('step,loss/min,loss/median,loss/max\n0,1,2,3\n')
+    r = plot(f'--logs={run}', f'--out={out}', f'--envelope={bad}')
+    assert r.returncode == 1 and 'has none of the plotted metrics' in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize('args, message', [
     (['--logs=nowhere/log.csv'], 'not found'),
     (['--logs={a}', '--columns=val/los'], "no column 'val/los'"),
