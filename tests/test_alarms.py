@@ -110,8 +110,11 @@ def test_kl_negative_fires_after_n_iterations_below_noise():
 
 
 def test_ratio_explosion_on_ratio_max_mean_ratio_or_clipfrac():
-    a = only(run('ppo', with_tail(healthy_rl(), 1, **{'policy__ratio_max': 50.0}))[0], 'ratio_explosion')
-    assert 'policy/ratio_max 50' in a.message and 'learning_rate' in a.message and 'max_approx_kl' in a.message
+    a = only(run('ppo', with_tail(healthy_rl(), 2, **{'policy__ratio_max': 50.0}))[0], 'ratio_explosion')
+    assert 'policy/ratio_max 50, 50 > 10 for 2 iterations' in a.message and 'learning_rate' in a.message
+    assert 'max_approx_kl' in a.message
+    # one token's ratio spiking in one iteration is not an explosion (it happened in healthy seeded demo runs)
+    assert run('ppo', with_tail(healthy_rl(), 1, **{'policy__ratio_max': 80.0}))[0] == []
     a = only(run('grpo', with_tail(healthy_rl('grpo'), 1, val__ratio=2.0))[0], 'ratio_explosion')
     assert 'val/ratio' in a.message
     a = only(run('ppo', with_tail(healthy_rl(), 3, policy__clipfrac=0.45))[0], 'ratio_explosion')
