@@ -256,6 +256,13 @@ def set_rng_state(state):
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 
+def nonfinite_loss_error(loss, iter_num, out_dir):
+    """The one-line stop of every training script when its loss is NaN/inf: raised before the
+    optimizer step, so the weights and every checkpoint already saved stay as they were."""
+    return UserError(f"loss is {loss} at iteration {iter_num}; stopped before the optimizer step, checkpoints in "
+                     f"{out_dir} are untouched (lower learning_rate, keep grad_clip, prefer bfloat16 to float16)")
+
+
 def all_finite(model):
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 

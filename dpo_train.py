@@ -33,6 +33,7 @@ Departures from the paper and its code (eric-mitchell/direct-preference-optimiza
 4. One GPU, no FSDP/DDP; the last micro-batch of an epoch may hold fewer pairs.
 """
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -44,11 +45,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alarms import HealthMonitor
+from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, plan_memory,
-                    preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state, setup_device,
-                    single_process, source_identity)
+                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
+                    plan_memory, preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state,
+                    setup_device, single_process, source_identity)
 from losses import dpo_loss
 from model import GPT
 
@@ -377,10 +378,9 @@ while True:
     metrics = dict(zip(sums, (torch.stack(list(sums.values())) / n_pairs).tolist()))  # one sync
     if not math.isfinite(metrics['loss']):  # stop before the step touches the weights
         pbar.close()
-        monitor.history.append(metrics)  # the non-finite loss in the health report
-        print(monitor.summary())
-        raise UserError(f"loss is {metrics['loss']} at iteration {iter_num}; stopped before the optimizer step, "
-                        f"checkpoints in {out_dir} are untouched (lower learning_rate, prefer bfloat16 to float16)")
+        with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
+            monitor.check(metrics, iter_num, say)
+        raise nonfinite_loss_error(metrics['loss'], iter_num, out_dir)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -19,6 +19,7 @@ Departures from the InstructGPT recipe:
    alignmentnanoGPT does); the per-pair margin (Llama 2) is read from a record's 'margin' field.
 """
 
+import contextlib
 import math
 import os
 from dataclasses import asdict
@@ -26,11 +27,11 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from alarms import HealthMonitor
+from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, configure, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, pad_right,
-                    plan_memory, print_config, read_records, reward_stats, save_checkpoint, set_rng_state,
-                    setup_device, sft_pair, single_process)
+                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
+                    pad_right, plan_memory, print_config, read_records, reward_stats, save_checkpoint,
+                    set_rng_state, setup_device, sft_pair, single_process)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -247,9 +248,9 @@ while True:
             sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
     lossf = sums['loss'].item()
     if not math.isfinite(lossf):
-        print(monitor.summary())
-        raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped before the optimizer step, "
-                        f"checkpoints in {out_dir} are untouched (lower learning_rate, prefer bfloat16 to float16)")
+        with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
+            monitor.check({'train/loss': lossf}, iter_num, say)
+        raise nonfinite_loss_error(lossf, iter_num, out_dir)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

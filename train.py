@@ -38,9 +38,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
-                    grad_scaler, lora_overrides, make_optimizer, plan_memory, print_config, read_records,
-                    save_checkpoint, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
-                    state_sha256, tokenize_pair, unwrap)
+                    grad_scaler, lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory,
+                    print_config, read_records, save_checkpoint, set_rng_state, setup_ddp, setup_device,
+                    sft_batch, sft_pair, state_sha256, tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -375,8 +375,7 @@ while True:
     lossf = loss_sum.item()  # one sync per iteration
     if not math.isfinite(lossf):  # stop before the step touches the weights
         pbar.close()
-        raise UserError(f"loss is {lossf} at iteration {iter_num}; stopped before the optimizer step, "
-                        f"checkpoints in {out_dir} are untouched (lower learning_rate, check grad_clip, prefer bfloat16 to float16)")
+        raise nonfinite_loss_error(lossf, iter_num, out_dir)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -267,3 +267,19 @@ def test_bad_reference_or_loss_is_one_clear_line(dpo_dir, args, message):
                             '--max_iters=2', *args], dpo_dir)
     err = p.stderr.strip().splitlines()
     assert p.returncode != 0 and len(err) == 1 and err[0].startswith(message), p.stderr[-2000:]
+
+
+def test_nan_loss_stops_with_the_health_report_and_keeps_the_checkpoint(dpo_dir):
+    """A diverging run (learning rate 1e30) stops before the optimizer step that would save NaN
+    weights: one error line, the health report names the non-finite loss, ckpt.pt is untouched."""
+    import hashlib
+    out = dpo_dir / 'out-nan'
+    base = DPO_TINY + ['--pref_data=pref.jsonl', f'--out_dir={out}', '--eval_interval=2', '--log_interval=1']
+    p = run_dpo(base + ['--init_from=init', '--max_iters=2'], dpo_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    before = hashlib.sha256((out / 'ckpt.pt').read_bytes()).hexdigest()
+    p = run_dpo(base + ['--init_from=resume', '--max_iters=30', '--learning_rate=1e30', '--decay_lr=False'], dpo_dir)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration'), p.stderr[-2000:]
+    assert 'nonfinite (fatal): turned on 1x' in p.stdout and 'non-finite metrics loss' in p.stdout
+    assert hashlib.sha256((out / 'ckpt.pt').read_bytes()).hexdigest() == before

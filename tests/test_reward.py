@@ -128,3 +128,24 @@ def test_reward_train_bad_inputs(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     err = p.stderr.strip().splitlines()
     assert p.returncode != 0 and err[-1].startswith("error: ") and "record 0 needs 'chosen' and 'rejected'" in err[-1]
+
+
+def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
+    """A diverging run (every pair also labelled the other way, so the loss cannot reach 0, and a
+    learning rate of 1e37, so the value head overflows) stops before the optimizer step with one
+    error line, the health report naming the non-finite loss, and no checkpoint of NaN weights."""
+    hf = tmp_path / 'hf'
+    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
+    pairs = synthetic_pairs()
+    pairs += [{'prompt': r['prompt'], 'chosen': r['rejected'], 'rejected': r['chosen']} for r in pairs]
+    data = tmp_path / 'pref.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in pairs))
+    args = [f'--init_from={hf}', f'--pref_data={data}', "--pref_val_data=", f'--out_dir={tmp_path / "out"}',
+            '--device=cpu', '--block_size=64', '--batch_size=8', '--gradient_accumulation_steps=1',
+            '--learning_rate=1e37', '--decay_lr=False', '--max_iters=30', '--eval_interval=100', '--eval_iters=2']
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration'), p.stderr[-2000:]
+    assert 'nonfinite (fatal): turned on 1x' in p.stdout and 'non-finite metrics train/loss' in p.stdout
+    assert not (tmp_path / 'out' / 'ckpt.pt').exists() and not (tmp_path / 'out' / 'best.pt').exists()
