@@ -23,7 +23,6 @@ Departures from Ziegler et al. 2019 / Ouyang et al. 2022: the reward model is tr
 
 import copy
 import importlib
-import math
 import os
 import sys
 import time

@@ -144,3 +144,23 @@ def test_sample_from_checkpoint(workdir):
     assert run('sample.py', args + ['--temperature=0'], workdir).stdout == greedy
     p = run('sample.py', args + ['--start=\u2603'], workdir, check=False)  # not in the char vocabulary
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith('error: characters')
+
+
+def test_memory_keys_are_wired(workdir):
+    """train.py's gradient_checkpointing changes no number (the same losses, dropout on, as without);
+    optimizer='adamw8bit' off CUDA stops in one line before training; the predicted peak is printed
+    before the model loads."""
+    base = TINY + ['--max_iters=6', '--lr_decay_iters=6', '--eval_interval=100', '--dropout=0.1', '--log_interval=1']
+    p = run('train.py', base + [f'--out_dir={workdir / "out-gc0"}'], workdir)
+    assert 'predicted peak GPU memory on a GPU:' in p.stdout
+    run('train.py', base + [f'--out_dir={workdir / "out-gc1"}', '--gradient_checkpointing=True'], workdir)
+    plain, checkpointed = losses(str(workdir / 'out-gc0')), losses(str(workdir / 'out-gc1'))
+    assert len(plain) == 6 and plain.keys() == checkpointed.keys()
+    assert all(abs(plain[k] - checkpointed[k]) < 1e-5 for k in plain), (plain, checkpointed)
+    for name, on in (('out-gc0', False), ('out-gc1', True)):  # the key reached the model that trained
+        args = torch.load(workdir / name / 'ckpt.pt', weights_only=False)['model_args']
+        assert args['gradient_checkpointing'] is on
+    p = run('train.py', base + [f'--out_dir={workdir / "out-8bit"}', '--optimizer=adamw8bit'], workdir, check=False)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1] == \
+        "error: optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes), not cpu; use optimizer='adamw'"
+    assert not os.path.exists(workdir / 'out-8bit' / 'ckpt.pt')
