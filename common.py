@@ -312,7 +312,10 @@ class Logger:
                 self.rows = [r for r in reader if int(float(r['step'])) < resume_step]
         self._rewrite()
         if wandb_log:
-            import wandb  # optional; WANDB_MODE=offline works without a network
+            try:
+                import wandb  # optional; WANDB_MODE=offline works without a network
+            except ImportError:
+                raise UserError("wandb_log=True needs wandb: pip install wandb (or run with --wandb_log=False)")
             self.wandb = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     def _rewrite(self):
