@@ -699,9 +699,10 @@ def reward_stats(model, tokenizer, texts, block_size, batch_size, device, ctx=nu
 
 class RewardModel:
     """A reward checkpoint of reward_train.py, loaded for scoring texts (PPO, sample.py). score()
-    returns raw rewards, or (r - reward_mean) / reward_std with normalize=True."""
+    returns raw rewards, or (r - reward_mean) / reward_std with normalize=True. weights_dtype
+    'bfloat16' holds the frozen weights in bf16 (half the memory)."""
 
-    def __init__(self, path, device='cpu', dtype='float32', batch_size=8):
+    def __init__(self, path, device='cpu', dtype='float32', batch_size=8, weights_dtype='float32'):
         from model import GPT
         self.model, checkpoint = GPT.from_checkpoint(path, device='cpu')
         if self.model.value_head is None:
@@ -709,7 +710,7 @@ class RewardModel:
         if 'reward_std' not in checkpoint:
             print0(f"note: {path} has no reward normalisation stats; normalize=True uses mean 0, std 1")
         self.mean, self.std = checkpoint.get('reward_mean', 0.0), checkpoint.get('reward_std', 1.0)
-        self.model.to(device).eval()
+        self.model.to(device=device, dtype=PTDTYPE[weights_dtype]).eval()
         self.device, self.batch_size = device, batch_size
         self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)
         self.tokenizer = get_tokenizer(checkpoint.get('config', {}).get('tokenizer', 'gpt2'), strict=True)
@@ -733,7 +734,7 @@ class HFRewardModel:
     loses the start of its prompt (of the whole text with a template). A tokenizer without a pad
     token pads with its EOS (or UNK). There are no normalisation stats: normalize=True is a no-op."""
 
-    def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template=''):
+    def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template='', weights_dtype='float32'):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy, only when used
         if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, 'config.json')):
             raise UserError(f"reward_model {name_or_path} is a directory without a Hugging Face config.json "
@@ -759,7 +760,7 @@ class HFRewardModel:
         tok.padding_side, tok.truncation_side = 'right', 'left'
         limits = [tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', None)]
         self.max_length = min(n for n in limits if n is not None and n < 1_000_000)  # unset = 1e30
-        self.model.to(device).eval()
+        self.model.to(device=device, dtype=PTDTYPE[weights_dtype]).eval()
         self.device, self.batch_size, self.template = device, batch_size, template
         self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)
 
@@ -1275,7 +1276,10 @@ def plan_for_script(script, config, config_dir='config'):
         shared = not grouped and c['critic'] == 'shared'
         frozen = []
         if not c['reward_fn']:
-            frozen.append(('reward model', {**model_shape(c['reward_model'], config_dir), 'lora_rank': 0}, 'float32', {}))
+            on_gpu = c.get('reward_device', '') != 'cpu'  # on the CPU it takes no GPU memory
+            frozen.append(('reward model', {**model_shape(c['reward_model'], config_dir), 'lora_rank': 0},
+                           c.get('reward_dtype', 'float32') if on_gpu else None,
+                           {"reward_dtype='bfloat16'": 'bfloat16', "reward_device='cpu'": None} if on_gpu else {}))
         if not lora:
             frozen.append(('reference', {**shape, 'lora_rank': 0}, c['ref_dtype'], {"ref_dtype='bfloat16'": 'bfloat16'}))
         critic = None

@@ -35,7 +35,7 @@ from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_vari
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
                     get_rng_state, get_tokenizer, lora_overrides, make_optimizer, plan_memory,
                     preference_triple, print_config, read_records, render_chat, response_forward,
-                    save_checkpoint, set_rng_state, setup_device, single_process)
+                    resolve_device, save_checkpoint, set_rng_state, setup_device, single_process)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -62,6 +62,8 @@ reward_template = ''            # HF reward model: '' = (prompt, response) as a 
 reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts); overrides reward_model
 normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint (no stats in an HF model)
 reward_clip = 0.0               # clip scores to [-reward_clip, reward_clip] (0 = off)
+reward_device = ''              # '' = device; 'cpu' keeps the reward model off the GPU (slower scoring)
+reward_dtype = 'float32'        # weights of the frozen reward model: 'bfloat16' halves them
 missing_eos_penalty = 1.0       # subtracted from the score of a response that never emits EOS
 # generation
 max_new_tokens = 64
@@ -125,6 +127,10 @@ single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's
 # checks that need no model: fail before any GPU work
 if advantage_estimator not in ('gae', 'grpo', 'rloo'):
     raise UserError(f"advantage_estimator must be 'gae', 'grpo' or 'rloo', got {advantage_estimator!r}")
+if reward_dtype not in ('float32', 'bfloat16'):
+    raise UserError(f"reward_dtype must be 'float32' or 'bfloat16', got {reward_dtype!r}")
+if reward_device not in ('', 'cpu') and not reward_device.startswith('cuda'):
+    raise UserError(f"reward_device must be '' (= device), 'cpu' or 'cuda[:N]', got {reward_device!r}")
 if critic not in ('shared', 'separate'):
     raise UserError(f"critic must be 'shared' or 'separate', got {critic!r}")
 if max_new_tokens >= block_size:
@@ -155,8 +161,9 @@ if reward_fn:
 else:
     if reward_model.endswith('.pt') and not os.path.exists(reward_model):
         raise UserError(f"reward_model {reward_model} not found (train one with reward_train.py, or set reward_fn)")
-    scorer = RewardModel(reward_model, device, dtype) if reward_model.endswith('.pt') \
-        else HFRewardModel(reward_model, device, dtype, template=reward_template)
+    where = dict(device=resolve_device(reward_device) if reward_device else device, dtype=dtype, weights_dtype=reward_dtype)
+    scorer = RewardModel(reward_model, **where) if reward_model.endswith('.pt') \
+        else HFRewardModel(reward_model, template=reward_template, **where)
     score_fn = lambda prompts, responses: scorer.score(prompts, responses, normalize=normalize_reward).tolist()
 
 

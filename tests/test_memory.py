@@ -168,6 +168,21 @@ def test_dpo_advice_names_the_reference_flags():
     assert "precompute_ref_logps=True" in str(e.value) and "ref_dtype='bfloat16'" in str(e.value)
 
 
+def test_ppo_reward_model_placement_in_the_plan(monkeypatch):
+    """reward_dtype='bfloat16' halves the reward model's bytes, reward_device='cpu' takes it off the
+    GPU plan, and the advice for a config that does not fit names both."""
+    monkeypatch.chdir(ROOT)
+    plans = {flags: plan_config('config/ppo_gpt2large.py', list(flags))[2]
+             for flags in [(), ("--reward_dtype=bfloat16",), ("--reward_device=cpu",)]}
+    rm_bytes = (774_030_080 + 1280 + 1) * 4  # gpt2-large (counted exactly above) + Linear(1280, 1), fp32
+    fp32, bf16, cpu = (plans[k]['frozen'] for k in plans)
+    assert fp32 - bf16 == rm_bytes // 2 and fp32 - cpu == rm_bytes
+    assert plans[("--reward_device=cpu",)]['total'] < plans[("--reward_dtype=bfloat16",)]['total'] < plans[()]['total']
+    with pytest.raises(UserError) as e:
+        check_fits(plans[()], plans[()]['total'] - 1 * GiB)
+    assert "reward_dtype='bfloat16'" in str(e.value) and "reward_device='cpu'" in str(e.value)
+
+
 GPT2_LARGE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*gpt2large*.py'))) + \
     [os.path.join(ROOT, 'config', 'finetune_shakespeare.py')]
 

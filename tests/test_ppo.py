@@ -362,6 +362,19 @@ def test_ppo_tiny_config_runs_with_a_project_reward_checkpoint(tmp_path):
     assert float(rows[0]['objective/scores']) != 0.0  # the value head really scored the texts
     assert os.path.isfile(tmp_path / 'out-ppo-tiny' / 'ckpt.pt')
     assert len(list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'samples.csv')))) == 8  # iteration 0
+    # the reward model in bf16 on the CPU (reward_dtype, reward_device): the same first rollout (same
+    # seed), scored the same to bf16 precision
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
+                        '--max_iters=1', '--max_new_tokens=8', '--ppo_epochs=1', '--out_dir=out-bf16',
+                        '--reward_dtype=bfloat16', '--reward_device=cpu'], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    fp32, bf16 = (list(csv.DictReader(open(tmp_path / d / 'samples.csv'))) for d in ('out-ppo-tiny', 'out-bf16'))
+    assert [r['response'] for r in bf16] == [r['response'] for r in fp32[:len(bf16)]]
+    scores = torch.tensor([[float(r['score']) for r in rows[:len(bf16)]] for rows in (fp32, bf16)])
+    assert scores[0].std() > 0.1  # the responses really score differently
+    torch.testing.assert_close(scores[1], scores[0], atol=0.05 * scores[0].abs().max().item(), rtol=0)
+    assert not torch.equal(scores[1], scores[0])  # bf16 really was used
 
 
 def test_logger_table_csv_keeps_one_history_on_resume(tmp_path):

@@ -118,6 +118,17 @@ def test_reward_train_separable_task_and_normalisation(tmp_path):
     assert abs(raw.mean().item() - rm.mean) < 3 * raw.std().item() / 8
     good = rm.score(['\n\nHuman: What do you think of it?\n\nAssistant:'] * 2, [' I think it is good.', ' I think it is bad.'])
     assert good[0] > good[1]
+    # PPO's reward_dtype='bfloat16': the frozen weights in bf16, the same scores to bf16 precision
+    rm16 = RewardModel(str(out / 'best.pt'), weights_dtype='bfloat16')
+    assert {p.dtype for p in rm16.model.parameters()} == {torch.bfloat16}
+    raw16 = rm16.score([p for p, _ in texts], [r for _, r in texts])
+    assert raw16.dtype == torch.float32
+    torch.testing.assert_close(raw16, raw, atol=0.05 * raw.abs().max().item(), rtol=0)
+    pairs = synthetic_pairs()  # and it still prefers the chosen responses
+    prompts = [r['prompt'] for r in pairs]
+    margin = {m: m.score(prompts, [r['chosen'] for r in pairs]) - m.score(prompts, [r['rejected'] for r in pairs])
+              for m in (rm, rm16)}
+    assert ((margin[rm16] > 0) == (margin[rm] > 0)).float().mean() > 0.95
 
 
 def test_reward_train_bad_inputs(tmp_path):
