@@ -284,6 +284,15 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         assert got.std() > 1e-3  # the texts really score differently
         assert torch.equal(rm.score(prompts, responses, normalize=True), got)  # no stats: no-op
+        rm16 = HFRewardModel(str(hf_rm / arch), batch_size=4, template=template, weights_dtype='bfloat16')
+        assert {p.dtype for p in rm16.model.parameters()} == {torch.bfloat16}  # reward_dtype='bfloat16'
+        # exactly the scores of the model itself in bf16 (these random, noisy models are touchy: bf16
+        # moves their scores by up to 0.12; a trained reward model in bf16 is checked in test_reward.py)
+        model.config.pad_token_id = rm16.model.config.pad_token_id
+        with torch.no_grad():
+            alone16 = model.to(torch.bfloat16)(**rm16.encode(prompts, responses)).logits[:, 0].float()
+        got16 = rm16.score(prompts, responses)
+        assert torch.equal(got16, alone16)
     # 40 prompt words + [CLS] [SEP] 2 response words [SEP] = 45 > 32 tokens: the first 13 prompt words go
     from common import UserError
     rm = HFRewardModel(str(hf_rm / 'bert'))
