@@ -192,7 +192,8 @@ def single_process(script):
     """Stop a script that has no DDP when torchrun starts several copies of it: each would train
     alone on the same data and write the same out_dir."""
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        raise UserError(f"{script} runs in one process (only train.py has DDP): start it with python, not torchrun")
+        raise UserError(f"{script} runs in one process (only train.py, reward_train.py and dpo_train.py have "
+                        f"DDP): start it with python, not torchrun")
 
 
 def state_sha256(state_dict):
