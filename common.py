@@ -142,11 +142,58 @@ def setup_ddp(backend):
     return True, int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
 
 
+def ddp_device(device, local_rank):
+    """This DDP rank's device: device='cpu' keeps every process on the CPU (the gloo backend),
+    anything else is the rank's own GPU, cuda:local_rank, made the current device (NCCL and
+    all_gather_object use the current device)."""
+    if device == 'cpu':
+        return device
+    device = f'cuda:{local_rank}'
+    torch.cuda.set_device(device)
+    return device
+
+
+def split_accumulation(gradient_accumulation_steps, world_size):
+    """Each DDP rank's share of an iteration's micro-steps: gradient_accumulation_steps is the total
+    across ranks (nanoGPT's convention), so an iteration averages the same number of micro-batches
+    whatever the number of processes. Not divisible is an error, not a silent floor."""
+    if gradient_accumulation_steps % world_size != 0:
+        raise UserError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible "
+                        f"by the {world_size} DDP processes")
+    return gradient_accumulation_steps // world_size
+
+
+def ddp_gather(obj):
+    """Every rank's `obj` (picklable), as a list indexed by rank. A collective: all ranks call it."""
+    objs = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(objs, obj)
+    return objs
+
+
+def ddp_broadcast(obj):
+    """Rank 0's `obj` (picklable) on every rank. A collective: all ranks call it."""
+    objs = [obj]
+    torch.distributed.broadcast_object_list(objs, src=0)
+    return objs[0]
+
+
+def finish_ddp(state_dict):
+    """The end of a DDP run: check once that every rank's replica is bit-identical (DDP broadcasts
+    rank 0's weights at the start and averages the gradients, so any difference is a bug), print
+    the hashes on rank 0, leave the process group, and fail if they differ."""
+    hashes = ddp_gather(state_sha256(state_dict))
+    print0(f"DDP: parameter sha256 per rank: {' '.join(h[:16] for h in hashes)}")
+    torch.distributed.destroy_process_group()
+    if len(set(hashes)) > 1:
+        raise UserError(f"DDP ranks ended with different weights (sha256 {', '.join(h[:16] for h in hashes)})")
+
+
 def single_process(script):
     """Stop a script that has no DDP when torchrun starts several copies of it: each would train
     alone on the same data and write the same out_dir."""
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        raise UserError(f"{script} runs in one process (only train.py has DDP): start it with python, not torchrun")
+        raise UserError(f"{script} runs in one process (only train.py, reward_train.py and dpo_train.py have "
+                        f"DDP): start it with python, not torchrun")
 
 
 def state_sha256(state_dict):

@@ -30,7 +30,11 @@ Departures from the paper and its code (eric-mitchell/direct-preference-optimiza
    whose chosen and rejected responses are identical are skipped (their loss is log 2 whatever the
    weights, their gradient 0) and counted.
 3. IPO uses the summed response log-probs, as the paper's code; TRL averages them per token for IPO.
-4. One GPU, no FSDP/DDP; the last micro-batch of an epoch may hold fewer pairs.
+4. DDP as train.py (torchrun --standalone --nproc_per_node=N dpo_train.py config/dpo_gpt2large.py),
+   no FSDP: every rank holds the whole policy (and its reference); gradient_accumulation_steps is the
+   total across ranks, rank r draws its pairs with seed + r, the logged metrics are means over every
+   rank's pairs, and with precompute_ref_logps the ranks share the reference's forward passes. The
+   last micro-batch of an epoch may hold fewer pairs.
 """
 
 import contextlib
@@ -43,13 +47,15 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
-                    plan_memory, preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state,
-                    setup_device, single_process, source_identity)
+from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, ddp_broadcast, ddp_device, ddp_gather,
+                    finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
+                    lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
+                    print_config, save_atomic, save_checkpoint, set_rng_state, setup_ddp, setup_device,
+                    source_identity, split_accumulation)
 from losses import dpo_loss
 from model import GPT
 
@@ -77,7 +83,7 @@ val_fraction = 0.05
 truncation = 'left'             # too long: 'left' cuts the prompt's start, 'drop' skips the pair
 block_size = 1024               # longest prompt + response + EOS
 batch_size = 1                  # pairs per micro-batch (2 * batch_size sequences in one forward pass)
-gradient_accumulation_steps = 64  # micro-batches per step; the paper's batch is 64 pairs
+gradient_accumulation_steps = 64  # micro-batches per step, across all DDP ranks; the paper's batch is 64 pairs
 # DPO
 beta = 0.1                      # strength of the pull towards the reference (paper: 0.1; 0.01-0.5; IPO likes larger)
 loss_type = 'sigmoid'           # 'sigmoid' (DPO) | 'ipo' (IPO) | 'hinge' (SLiC)
@@ -102,6 +108,7 @@ warmup_iters = 150              # the paper's
 lr_decay_iters = 1000
 min_lr = 1e-6                   # = learning_rate: constant after warmup, as the paper
 # system
+backend = 'nccl'                # DDP backend: 'nccl' on GPUs, 'gloo' on CPU
 device = 'auto'
 dtype = 'auto'                  # autocast dtype of every forward pass (bf16 on recent GPUs)
 compile = False                 # torch.compile the policy (CUDA only)
@@ -110,13 +117,19 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
-single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 
+# DDP (as train.py) and devices
+ddp, ddp_rank, ddp_local_rank, ddp_world_size = setup_ddp(backend)
+master_process = ddp_rank == 0  # only rank 0 evaluates, prints, logs and writes checkpoints and caches
+if ddp:
+    device = ddp_device(device, ddp_local_rank)  # CPU processes (gloo), or one GPU each
+    gradient_accumulation_steps = split_accumulation(gradient_accumulation_steps, ddp_world_size)
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
-print_config(config)
-os.makedirs(out_dir, exist_ok=True)
+if master_process:
+    print_config(config)
+    os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):
     raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
 if ref_dtype not in ('float32', 'bfloat16'):
@@ -127,7 +140,7 @@ try:  # one dry run names a bad loss_type or label_smoothing now, not after load
     dpo_loss(*torch.zeros(4, 1), beta, loss_type, label_smoothing)
 except ValueError as e:
     raise UserError(str(e)) from None
-torch.manual_seed(seed)
+torch.manual_seed(seed + ddp_rank)  # dropout differs per rank; DDP broadcasts rank 0's initial weights
 
 # -----------------------------------------------------------------------------
 # data: tokenized pairs ((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin) of each source file
@@ -139,9 +152,9 @@ if pref_val_data:
 source_pairs = {}
 for name, (source, split) in sources.items():
     source_pairs[name], c = load_preference_pairs(source, split, tokenizer, block_size, truncation)
-    print(f"{source}: {len(source_pairs[name])} pairs; {c['identical']} with chosen == rejected skipped, "
-          f"{c['truncated']} truncated from the prompt's left, {c['dropped']} dropped (a response longer "
-          f"than block_size={block_size})")
+    print0(f"{source}: {len(source_pairs[name])} pairs; {c['identical']} with chosen == rejected skipped, "
+           f"{c['truncated']} truncated from the prompt's left, {c['dropped']} dropped (a response longer "
+           f"than block_size={block_size})")
 
 # -----------------------------------------------------------------------------
 # policy
@@ -167,7 +180,9 @@ elif block_size > model.config.block_size:
     raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
 if model.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
-if lora_rank:
+if model.value_head is not None:  # from a reward/PPO checkpoint: DPO never uses the head, and DDP would
+    model.value_head.requires_grad_(False)  # wait for a gradient it never gets
+if lora_rank and master_process:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"LoRA rank {lora_rank} on {lora_targets}: {n_train:,} trainable parameters of {model.get_num_params():,}")
 model.to(device)
@@ -195,7 +210,7 @@ def load_reference():
         if ref.config.block_size < block_size:
             raise UserError(f"reference {ref_source} has block_size {ref.config.block_size} < block_size={block_size}")
     ref.requires_grad_(False)
-    print(f"reference: {ref_source}, a frozen copy in {ref_dtype}")
+    print0(f"reference: {ref_source}, a frozen copy in {ref_dtype}")
     return ref.eval().to(device=device, dtype=PTDTYPE[ref_dtype])
 
 
@@ -233,22 +248,32 @@ source_ref_logps = {name: None for name in sources}
 reference = None
 if precompute_ref_logps:
     loaded = False
+    paths = {name: ref_cache_path(source, source_pairs[name]) for name, (source, _) in sources.items()}
+    cached = {name: os.path.isfile(path) for name, path in paths.items()}
+    if ddp:  # rank 0's files decide, and rank 0 sends what it loads: other ranks (another node) may not see them
+        cached = ddp_broadcast(cached)
     for name, (source, _) in sources.items():
-        path = ref_cache_path(source, source_pairs[name])
-        if os.path.isfile(path):
-            cache = torch.load(path, map_location='cpu', weights_only=True)
+        path = paths[name]
+        if cached[name]:
+            cache = torch.load(path, map_location='cpu', weights_only=True) if master_process else None
+            cache = ddp_broadcast(cache) if ddp else cache
             check_reference_vocab(cache['vocab_size'])
-            print(f"reference log-probs of {len(source_pairs[name])} pairs loaded from {path}")
+            print0(f"reference log-probs of {len(source_pairs[name])} pairs loaded from {path}")
         else:
             if not loaded:
                 reference, loaded = load_reference(), True
             t0, pairs = time.time(), source_pairs[name]
-            logps = [torch.stack(reference_logps(reference, pairs[i:i + batch_size]), dim=1).cpu()
-                     for i in range(0, len(pairs), batch_size)]
+            # the single-process batches; under DDP rank r computes every world_size-th one, from r
+            starts = range(0, len(pairs), batch_size)[ddp_rank::ddp_world_size]
+            logps = {i: torch.stack(reference_logps(reference, pairs[i:i + batch_size]), dim=1).cpu() for i in starts}
+            if ddp:  # every rank's share, so all ranks hold the whole cache
+                logps = {i: v for share in ddp_gather(logps) for i, v in share.items()}
             vocab_size = (raw_model if reference is None else reference).config.vocab_size
-            cache = {'logps': torch.cat(logps), 'vocab_size': vocab_size, 'ref_source': ref_source}
-            save_atomic(cache, path)
-            print(f"reference log-probs of {len(pairs)} pairs computed in {time.time() - t0:.1f}s, saved to {path}")
+            cache = {'logps': torch.cat([logps[i] for i in sorted(logps)]), 'vocab_size': vocab_size,
+                     'ref_source': ref_source}
+            if master_process:
+                save_atomic(cache, path)
+            print0(f"reference log-probs of {len(pairs)} pairs computed in {time.time() - t0:.1f}s, saved to {path}")
         source_ref_logps[name] = cache['logps']  # (N, 2): chosen, rejected
     reference = None  # never held during training
     if device_type == 'cuda':
@@ -256,7 +281,7 @@ if precompute_ref_logps:
 else:
     reference = load_reference()
     if reference is None:
-        print(f"reference: {ref_source}, the policy with its LoRA adapters disabled (no copy)")
+        print0(f"reference: {ref_source}, the policy with its LoRA adapters disabled (no copy)")
 
 # splits: the val source, or a fixed seeded share of the train source
 pairs, ref_logps = {}, {}
@@ -271,7 +296,7 @@ else:
     for split, idx in (('val', perm[:n_val]), ('train', perm[n_val:])):
         pairs[split] = [source_pairs['train'][i] for i in idx]
         ref_logps[split] = source_ref_logps['train'][idx] if precompute_ref_logps else None
-print(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
+print0(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
 
 
 def pair_batches(split, seed):
@@ -285,15 +310,23 @@ start_iter = iter_num
 scaler = grad_scaler(device_type, dtype)
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
-train_loader = pair_batches('train', seed)
+train_loader = pair_batches('train', seed + ddp_rank)  # each DDP rank draws its own order of the pairs
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
-    train_loader.load_state_dict(checkpoint['train_loader'])
-    set_rng_state(checkpoint['rng'])
+    # each DDP rank resumes its own RNGs and data position (as train.py; a DDP checkpoint holds every rank's)
+    rank_states = checkpoint.get('rank_states') or [checkpoint]
+    if ddp_rank < len(rank_states):
+        train_loader.load_state_dict(rank_states[ddp_rank]['train_loader'])
+        set_rng_state(rank_states[ddp_rank]['rng'])
+    if len(rank_states) != ddp_world_size:
+        print0(f"note: the checkpoint was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
+               f"ranks without a saved state restart their pairs from seed + rank (resume not exact)")
     checkpoint = None
 if compile and device_type == 'cuda':
     model = torch.compile(model)
+if ddp:  # the policy only: the reference (a frozen copy, or raw_model with its adapters off) runs outside DDP
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 
 def forward(split, idx):
@@ -328,22 +361,30 @@ def evaluate():
     return {f'val/{k}': m for k, m in zip(parts, means)}
 
 
-def checkpoint_state():
+def rank_state():
+    """What differs between DDP ranks and an exact resume needs: the RNGs and the data position."""
+    return {'rng': get_rng_state(), 'train_loader': train_loader.state_dict()}
+
+
+def checkpoint_state(rank_states=None):
     return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'config': config, 'rng': get_rng_state(), 'train_loader': train_loader.state_dict(),
+            'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
             'ref_source': ref_source, 'ref_is_base': ref_is_base}
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
-                resume_step=iter_num if init_from == 'resume' else None)
+                resume_step=iter_num if init_from == 'resume' else None, enabled=master_process)
 
-monitor = HealthMonitor('dpo', on_alarm)  # training health: alarms.py
+# training health (alarms.py). Under DDP every rank runs the monitor on the same global numbers
+# (the train metrics are all-reduced, the eval metrics broadcast from rank 0), so an alarm with
+# on_alarm='stop' stops all ranks at the same iteration instead of leaving the others waiting.
+monitor = HealthMonitor('dpo', on_alarm)
 
 # -----------------------------------------------------------------------------
 # training loop
-pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
-say = tqdm.write  # prints above the progress bar
+pbar = tqdm(total=max_iters, initial=iter_num, disable=None if master_process else True, dynamic_ncols=True)
+say = tqdm.write if master_process else lambda *args, **kwargs: None  # prints above the progress bar
 t0 = time.time()
 while True:
     lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
@@ -352,14 +393,19 @@ while True:
 
     # evaluate on the val pairs and write checkpoints
     if iter_num % eval_interval == 0 or iter_num == max_iters:
-        metrics = evaluate()
+        # rank 0 evaluates all the val pairs (the single-process figures); the others wait for them
+        metrics = evaluate() if master_process else None
+        rank_states = None
+        if ddp:  # collectives: every rank takes part
+            metrics = ddp_broadcast(metrics)
+            rank_states = ddp_gather(rank_state()) if iter_num > start_iter else None
         say(f"step {iter_num}: val loss {metrics['val/loss']:.4f}, accuracy {metrics['val/rewards/accuracies']:.3f}, "
             f"margin {metrics['val/rewards/margins']:.3f}")
         logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
         improved = metrics['val/loss'] < best_val_loss
         best_val_loss = min(best_val_loss, metrics['val/loss'])
-        if iter_num > start_iter:
-            state = checkpoint_state()
+        if iter_num > start_iter and master_process:
+            state = checkpoint_state(rank_states)
             if improved or always_save_checkpoint:
                 save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
             if improved:
@@ -370,13 +416,20 @@ while True:
     # forward/backward over gradient_accumulation_steps micro-batches of pairs; sums stay on the device
     sums, n_pairs = {}, 0
     for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # all-reduce gradients on the last micro-step only
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         loss, m = forward('train', train_loader.next())
         scaler.scale(loss / gradient_accumulation_steps).backward()
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v.sum()
         n_pairs += len(m['loss'])
-    metrics = dict(zip(sums, (torch.stack(list(sums.values())) / n_pairs).tolist()))  # one sync
-    if not math.isfinite(metrics['loss']):  # stop before the step touches the weights
+    totals = torch.stack(list(sums.values()))
+    if ddp:  # sums and counts over every rank's pairs (one all-reduce): the means logged, checked and stopped on
+        totals = torch.cat([totals, totals.new_tensor([n_pairs])])
+        torch.distributed.all_reduce(totals)
+        totals, n_pairs = totals[:-1], totals[-1].item()
+    metrics = dict(zip(sums, (totals / n_pairs).tolist()))  # one sync
+    if not math.isfinite(metrics['loss']):  # stop before the step touches the weights; all ranks at once
         pbar.close()
         with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
             monitor.check(metrics, iter_num, say)
@@ -398,5 +451,7 @@ while True:
     iter_num += 1
     pbar.update(1)
 pbar.close()
-print(monitor.summary())
+print0(monitor.summary())
+if ddp:  # the replicas must be bit-identical: check once, then leave the process group
+    finish_ddp(raw_model.state_dict())
 logger.finish()

@@ -17,6 +17,11 @@ Departures from the InstructGPT recipe:
 1. one pair per comparison instead of all K-choose-2 pairs of a prompt (hh-rlhf has pairs only);
 2. the optional LM term on the chosen response keeps the trunk a language model (as
    alignmentnanoGPT does); the per-pair margin (Llama 2) is read from a record's 'margin' field.
+
+Multi-GPU: torchrun --standalone --nproc_per_node=N reward_train.py config/reward_gpt2large.py (DDP as
+train.py: gradient_accumulation_steps is the total across ranks, rank r draws its pairs with seed + r,
+the logged train metrics are means over every rank's pairs, and only rank 0 evaluates, writes and
+computes reward_mean/std).
 """
 
 import contextlib
@@ -25,13 +30,16 @@ import os
 from dataclasses import asdict
 
 import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, UserError, configure, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
-                    pad_right, plan_memory, print_config, read_records, reward_stats, save_checkpoint,
-                    set_rng_state, setup_device, sft_pair, single_process)
+from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp,
+                    get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides,
+                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records,
+                    reward_stats, save_checkpoint, set_rng_state, setup_ddp, setup_device, sft_pair,
+                    split_accumulation)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -60,7 +68,7 @@ norm_data = ''                  # responses for reward_mean/std ({"prompt","resp
 norm_samples = 512              # how many of them
 block_size = 1024
 batch_size = 4                  # pairs per micro-batch (2 * batch_size sequences)
-gradient_accumulation_steps = 8
+gradient_accumulation_steps = 8  # micro-batches per optimizer step, across all DDP ranks
 # model
 dropout = 0.0
 lora_rank = 0                   # LoRA on the trunk (the value head always trains); see train.py
@@ -81,6 +89,7 @@ warmup_iters = 20
 lr_decay_iters = 1000
 min_lr = 1e-6
 # system
+backend = 'nccl'                # DDP backend: 'nccl' on GPUs, 'gloo' on CPU
 device = 'auto'
 dtype = 'auto'
 compile = False                 # torch.compile the model (CUDA only)
@@ -89,16 +98,22 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
-single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 
+# DDP (as train.py) and devices
+ddp, ddp_rank, ddp_local_rank, ddp_world_size = setup_ddp(backend)
+master_process = ddp_rank == 0  # only rank 0 evaluates, prints, logs and writes checkpoints
+if ddp:
+    device = ddp_device(device, ddp_local_rank)  # CPU processes (gloo), or one GPU each
+    gradient_accumulation_steps = split_accumulation(gradient_accumulation_steps, ddp_world_size)
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
-print_config(config)
-os.makedirs(out_dir, exist_ok=True)
+if master_process:
+    print_config(config)
+    os.makedirs(out_dir, exist_ok=True)
 if truncation not in ('left', 'drop'):
     raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
-torch.manual_seed(seed)
+torch.manual_seed(seed + ddp_rank)  # dropout differs per rank; DDP broadcasts rank 0's initial weights
 
 # -----------------------------------------------------------------------------
 # data: tokenized pairs ((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin)
@@ -114,9 +129,9 @@ else:  # hold out a fixed, seeded share
         raise UserError(f"{pref_data}: {len(perm)} pairs are too few to hold out val_fraction={val_fraction}")
     pairs = {'val': [pairs['train'][i] for i in perm[:n_val]], 'train': [pairs['train'][i] for i in perm[n_val:]]}
 for split, c in counts.items():
-    print(f"{split} data: {c['identical']} pairs with chosen == rejected skipped, {c['truncated']} truncated "
-          f"from the prompt's left, {c['dropped']} dropped (a response longer than block_size={block_size})")
-print(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
+    print0(f"{split} data: {c['identical']} pairs with chosen == rejected skipped, {c['truncated']} truncated "
+           f"from the prompt's left, {c['dropped']} dropped (a response longer than block_size={block_size})")
+print0(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
 
 
 def collate(batch):
@@ -133,6 +148,31 @@ def pair_batches(split, seed):
 
 # -----------------------------------------------------------------------------
 # model: a GPT with the value head (zero-initialised on a fresh model)
+
+
+class PairLoss(nn.Module):
+    """The reward model's whole computation on a micro-batch of pairs, chosen rows then rejected:
+    (loss (), per-pair Bradley-Terry losses (B,), rewards (2B,)). It is one module so that DDP can
+    wrap it: DDP synchronises gradients only for what runs inside its wrapped forward(), and the
+    reward needs the trunk, the value head and (optionally) the LM head, not GPT.forward's logits
+    of every row."""
+
+    def __init__(self, gpt, chosen_lm_coef):
+        super().__init__()
+        self.gpt, self.chosen_lm_coef = gpt, chosen_lm_coef
+
+    def forward(self, ids, attention_mask, response_mask, margins):
+        B = ids.size(0) // 2
+        h = self.gpt.trunk(ids)  # right padding: no attention mask needed (causal)
+        rewards = gather_last(self.gpt.value(h), attention_mask)  # (2B,) at each row's EOS
+        losses = bradley_terry_loss(rewards[:B], rewards[B:], margins)  # (B,)
+        loss = losses.mean()
+        if self.chosen_lm_coef > 0:  # mean NLL per chosen response token
+            logits = self.gpt.lm_head(h[:B])
+            loss = loss + self.chosen_lm_coef * lm_loss(logits, ids[:B], response_mask[:B])
+        return loss, losses, rewards
+
+
 lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 iter_num, best_val_acc, checkpoint = 0, -1.0, None
 if init_from == 'resume':
@@ -154,30 +194,33 @@ start_iter = iter_num
 scaler = grad_scaler(device_type, dtype)
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
-train_loader = pair_batches('train', seed)
+train_loader = pair_batches('train', seed + ddp_rank)  # each DDP rank draws its own order of the pairs
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
-    train_loader.load_state_dict(checkpoint['train_loader'])
-    set_rng_state(checkpoint['rng'])
+    # each DDP rank resumes its own RNGs and data position (as train.py; a DDP checkpoint holds every rank's)
+    rank_states = checkpoint.get('rank_states') or [checkpoint]
+    if ddp_rank < len(rank_states):
+        train_loader.load_state_dict(rank_states[ddp_rank]['train_loader'])
+        set_rng_state(rank_states[ddp_rank]['rng'])
+    if len(rank_states) != ddp_world_size:
+        print0(f"note: the checkpoint was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
+               f"ranks without a saved state restart their pairs from seed + rank (resume not exact)")
     checkpoint = None
 raw_model = model
 if compile and device_type == 'cuda':
-    model = torch.compile(model)
+    model = torch.compile(model)  # note: compiles GPT.forward; PairLoss calls trunk(), which runs eagerly
+model = PairLoss(model, chosen_lm_coef)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
 
 def forward(ids, attention_mask, response_mask, margins):
     """Per-pair losses and rewards of one micro-batch: (loss (), metrics dict of (B,) tensors)."""
     B = ids.size(0) // 2
     with ctx:
-        h = model.trunk(ids)  # right padding: no attention mask needed (causal)
-        rewards = gather_last(raw_model.value(h), attention_mask)  # (2B,) at each row's EOS
-        chosen_rewards, rejected_rewards = rewards[:B], rewards[B:]
-        losses = bradley_terry_loss(chosen_rewards, rejected_rewards, margins)
-        loss = losses.mean()
-        if chosen_lm_coef > 0:  # mean NLL per chosen response token
-            logits = raw_model.lm_head(h[:B])
-            loss = loss + chosen_lm_coef * lm_loss(logits, ids[:B], response_mask[:B])
+        loss, losses, rewards = model(ids, attention_mask, response_mask, margins)
+    chosen_rewards, rejected_rewards = rewards[:B], rewards[B:]
     # accuracy: chosen scored higher; a tie counts half (a fresh zero head ties everything: 0.5, chance)
     accuracy = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
     return loss, {'loss': losses.detach(), 'accuracy': accuracy.detach(),
@@ -202,35 +245,48 @@ def evaluate():
             'val/reward_std': m['reward'].std().item()}
 
 
-def checkpoint_state():
+def rank_state():
+    """What differs between DDP ranks and an exact resume needs: the RNGs and the data position."""
+    return {'rng': get_rng_state(), 'train_loader': train_loader.state_dict()}
+
+
+def checkpoint_state(rank_states=None):
     return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_acc': best_val_acc,
-            'config': config, 'rng': get_rng_state(), 'train_loader': train_loader.state_dict()}
+            'config': config, **rank_state(), 'rank_states': rank_states}  # rank_states: every DDP rank's
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
-                resume_step=iter_num if init_from == 'resume' else None)
+                resume_step=iter_num if init_from == 'resume' else None, enabled=master_process)
 
-monitor = HealthMonitor('reward', on_alarm)  # training health: alarms.py
+# training health (alarms.py). Under DDP every rank runs the monitor on the same global numbers
+# (the train metrics are all-reduced, the eval metrics broadcast from rank 0), so an alarm with
+# on_alarm='stop' stops all ranks at the same iteration instead of leaving the others waiting.
+monitor = HealthMonitor('reward', on_alarm)
 
 # -----------------------------------------------------------------------------
 # training loop
-pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
-say = tqdm.write
+pbar = tqdm(total=max_iters, initial=iter_num, disable=None if master_process else True, dynamic_ncols=True)
+say = tqdm.write if master_process else lambda *args, **kwargs: None  # prints above the progress bar
 while True:
     lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
     for group in optimizer.param_groups:
         group['lr'] = lr
 
     if iter_num % eval_interval == 0 or iter_num == max_iters:
-        metrics = evaluate()
+        # rank 0 evaluates all the val pairs (the single-process figures); the others wait for them
+        metrics = evaluate() if master_process else None
+        rank_states = None
+        if ddp:  # collectives: every rank takes part
+            metrics = ddp_broadcast(metrics)
+            rank_states = ddp_gather(rank_state()) if iter_num > start_iter else None
         say(f"step {iter_num}: val accuracy {metrics['val/accuracy']:.4f}, loss {metrics['val/loss']:.4f}, "
             f"margin {metrics['val/margin']:.3f}")
         logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
         improved = metrics['val/accuracy'] > best_val_acc
         best_val_acc = max(best_val_acc, metrics['val/accuracy'])
-        if iter_num > start_iter:
-            state = checkpoint_state()
+        if iter_num > start_iter and master_process:
+            state = checkpoint_state(rank_states)
             if improved or always_save_checkpoint:
                 save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
             if improved:
@@ -241,13 +297,19 @@ while True:
     # forward/backward over gradient_accumulation_steps micro-batches of pairs
     sums = {}
     for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # all-reduce gradients on the last micro-step only
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         loss, m = forward(*train_loader.next())
         scaler.scale(loss / gradient_accumulation_steps).backward()
         sums['loss'] = sums.get('loss', 0.0) + loss.detach() / gradient_accumulation_steps
         for k in ('accuracy', 'margin'):
             sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
+    if ddp:  # means over every rank's micro-batches: the figures logged, checked and stopped on
+        stacked = torch.stack(list(sums.values()))  # one all-reduce for all three
+        torch.distributed.all_reduce(stacked)
+        sums = dict(zip(sums, stacked / ddp_world_size))
     lossf = sums['loss'].item()
-    if not math.isfinite(lossf):
+    if not math.isfinite(lossf):  # every rank sees the same lossf, so all stop here together
         with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
             monitor.check({'train/loss': lossf}, iter_num, say)
         raise nonfinite_loss_error(lossf, iter_num, out_dir)
@@ -266,24 +328,28 @@ while True:
     iter_num += 1
     pbar.update(1)
 pbar.close()
-print(monitor.summary())
+print0(monitor.summary())
+if ddp:  # the replicas must be bit-identical: check once, then leave the process group
+    finish_ddp(raw_model.state_dict())
 
 # -----------------------------------------------------------------------------
 # reward normalisation: mean/std of the reward over reference responses, stored in the checkpoints
-if norm_data:
-    norm_pairs = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))]
-else:
-    norm_pairs = [(tokenizer.decode(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
-norm_pairs = [norm_pairs[i] for i in torch.randperm(len(norm_pairs), generator=torch.Generator().manual_seed(seed))
-              .tolist()[:norm_samples]]
-for name in ('ckpt.pt', 'best.pt'):
-    path = os.path.join(out_dir, name)
-    if not os.path.isfile(path):
-        continue
-    state = torch.load(path, map_location='cpu', weights_only=False)
-    raw_model.load_state_dict(state['model'])
-    mean, std = reward_stats(raw_model, tokenizer, norm_pairs, block_size, batch_size * 2, device, ctx)
-    state['reward_mean'], state['reward_std'] = mean, std
-    save_checkpoint(path, state, raw_model)
-    print(f"{path}: reward mean {mean:.4f}, std {std:.4f} over {len(norm_pairs)} reference responses")
+# (by rank 0 alone: the process group is gone, the other ranks are done)
+if master_process:
+    if norm_data:
+        norm_pairs = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))]
+    else:
+        norm_pairs = [(tokenizer.decode(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
+    norm_pairs = [norm_pairs[i] for i in torch.randperm(len(norm_pairs), generator=torch.Generator().manual_seed(seed))
+                  .tolist()[:norm_samples]]
+    for name in ('ckpt.pt', 'best.pt'):
+        path = os.path.join(out_dir, name)
+        if not os.path.isfile(path):
+            continue
+        state = torch.load(path, map_location='cpu', weights_only=False)
+        raw_model.load_state_dict(state['model'])
+        mean, std = reward_stats(raw_model, tokenizer, norm_pairs, block_size, batch_size * 2, device, ctx)
+        state['reward_mean'], state['reward_std'] = mean, std
+        save_checkpoint(path, state, raw_model)
+        print(f"{path}: reward mean {mean:.4f}, std {std:.4f} over {len(norm_pairs)} reference responses")
 logger.finish()

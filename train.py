@@ -37,10 +37,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, get_lr, get_rng_state,
-                    grad_scaler, lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory,
-                    print_config, read_records, save_checkpoint, set_rng_state, setup_ddp, setup_device,
-                    sft_batch, sft_pair, state_sha256, tokenize_pair, unwrap)
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather,
+                    finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer,
+                    nonfinite_loss_error, plan_memory, print_config, read_records, save_checkpoint, set_rng_state,
+                    setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -110,13 +110,8 @@ config = configure(globals())  # config/*.py files, then --key=value flags
 ddp, ddp_rank, ddp_local_rank, ddp_world_size = setup_ddp(backend)
 master_process = ddp_rank == 0  # only rank 0 evaluates, logs and writes checkpoints
 if ddp:
-    device = 'cpu' if device == 'cpu' else f'cuda:{ddp_local_rank}'  # CPU processes (gloo), or one GPU each
-    if device.startswith('cuda'):
-        torch.cuda.set_device(device)
-    if gradient_accumulation_steps % ddp_world_size != 0:
-        raise UserError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible "
-                        f"by the {ddp_world_size} DDP processes")
-    gradient_accumulation_steps //= ddp_world_size
+    device = ddp_device(device, ddp_local_rank)  # CPU processes (gloo), or one GPU each
+    gradient_accumulation_steps = split_accumulation(gradient_accumulation_steps, ddp_world_size)
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 if master_process:
@@ -337,8 +332,7 @@ while True:
     eval_now = iter_num % eval_interval == 0 or iter_num == max_iters
     rank_states = None
     if ddp and eval_now and iter_num > start_iter:  # every rank's RNGs for the checkpoint (a collective: all ranks)
-        rank_states = [None] * ddp_world_size
-        torch.distributed.all_gather_object(rank_states, rank_state())
+        rank_states = ddp_gather(rank_state())
     if eval_now and master_process:
         losses = estimate_loss()
         say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -401,10 +395,5 @@ while True:
 
 pbar.close()
 logger.finish()
-if ddp:  # the replicas must be bit-identical (DDP broadcasts the start and averages gradients): check once
-    hashes = [None] * ddp_world_size
-    torch.distributed.all_gather_object(hashes, state_sha256(unwrap(model).state_dict()))
-    print(f"DDP: parameter sha256 per rank: {' '.join(h[:16] for h in hashes)}") if master_process else None
-    torch.distributed.destroy_process_group()
-    if len(set(hashes)) > 1:
-        raise UserError(f"DDP ranks ended with different weights (sha256 {', '.join(h[:16] for h in hashes)})")
+if ddp:  # the replicas must be bit-identical: check once, then leave the process group
+    finish_ddp(unwrap(model).state_dict())

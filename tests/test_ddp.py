@@ -1,4 +1,5 @@
-"""train.py under torchrun: 2 CPU processes with the gloo backend, as nanoGPT runs DDP.
+"""train.py, reward_train.py and dpo_train.py under torchrun: 2 CPU processes with the gloo
+backend, as nanoGPT runs DDP.
 
 What is and is not equal between 2 ranks x accumulation k/2 and 1 process x accumulation k:
 - The data is not: rank r draws its batches from its own generator seeded with seed + r (nanoGPT
@@ -10,6 +11,8 @@ What is and is not equal between 2 ranks x accumulation k/2 and 1 process x accu
   sequence, the two runs give the same curve and weights up to float summation order.
 """
 import csv
+import json
+import math
 import os
 import socket
 import subprocess
@@ -20,8 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import state_sha256
-from conftest import ROOT, SHARED
+from common import GPT2Tokenizer, load_preference_pairs, preference_logps, state_sha256
+from conftest import ROOT, SHARED, make_hf_gpt2
 from model import GPT, GPTConfig
 
 BLOCK, BATCH, SEED = 32, 4, 1337
@@ -58,17 +61,28 @@ def free_port():
         return s.getsockname()[1]
 
 
-def train(args, cwd, nproc=2):
-    """train.py with `args`, under torchrun with nproc CPU processes (nproc=1: plain python)."""
-    launch = [sys.executable] if nproc == 1 else [
+def launch(script, args, cwd, nproc=2, check=True):
+    """`script` with `args`, under torchrun with nproc CPU processes (nproc=1: plain python)."""
+    launcher = [sys.executable] if nproc == 1 else [
         sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', f'--nproc_per_node={nproc}',
         '--master_addr=127.0.0.1', f'--master_port={free_port()}']
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    p = subprocess.run([*launch, os.path.join(ROOT, 'train.py'), *TINY, *args], cwd=cwd, env=env,
+    p = subprocess.run([*launcher, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+def train(args, cwd, nproc=2):
+    return launch('train.py', TINY + args, cwd, nproc)
+
+
+def rank_hashes(stdout):
+    """The sha256 prefixes of every rank's final weights, from the one line rank 0 prints."""
+    lines = [l for l in stdout.splitlines() if l.startswith('DDP: parameter sha256 per rank:')]
+    assert len(lines) == 1, stdout
+    return lines[0].split(':')[-1].split()
 
 
 def curve(out_dir, column='train/loss_step'):
@@ -79,10 +93,7 @@ def curve(out_dir, column='train/loss_step'):
 def test_ddp_ranks_end_with_identical_weights(workdir):
     out = str(workdir / 'out-ddp')
     p = train(['--dataset=chars', f'--out_dir={out}', '--dropout=0.1', '--max_iters=6', '--eval_interval=3'], workdir)
-    # each rank hashes its own replica at the end; rank 0 prints them all
-    line = [l for l in p.stdout.splitlines() if l.startswith('DDP: parameter sha256 per rank:')]
-    assert len(line) == 1, p.stdout
-    hashes = line[0].split(':')[-1].split()
+    hashes = rank_hashes(p.stdout)  # each rank hashes its own replica at the end; rank 0 prints them all
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
     assert len(hashes) == 2 and hashes[0] == hashes[1] == state_sha256(ckpt['model'])[:16]
     assert ckpt['iter_num'] == 6
@@ -156,12 +167,141 @@ def test_ddp_resume_continues_every_rank_exactly(workdir):
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
-@pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py', 'ppo_train.py'])
+# ----------------------------------------------------------------------------------------------
+# reward_train.py and dpo_train.py: 2 ranks on yes/no preference pairs (chosen ' yes', rejected ' no')
+
+PREF_ARGS = ['--device=cpu', '--backend=gloo', '--init_from=init', '--pref_data=pref.jsonl', '--pref_val_data=',
+             '--val_fraction=0.2', '--block_size=16', '--batch_size=8', '--gradient_accumulation_steps=2',
+             '--learning_rate=1e-2', '--min_lr=1e-3', '--warmup_iters=0', '--lr_decay_iters=6', '--max_iters=6',
+             '--eval_interval=3', '--eval_iters=3']
+WORDS = ['apple', 'banana', 'cherry', 'grape', 'lemon', 'mango', 'peach', 'pear', 'plum', 'kiwi',
+         'chair', 'table', 'river', 'cloud', 'stone', 'shoe', 'lamp', 'door', 'road', 'book']
+
+
+@pytest.fixture(scope='module')
+def prefdir(tmp_path_factory):
+    """pref.jsonl (100 pairs) and init/ (a tiny random GPT-2 with GPT-2's vocabulary, saved as this
+    project's checkpoint so the subprocesses need not import transformers)."""
+    from dataclasses import asdict
+    d = tmp_path_factory.mktemp('ddp-pref')
+    records = [{'prompt': f"Q: {w}{p}", 'chosen': ' yes', 'rejected': ' no'} for w in WORDS for p in '?!.:;']
+    (d / 'pref.jsonl').write_text('\n'.join(json.dumps(r) for r in records))
+    make_hf_gpt2(str(d / 'init-hf'), n_embd=16, vocab_size=50257, n_positions=16)
+    model = GPT.from_pretrained(str(d / 'init-hf'))
+    os.makedirs(d / 'init')
+    torch.save({'model': model.state_dict(), 'model_args': asdict(model.config)}, d / 'init' / 'ckpt.pt')
+    return d
+
+
+def log_rows(out_dir):
+    """{step: {metric: float}} of log.csv; also checks that no step was logged twice (one writer)."""
+    rows = {}
+    for r in csv.DictReader(open(os.path.join(out_dir, 'log.csv'))):
+        values = {k: float(v) for k, v in r.items() if v and k != 'step'}
+        twice = set(values) & set(rows.get(int(r['step']), {})) - {'lr', 'time_ms'}  # lr: eval and train rows
+        assert not twice, f"step {r['step']}: {twice} logged twice"
+        rows.setdefault(int(r['step']), {}).update(values)
+    return rows
+
+
+def test_reward_train_ddp(prefdir):
+    """Both ranks end bit-identical although they train on different pairs with different dropout
+    masks: the gradients are all-reduced (regression: the reward forward called model.trunk(), which
+    DDP does not see, so no gradient would be synchronised). Only rank 0 writes, once per step."""
+    out = prefdir / 'out-reward'
+    p = launch('reward_train.py', PREF_ARGS + [f'--out_dir={out}', '--dropout=0.1', '--chosen_lm_coef=0.1',
+                                               '--norm_samples=16'], prefdir)
+    hashes = rank_hashes(p.stdout)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=False)
+    assert len(hashes) == 2 and hashes[0] == hashes[1] == state_sha256(ckpt['model'])[:16]
+    assert ckpt['iter_num'] == 6 and ckpt['reward_std'] > 0  # rank 0 normalised after training
+    states = ckpt['rank_states']  # every rank's RNGs, and they differ (seed + rank)
+    assert len(states) == 2 and not torch.equal(states[0]['rng']['torch'], states[1]['rng']['torch'])
+    assert sorted(os.listdir(out)) == ['best.pt', 'ckpt.pt', 'log.csv']
+    assert p.stdout.count('iter 0:') == 1 and p.stdout.count('reward mean') == len(os.listdir(out)) - 1
+    rows = log_rows(out)
+    assert sorted(s for s, r in rows.items() if 'train/loss' in r) == list(range(6))
+    assert all(math.isfinite(v) for r in rows.values() for v in r.values())
+    assert rows[0]['val/accuracy'] == 0.5 and rows[6]['val/accuracy'] > 0.5  # zero head ties, then it learns
+
+
+def test_dpo_train_ddp_cached_reference(prefdir):
+    """The ranks share the reference's forward passes and rank 0 writes the cache: it equals the
+    log-probs of one process. The logged metrics are means over both ranks' pairs: at iteration 0
+    logps/chosen is the initial policy's mean over rank 0's first 4 pairs (seed) and rank 1's (seed + 1)."""
+    out = prefdir / 'out-dpo'
+    p = launch('dpo_train.py', PREF_ARGS + [f'--out_dir={out}', '--precompute_ref_logps=True', '--batch_size=4'],
+               prefdir)
+    hashes = rank_hashes(p.stdout)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=False)
+    assert hashes[0] == hashes[1] == state_sha256(ckpt['model'])[:16]
+    assert sorted(os.listdir(out)) == ['best.pt', 'ckpt.pt', 'log.csv'] and p.stdout.count('iter 0:') == 1
+    pairs, _ = load_preference_pairs(str(prefdir / 'pref.jsonl'), 'train', GPT2Tokenizer(), 16, 'left')
+    init = GPT.from_pretrained(str(prefdir / 'init')).eval()
+    with torch.no_grad():
+        online = torch.stack(preference_logps(init, pairs, 50256, 'cpu'), 1)  # (100, 2)
+    cache_files = list((prefdir / '.cache').glob('pref.jsonl.ref_logps.*.pt'))
+    assert len(cache_files) == 1
+    torch.testing.assert_close(torch.load(cache_files[0], weights_only=True)['logps'], online, atol=1e-5, rtol=0)
+    rows = log_rows(out)
+    assert sorted(s for s, r in rows.items() if 'loss' in r) == list(range(6))
+    assert rows[0]['loss'] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference on both ranks
+    # dpo_train's split (val: the first 20 of a seed-1337 permutation) and each rank's first micro-batch
+    perm = torch.randperm(100, generator=torch.Generator().manual_seed(1337)).tolist()
+    train_logps = online[perm[20:], 0]
+    first = [torch.randperm(80, generator=torch.Generator().manual_seed(1337 + r))[:4] for r in (0, 1)]
+    assert rows[0]['logps/chosen'] == pytest.approx(train_logps[torch.cat(first)].mean().item(), abs=1e-5)
+    assert abs(rows[0]['logps/chosen'] - train_logps[first[0]].mean().item()) > 1e-4  # not rank 0's alone
+    assert rows[6]['val/rewards/margins'] > 0 and all(math.isfinite(v) for r in rows.values() for v in r.values())
+
+
+def test_dpo_train_ddp_lora_reference_is_the_adapters_off_policy(prefdir):
+    """LoRA under DDP: only the adapters are DDP's parameters (the frozen base has requires_grad
+    False), the reference is the unwrapped policy with its adapters off, on line."""
+    out = prefdir / 'out-dpo-lora'
+    p = launch('dpo_train.py', PREF_ARGS + [f'--out_dir={out}', '--lora_rank=4', '--lora_targets=attn,mlp',
+                                            '--dropout=0.1', '--lora_dropout=0.1'], prefdir)
+    assert p.stdout.count('the policy with its LoRA adapters disabled (no copy)') == 1
+    hashes = rank_hashes(p.stdout)
+    sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
+    assert hashes[0] == hashes[1] == state_sha256(sd)[:16]
+    base = torch.load(prefdir / 'init' / 'ckpt.pt', weights_only=False)['model']
+    assert all(torch.equal(sd[k], base[k]) for k in base)  # the frozen base (= the reference) never moved
+    assert any(k.endswith('lora_B') and sd[k].abs().sum() > 0 for k in sd)
+    assert log_rows(out)[0]['loss'] > 0
+
+
+def test_dpo_train_ddp_resume_continues_every_rank_exactly(prefdir):
+    """Each rank restores its own RNGs and pair order from the checkpoint's rank_states (as train.py),
+    so an interrupted 2-rank run continues the straight one's curve bit for bit, dropout included.
+    The reference log-probs come from the cache (at the latest from the first run): rank 0 reads it
+    and sends it to the other rank."""
+    args = PREF_ARGS + ['--dropout=0.1', '--precompute_ref_logps=True']
+    straight, resumed = prefdir / 'out-dpo-straight', prefdir / 'out-dpo-resumed'
+    launch('dpo_train.py', args + [f'--out_dir={straight}'], prefdir)
+    launch('dpo_train.py', args + [f'--out_dir={resumed}', '--max_iters=3'], prefdir)
+    p = launch('dpo_train.py', args + [f'--out_dir={resumed}', '--init_from=resume'], prefdir)
+    assert p.stdout.count('reference log-probs of 100 pairs loaded from') == 1
+    drop_time = lambda rows: {s: {k: v for k, v in r.items() if k != 'time_ms'} for s, r in rows.items()}
+    assert drop_time(log_rows(resumed)) == drop_time(log_rows(straight))
+    sd_a = torch.load(straight / 'ckpt.pt', weights_only=False)['model']
+    sd_b = torch.load(resumed / 'ckpt.pt', weights_only=False)['model']
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+@pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
+def test_accumulation_not_divisible_by_ranks_is_an_error(prefdir, script):
+    p = launch(script, PREF_ARGS + ['--gradient_accumulation_steps=3'], prefdir, check=False)
+    assert p.returncode != 0
+    assert 'error: gradient_accumulation_steps=3 is not divisible by the 2 DDP processes' in p.stderr
+
+
+@pytest.mark.parametrize('script', ['ppo_train.py'])
 def test_scripts_without_ddp_refuse_torchrun(workdir, script):
-    """They have no DDP: under torchrun every copy would train alone and write the same out_dir."""
+    """No DDP there: under torchrun every copy would train alone and write the same out_dir."""
     env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2')  # what torchrun sets
     p = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=workdir, env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
-    assert p.stderr.strip().splitlines() == [f'error: {script} runs in one process (only train.py has DDP): '
-                                             'start it with python, not torchrun']
+    assert p.stderr.strip().splitlines() == [f'error: {script} runs in one process (only train.py, reward_train.py '
+                                             'and dpo_train.py have DDP): start it with python, not torchrun']
