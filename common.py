@@ -10,6 +10,7 @@ reaches the top of a script it is printed as one line, `error: ...`, and the exi
 import ast
 import csv
 import difflib
+import gc
 import gzip
 import hashlib
 import json
@@ -180,9 +181,13 @@ def ddp_broadcast(obj):
 def finish_ddp(state_dict):
     """The end of a DDP run: check once that every rank's replica is bit-identical (DDP broadcasts
     rank 0's weights at the start and averages the gradients, so any difference is a bug), print
-    the hashes on rank 0, leave the process group, and fail if they differ."""
+    the hashes on rank 0, leave the process group, and fail if they differ. Drop the DDP wrapper
+    first (model = None): its reducer holds the process group, and a gloo group freed only at
+    interpreter exit can abort the process ("terminate called without an active exception")."""
     hashes = ddp_gather(state_sha256(state_dict))
     print0(f"DDP: parameter sha256 per rank: {' '.join(h[:16] for h in hashes)}")
+    gc.collect()  # frees a dropped DDP wrapper (its reducer sits in reference cycles) while Python is alive
+    torch.distributed.barrier()  # no rank leaves while another is still in a collective
     torch.distributed.destroy_process_group()
     if len(set(hashes)) > 1:
         raise UserError(f"DDP ranks ended with different weights (sha256 {', '.join(h[:16] for h in hashes)})")
@@ -606,20 +611,30 @@ class EpochBatches:
     """Micro-batches over a list of items, epoch after epoch: `batch_size` items at a time or, with
     tokens_per_batch > 0, token-budget batches over `lengths`. collate(list of items) makes the
     tensors. The order of epoch e comes from seed + e and the position is (epoch, index), so
-    state_dict() is all an exact resume needs. Used for SFT examples and preference pairs."""
+    state_dict() is all an exact resume needs. Used for SFT examples and preference pairs.
+    Under DDP (rank, world_size) every rank plans the same epoch and takes every world_size-th
+    micro-batch, so the ranks split each epoch between them, as torch's DistributedSampler does;
+    the last len(batches) % world_size micro-batches of an epoch are dropped to keep them in step."""
 
-    def __init__(self, items, batch_size, seed, collate, lengths=None, tokens_per_batch=0):
+    def __init__(self, items, batch_size, seed, collate, lengths=None, tokens_per_batch=0, rank=0, world_size=1):
         self.items, self.batch_size, self.seed, self.collate = items, batch_size, seed, collate
         self.lengths, self.tokens_per_batch = lengths, tokens_per_batch
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
         self.batches = self._plan()
 
     def _plan(self):
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.tokens_per_batch > 0:
-            return token_budget_batches(self.lengths, self.tokens_per_batch, gen)
-        perm = torch.randperm(len(self.items), generator=gen).tolist()
-        return [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+            batches = token_budget_batches(self.lengths, self.tokens_per_batch, gen)
+        else:
+            perm = torch.randperm(len(self.items), generator=gen).tolist()
+            batches = [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+        n = len(batches) // self.world_size * self.world_size
+        if n == 0:
+            raise UserError(f"{len(batches)} micro-batches per epoch cannot be split across {self.world_size} "
+                            f"DDP ranks: more data or a smaller batch")
+        return batches[self.rank:n:self.world_size]
 
     def next(self):
         if self.index == len(self.batches):

@@ -142,8 +142,8 @@ def collate(batch):
     return ids, attention_mask, response_mask, margins
 
 
-def pair_batches(split, seed):
-    return EpochBatches(pairs[split], batch_size, seed, collate)
+def pair_batches(split, seed, rank=0, world_size=1):
+    return EpochBatches(pairs[split], batch_size, seed, collate, rank=rank, world_size=world_size)
 
 
 # -----------------------------------------------------------------------------
@@ -194,7 +194,7 @@ start_iter = iter_num
 scaler = grad_scaler(device_type, dtype)
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
-train_loader = pair_batches('train', seed + ddp_rank)  # each DDP rank draws its own order of the pairs
+train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP ranks split each epoch
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
@@ -205,7 +205,7 @@ if checkpoint is not None:
         set_rng_state(rank_states[ddp_rank]['rng'])
     if len(rank_states) != ddp_world_size:
         print0(f"note: the checkpoint was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
-               f"ranks without a saved state restart their pairs from seed + rank (resume not exact)")
+               f"ranks without a saved state restart their pairs from the first epoch (resume not exact)")
     checkpoint = None
 raw_model = model
 if compile and device_type == 'cuda':
@@ -330,6 +330,7 @@ while True:
 pbar.close()
 print0(monitor.summary())
 if ddp:  # the replicas must be bit-identical: check once, then leave the process group
+    model = None  # drop the DDP wrapper first (see finish_ddp)
     finish_ddp(raw_model.state_dict())
 
 # -----------------------------------------------------------------------------

@@ -188,11 +188,13 @@ if sft_data:
 
 
 
-def sft_batches(split, seed):
-    """Epochs of right-padded SFT micro-batches (X, Y) over a split's examples."""
+def sft_batches(split, seed, rank=0, world_size=1):
+    """Epochs of right-padded SFT micro-batches (X, Y) over a split's examples (under DDP, this
+    rank's share of each epoch)."""
     examples = sft_examples[split]
     return EpochBatches(examples, batch_size, seed, lambda batch: sft_batch(batch, tokenizer.eot_token, device),
-                        lengths=[len(ids) - 1 for ids, _ in examples], tokens_per_batch=tokens_per_batch)
+                        lengths=[len(ids) - 1 for ids, _ in examples], tokens_per_batch=tokens_per_batch,
+                        rank=rank, world_size=world_size)
 
 
 meta_vocab_size = None
@@ -240,8 +242,8 @@ scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
-if sft_data:  # epochs over the examples; each DDP rank draws its own order
-    sft_loader = sft_batches('train', seed + ddp_rank)
+if sft_data:  # epochs over the examples; the DDP ranks split each epoch
+    sft_loader = sft_batches('train', seed, ddp_rank, ddp_world_size)
     next_train_batch = sft_loader.next
 else:
     next_train_batch = lambda: get_batch('train', train_gen)
@@ -261,7 +263,7 @@ if checkpoint is not None:
             sft_loader.load_state_dict(state['sft_loader'])
     if len(rank_states) != ddp_world_size and master_process:
         print(f"note: {ckpt_path} was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
-              f"ranks without a saved state restart their batches from seed + rank (resume not exact)")
+              f"ranks without a saved state restart their batches from the start (resume not exact)")
     checkpoint = None  # free memory
 
 raw_model = model
@@ -396,4 +398,5 @@ while True:
 pbar.close()
 logger.finish()
 if ddp:  # the replicas must be bit-identical: check once, then leave the process group
-    finish_ddp(unwrap(model).state_dict())
+    state, model = unwrap(model).state_dict(), None  # drop the DDP wrapper first (see finish_ddp)
+    finish_ddp(state)

@@ -2,7 +2,9 @@
 backend, as nanoGPT runs DDP.
 
 What is and is not equal between 2 ranks x accumulation k/2 and 1 process x accumulation k:
-- The data is not: rank r draws its batches from its own generator seeded with seed + r (nanoGPT
+- For SFT examples and preference pairs everything is: the ranks split each epoch's micro-batches
+  (common.EpochBatches), test_dpo_train_two_ranks_equal_one_process.
+- In pretraining the data is not: rank r draws its batches from its own generator seeded with seed + r (nanoGPT
   seeds each rank differently so the ranks do not train on the same batches), so a 2-rank run
   sees rank 0's k/2 batches plus rank 1's k/2, where one process sees the first k of seed's stream.
   Their loss curves differ; test_ddp_iteration_0_loss recomputes the 2-rank figure exactly.
@@ -227,8 +229,9 @@ def test_reward_train_ddp(prefdir):
 
 def test_dpo_train_ddp_cached_reference(prefdir):
     """The ranks share the reference's forward passes and rank 0 writes the cache: it equals the
-    log-probs of one process. The logged metrics are means over both ranks' pairs: at iteration 0
-    logps/chosen is the initial policy's mean over rank 0's first 4 pairs (seed) and rank 1's (seed + 1)."""
+    log-probs of one process. The ranks split each epoch (rank r takes micro-batches r, r + 2, ...
+    of one seed-1337 order) and the logged metrics are means over both ranks' pairs: at iteration 0
+    logps/chosen is the initial policy's mean over the order's first 8 pairs, 4 from each rank."""
     out = prefdir / 'out-dpo'
     p = launch('dpo_train.py', PREF_ARGS + [f'--out_dir={out}', '--precompute_ref_logps=True', '--batch_size=4'],
                prefdir)
@@ -249,10 +252,31 @@ def test_dpo_train_ddp_cached_reference(prefdir):
     # dpo_train's split (val: the first 20 of a seed-1337 permutation) and each rank's first micro-batch
     perm = torch.randperm(100, generator=torch.Generator().manual_seed(1337)).tolist()
     train_logps = online[perm[20:], 0]
-    first = [torch.randperm(80, generator=torch.Generator().manual_seed(1337 + r))[:4] for r in (0, 1)]
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(1337))
+    first = [order[:4], order[4:8]]  # rank 0's first micro-batch, rank 1's
     assert rows[0]['logps/chosen'] == pytest.approx(train_logps[torch.cat(first)].mean().item(), abs=1e-5)
     assert abs(rows[0]['logps/chosen'] - train_logps[first[0]].mean().item()) > 1e-4  # not rank 0's alone
     assert rows[6]['val/rewards/margins'] > 0 and all(math.isfinite(v) for r in rows.values() for v in r.values())
+
+
+def test_dpo_train_two_ranks_equal_one_process(prefdir):
+    """The ranks split each epoch's micro-batches (rank r takes r, r + 2, ...), so 2 ranks x
+    accumulation 2 train on exactly the 4 micro-batches that 1 process x accumulation 4 does: the
+    same logged metrics at every step and the same weights, up to float summation order."""
+    args = PREF_ARGS + ['--precompute_ref_logps=True', '--batch_size=4', '--gradient_accumulation_steps=4']
+    launch('dpo_train.py', args + ['--out_dir=out-dpo-2ranks'], prefdir)
+    launch('dpo_train.py', args + ['--out_dir=out-dpo-1proc'], prefdir, nproc=1)
+    two, one = log_rows(prefdir / 'out-dpo-2ranks'), log_rows(prefdir / 'out-dpo-1proc')
+    assert two.keys() == one.keys() and len(two) == 7
+    for step in one:
+        assert two[step].keys() == one[step].keys()
+        for k in one[step]:
+            if k != 'time_ms':
+                assert two[step][k] == pytest.approx(one[step][k], abs=1e-5), (step, k)
+    assert one[5]['loss'] < one[0]['loss'] - 0.05  # it trained
+    w2, w1 = (torch.load(prefdir / d / 'ckpt.pt', weights_only=False)['model'] for d in ('out-dpo-2ranks', 'out-dpo-1proc'))
+    for k in w1:  # Adam's g / sqrt(v) magnifies summation-order rounding where gradients are ~0: 1e-4 = 1% of lr
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-4, rtol=0)
 
 
 def test_dpo_train_ddp_lora_reference_is_the_adapters_off_policy(prefdir):

@@ -111,6 +111,27 @@ def test_sft_batches_epochs_and_resume():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_epoch_batches_split_each_epoch_across_ddp_ranks():
+    """Under DDP every rank plans the same epoch and takes every world_size-th micro-batch: the
+    ranks' batches are disjoint, together they are the single process's epoch (less the tail that
+    does not divide), and rank 0 of 1 is the single process. Token-budget batches split the same."""
+    items = list(range(23))  # batch 3: 8 batches an epoch, the last of 2
+    for kw in (dict(), dict(lengths=[1 + i % 5 for i in items], tokens_per_batch=6)):
+        one = EpochBatches(items, 3, seed=7, collate=list, **kw)
+        epochs = [[one.next() for _ in range(len(one.batches))] for _ in range(2)]
+        for world in (2, 3):
+            ranks = [EpochBatches(items, 3, seed=7, collate=list, rank=r, world_size=world, **kw) for r in range(world)]
+            n = len(epochs[0]) // world
+            for e in range(2):
+                got = [[ranks[r].next() for _ in range(n)] for r in range(world)]
+                assert [b for step in zip(*got) for b in step] == epochs[e][:n * world]
+                seen = [i for batches in got for b in batches for i in b]
+                assert len(seen) == len(set(seen))  # no item twice in an epoch
+            assert all(rk.epoch == 1 for rk in ranks)
+    with pytest.raises(UserError, match='2 micro-batches per epoch cannot be split across 3 DDP ranks'):
+        EpochBatches(items[:6], 3, seed=7, collate=list, rank=0, world_size=3)
+
+
 # ----------------------------------------------------------------------------------------------
 # end to end: train.py in SFT mode
 
