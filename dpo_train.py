@@ -49,7 +49,7 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, get_lr, get_rng_state, get_tokenizer,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
                     plan_memory, preference_logps, print_config, save_atomic, save_checkpoint, set_rng_state,
-                    setup_device, single_process, source_identity)
+                    setup_device, single_process, source_identity, step_metrics)
 from losses import dpo_loss
 from model import GPT
 
@@ -368,9 +368,11 @@ while True:
         break
 
     # forward/backward over gradient_accumulation_steps micro-batches of pairs; sums stay on the device
-    sums, n_pairs = {}, 0
+    sums, n_pairs, n_tokens = {}, 0, 0
     for micro_step in range(gradient_accumulation_steps):
-        loss, m = forward('train', train_loader.next())
+        idx = train_loader.next()
+        loss, m = forward('train', idx)
+        n_tokens += 2 * len(idx) * max(len(pairs['train'][i][k][0]) for i in idx for k in (0, 1))  # padded rows
         scaler.scale(loss / gradient_accumulation_steps).backward()
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v.sum()
@@ -394,7 +396,8 @@ while True:
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {metrics['loss']:.4f}, accuracy {metrics['rewards/accuracies']:.3f}, "
             f"margin {metrics['rewards/margins']:.3f}, time {dt * 1000:.0f}ms")
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr, 'time_ms': dt * 1000}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr,
+                    **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1
     pbar.update(1)
 pbar.close()

@@ -22,6 +22,7 @@ Departures from the InstructGPT recipe:
 import contextlib
 import math
 import os
+import time
 from dataclasses import asdict
 
 import torch
@@ -31,7 +32,7 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, configure, get_lr, get_rng_state, get_tokenizer,
                     grad_scaler, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
                     pad_right, plan_memory, print_config, read_records, reward_stats, save_checkpoint,
-                    set_rng_state, setup_device, sft_pair, single_process)
+                    set_rng_state, setup_device, sft_pair, single_process, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -217,6 +218,7 @@ monitor = HealthMonitor('reward', on_alarm)  # training health: alarms.py
 # training loop
 pbar = tqdm(total=max_iters, initial=iter_num, disable=None, dynamic_ncols=True)
 say = tqdm.write
+t0 = time.time()
 while True:
     lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
     for group in optimizer.param_groups:
@@ -239,9 +241,11 @@ while True:
         break
 
     # forward/backward over gradient_accumulation_steps micro-batches of pairs
-    sums = {}
+    sums, n_tokens = {}, 0
     for micro_step in range(gradient_accumulation_steps):
-        loss, m = forward(*train_loader.next())
+        batch = train_loader.next()
+        n_tokens += batch[0].numel()  # 2 right-padded rows a pair
+        loss, m = forward(*batch)
         scaler.scale(loss / gradient_accumulation_steps).backward()
         sums['loss'] = sums.get('loss', 0.0) + loss.detach() / gradient_accumulation_steps
         for k in ('accuracy', 'margin'):
@@ -258,11 +262,14 @@ while True:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {lossf:.4f}, accuracy {sums['accuracy'].item():.3f}, "
             f"margin {sums['margin'].item():.3f}")
         metrics = {'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(), 'train/margin': sums['margin'].item()}
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr,
+                    **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1
     pbar.update(1)
 pbar.close()
