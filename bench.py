@@ -20,7 +20,7 @@ over --plan_gb (default 24, an RTX 4090D).
 Each number is the median over `repeats` timings, the two models alternating (ABBA) after a
 warmup; ours/HF > 1 means ours is faster, (min-max) is the range of the per-repeat ratios.
 - train tokens/s: batch_size * block_size tokens per forward + loss + backward + AdamW step
-  (the same AdamW, from GPT.configure_optimizers, for both);
+  (the same AdamW, common.make_optimizer as the scripts use it, for both);
 - sample tokens/s: new tokens per second of generate() with a KV cache: gen_batch left-padded
   prompts of different lengths, exactly gen_tokens new tokens per row (no EOS stop);
 - CUDA only: peak MB = torch.cuda.max_memory_allocated during a timing minus what was already
@@ -106,8 +106,8 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import (GPT2Tokenizer, UserError, configure, param_counts, plan_config, script_defaults,
-                    setup_device)
+from common import (GPT2Tokenizer, UserError, configure, make_optimizer, param_counts, plan_config,
+                    script_defaults, setup_device)
 from common import GiB as _GiB  # an int: a plain global here would be a config key of the default mode
 from model import GPT, IGNORE_INDEX
 
@@ -484,7 +484,8 @@ def sync():
 # training: forward + loss + backward + AdamW (the same optimizer for both)
 x = torch.randint(vocab_size, (batch_size, block_size), device=device)
 y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], IGNORE_INDEX)], dim=1)  # what HF's labels=x means
-optims = {k: GPT.configure_optimizers(m, 0.1, 6e-4, (0.9, 0.95), device_type) for k, m in models.items()}
+# GPT.param_groups reads only .parameters(), so HF's model gets the same groups (decay on >= 2-D)
+optims = {k: make_optimizer(GPT.param_groups(m, 0.1), 'adamw', 6e-4, (0.9, 0.95), device_type) for k, m in models.items()}
 fwd = {k: torch.compile(m) if compile else m for k, m in models.items()}
 losses, samples = {}, {}
 

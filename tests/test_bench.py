@@ -40,3 +40,20 @@ def test_scripts_unknown_entry_is_one_clear_line():
     assert p.returncode == 1
     assert p.stderr.strip() == ("error: --only: unknown entries dpoo; choose among "
                                 "pretrain, sft, reward, dpo, dpo_cached, ppo, trl")
+
+
+def test_default_mode_ours_vs_hf_runs():
+    """The default mode on a 1-layer model: both rows and the same training loss. Regression:
+    GPT.configure_optimizers(hf_model) raised AttributeError (no param_groups on HF's model), so
+    `python bench.py` failed before printing anything."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, 'bench.py', '--n_layer=1', '--n_head=2', '--n_embd=64', '--block_size=32',
+                        '--repeats=1', '--gen_tokens=8', '--gen_prompt_len=16', '--threads=1'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    losses = next(line for line in p.stdout.splitlines() if line.startswith('train loss after the last step'))
+    ours, hf = (float(x.split()[-1]) for x in losses.split(':', 1)[1].split(','))
+    assert abs(ours - hf) < 1e-4
+    assert 'greedy tokens identical: 100.0%' in p.stdout
+    assert any(line.startswith('train tokens/s') for line in p.stdout.splitlines())
+    assert any(line.startswith('sample tokens/s') for line in p.stdout.splitlines())
