@@ -31,7 +31,8 @@ The goals are printed with PASS/below goal; they never change the exit code.
 --scripts runs the project's own training scripts (pretrain/finetune and SFT with train.py,
 reward_train.py, dpo_train.py with the reference on line and with cached log-probs, a PPO
 iteration of ppo_train.py) one after the other in this process (runpy, as `python <script>
-<config> --key=value ...`), warmup + iters iterations each, and reads each run's log.csv back:
+<config> --key=value ...`), warmup + iters iterations each (--repeats=N: all of them N times, in
+alternating order, medians reported), and reads each run's log.csv back:
 - step ms, tokens/s: medians over the timed iterations of the time_ms and tokens_per_s every
   script logs (common.step_metrics; tokens = the rows trained on, padding included; PPO: the
   generated response tokens of the whole iteration, rollout included);
@@ -288,12 +289,13 @@ def time_trl_dpo(config, paths, out_dir, steps, warmup, cached, cuda):
 
 
 def run_scripts(argv):
-    """bench.py --scripts [--size=tiny|gpt2-large] [--only=...] [--iters=N] [--cap_gb=24]"""
+    """bench.py --scripts [--size=tiny|gpt2-large] [--only=...] [--iters=N] [--repeats=N] [--cap_gb=24]"""
     opts = dict(
         size='auto',            # 'tiny' (a 4-layer random GPT-2, CPU default) | 'gpt2-large' (the *_gpt2large.py configs, CUDA default)
         only=','.join(SCRIPT) + ',trl',  # entries to run; 'trl' = trl.DPOTrainer too when trl is installed
         iters=0,                # timed iterations per entry (0: 6 tiny, 4 gpt2-large)
         warmup=2,               # first iterations, not timed: they hold an eval, allocator warmup, compiling
+        repeats=1,              # runs of every entry, in alternating order (ABBA); the medians are reported
         cap_gb=0.0,             # CUDA: torch.cuda.set_per_process_memory_fraction, a bigger GPU as a cap_gb one
         device='auto',
         threads=0,              # CPU threads (0 = PyTorch's default)
@@ -310,8 +312,7 @@ def run_scripts(argv):
     unknown = [e for e in only if e not in tuple(SCRIPT) + ('trl',)]
     if unknown:
         raise UserError(f"--only: unknown entries {', '.join(unknown)}; choose among {', '.join(SCRIPT)}, trl")
-    iters = opts['iters'] or (6 if size == 'tiny' else 4)
-    warmup = opts['warmup']
+    iters, warmup = opts['iters'] or (6 if size == 'tiny' else 4), opts['warmup']
     if opts['threads']:
         torch.set_num_threads(opts['threads'])
     cap = opts['cap_gb'] * _GiB
@@ -323,21 +324,28 @@ def run_scripts(argv):
         if cap > total:
             raise UserError(f"--cap_gb={opts['cap_gb']:g} is more than this GPU's {total / _GiB:.1f} GiB")
         torch.cuda.set_per_process_memory_fraction(cap / total, device)
-    has_trl = importlib.util.find_spec('trl') is not None
-
+    jobs = [e for e in SCRIPT if e in only]
+    if 'trl' in only and ('dpo' in jobs or 'dpo_cached' in jobs):
+        if importlib.util.find_spec('trl') is None:
+            print("trl not installed: skipped (pip install trl to compare with trl.DPOTrainer)")
+        else:
+            jobs += [f'trl_{e}' for e in ('dpo', 'dpo_cached') if e in jobs]
     print(f"bench.py --scripts: size {size}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if cuda else f", {torch.get_num_threads()} threads")
           + (f", memory capped at {opts['cap_gb']:g} GiB" if cap else "")
-          + f"; {warmup} warmup + {iters} timed iterations per entry; load average {os.getloadavg()[0]:.2f}")
-    rows, failed = [], []
+          + f"; {warmup} warmup + {iters} timed iterations per entry, {opts['repeats']} run(s) each; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
     with tempfile.TemporaryDirectory() as tmp:
         block = TINY_SHAPE['block_size'] if size == 'tiny' else 1024
         shape = TINY_SHAPE if size == 'tiny' else dict(n_layer=36, n_head=20, n_embd=1280)
         max_new = TINY_CONFIG['ppo']['max_new_tokens'] if size == 'tiny' else 128
         paths = synthetic_inputs(tmp, shape, block, max_new, n_records=64 if size == 'tiny' else 128)
         results = {}
-        for name in [e for e in SCRIPT if e in only]:
-            out_dir = os.path.join(tmp, f'out-{name}')
+        for name in jobs:  # each entry's command line and the planner's prediction for exactly that run
+            r = results[name] = dict(config=None, plan=None, runs=[], peak=None, error=None, tail=None)
+            if name.startswith('trl_'):
+                continue
             if size == 'tiny':
                 config_file = os.path.join(tmp, f'{name}_tiny.py')
                 keys = script_defaults(os.path.join(_ROOT, SCRIPT[name]))
@@ -346,54 +354,59 @@ def run_scripts(argv):
                                                                      'compile': False}.items() if k in keys))
             else:
                 config_file = os.path.join(_ROOT, LARGE_CONFIG[name])
-            argv = entry_argv(name, config_file, paths, out_dir, warmup + iters, device)
-            try:  # the planner's prediction for exactly this run
-                _, config, plan = plan_config(argv[0], argv[1:], SCRIPT[name])
+            r['argv'] = entry_argv(name, config_file, paths, os.path.join(tmp, f'out-{name}'), warmup + iters, device)
+            try:
+                _, r['config'], r['plan'] = plan_config(r['argv'][0], r['argv'][1:], SCRIPT[name])
             except UserError as e:
-                config, plan = None, None
                 print(f"{name}: no memory plan ({e})")
-            if cuda:
-                gc.collect()
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-                torch._dynamo.reset()  # compiled code of the last entry: not counted against this one's recompile limit
-            t0 = time.perf_counter()
-            error = run_script(SCRIPT[name], argv, out_dir + '.txt')
-            wall = time.perf_counter() - t0
-            gc.collect()  # the finished script's models go now, before the next entry
-            peak = torch.cuda.max_memory_allocated(device) / _GiB if cuda else None
-            speed = logged_speed(out_dir, warmup)
-            if error is None and speed is None:
-                error = "no timed iteration in log.csv"
-            if error:
-                with open(out_dir + '.txt') as f:
-                    failed.append((name, error, f.read().splitlines()[-5:]))
-            results[name] = dict(config=config, plan=plan, speed=None if error else speed, error=error,
-                                 peak=peak, wall=wall)
 
-        if 'trl' in only and ('dpo' in results or 'dpo_cached' in results):
-            if not has_trl:
-                print("trl not installed: skipped (pip install trl to compare with trl.DPOTrainer)")
-            for name in ('dpo', 'dpo_cached') if has_trl else ():
-                ours = results.get(name)
-                if ours is None or ours['config'] is None:
+        for rep in range(opts['repeats']):
+            for name in (jobs if rep % 2 == 0 else jobs[::-1]):
+                r = results[name]
+                if r['error']:
                     continue
-                trl_name = f'trl_{name}'
-                try:
-                    with open(os.path.join(tmp, f'{trl_name}.txt'), 'w') as f, \
-                            contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                        dt = time_trl_dpo(ours['config'], paths, os.path.join(tmp, f'out-{trl_name}'), iters,
-                                          warmup, name == 'dpo_cached', cuda)
-                    # the same pairs in the same batches: the same padded tokens per step as ours
-                    tokens = ours['speed'][1] * ours['speed'][0] / 1000 if ours['speed'] else float('nan')
-                    results[trl_name] = dict(config=None, plan=None, speed=(dt * 1000, tokens / dt, iters),
-                                             error=None, peak=None, wall=None)
-                except Exception as e:  # noqa: BLE001 - TRL's own failure is a row, not the end
-                    results[trl_name] = dict(config=None, plan=None, speed=None, peak=None, wall=None,
-                                             error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                output = os.path.join(tmp, f'{name}-{rep}.txt')
+                if cuda:
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    torch._dynamo.reset()  # the last entry's compiled code: not against this one's recompile limit
+                if name.startswith('trl_'):
+                    ours = results[name[4:]]['config']
+                    try:
+                        with open(output, 'w') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                            dt = time_trl_dpo(ours, paths, os.path.join(tmp, f'out-{name}-{rep}'), iters, warmup,
+                                              name == 'trl_dpo_cached', cuda)
+                        r['runs'].append((dt * 1000, None))
+                    except Exception as e:  # noqa: BLE001 - TRL's own failure is a row, not the end
+                        r['error'] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                else:
+                    argv = [a if not a.startswith('--out_dir=') else f"{a}-{rep}" for a in r['argv']]
+                    r['error'] = run_script(SCRIPT[name], argv, output)
+                    gc.collect()  # the finished script's models go now, before the next entry
+                    speed = logged_speed(os.path.join(tmp, f'out-{name}-{rep}'), warmup)
+                    if r['error'] is None and speed is None:
+                        r['error'] = "no timed iteration in log.csv"
+                    if speed and not r['error']:
+                        r['runs'].append(speed[:2])
+                if cuda:
+                    r['peak'] = max(r['peak'] or 0.0, torch.cuda.max_memory_allocated(device) / _GiB)
+                if r['error']:
+                    with open(output) as f:
+                        r['tail'] = f.read().splitlines()[-5:]
+    for name, r in results.items():  # medians over the runs; TRL did the same pairs, so our tokens a step
+        r['speed'] = None
+        if r['runs'] and not r['error']:
+            step = statistics.median(s for s, _ in r['runs'])
+            if name.startswith('trl_'):
+                ours = results[name[4:]].get('speed')
+                r['speed'] = (step, ours[1] * ours[0] / step if ours else float('nan'))
+            else:
+                r['speed'] = (step, statistics.median(t for _, t in r['runs']))
     print_scripts_table(results, cuda, opts['peak_flops'], cap)
-    for name, error, tail in failed:
-        print(f"\n{name}: {error}; the last lines of its output:\n  " + "\n  ".join(tail))
+    for name, r in results.items():
+        if r['error'] and r['tail'] is not None:
+            print(f"\n{name}: {r['error']}; the last lines of its output:\n  " + "\n  ".join(r['tail']))
 
 
 def print_scripts_table(results, cuda, peak_flops, cap):
@@ -414,14 +427,17 @@ def print_scripts_table(results, cuda, peak_flops, cap):
             status += f"; predicted {'fits' if r['plan']['total'] <= cap else 'over'} the cap"
         print(f"{name:<15} {script:<16} {step:>9} {tok:>10} {mfu:>6} {peak:>9} {pred:>9} {ratio:>9}  {status}")
     speed = {k: r['speed'][0] for k, r in results.items() if r['speed']}
+    runs = {k: [step for step, _ in r['runs']] for k, r in results.items()}
     for a, b, label, goal in (('dpo', 'dpo_cached', 'DPO cached/online reference', None),
                               ('trl_dpo', 'dpo', 'DPO ours/TRL, online reference', 1.5),
                               ('trl_dpo_cached', 'dpo_cached', 'DPO ours/TRL, both cached', None),
                               ('trl_dpo', 'dpo_cached', 'DPO ours cached/TRL online', 2.0)):
         if a in speed and b in speed:
             ratio = speed[a] / speed[b]
+            per_run = sorted(x / y for x, y in zip(runs[a], runs[b]))  # run i of both: the same load, roughly
+            spread = f" ({per_run[0]:.2f}-{per_run[-1]:.2f} over runs)" if len(per_run) > 1 else ""
             verdict = f"  goal >= {goal:.1f}x: {'PASS' if ratio >= goal else 'below goal'}" if goal else ""
-            print(f"{label + ' (step time ratio)':<52} {ratio:5.2f}x{verdict}")
+            print(f"{label + ' (step time ratio)':<52} {ratio:5.2f}x{spread}{verdict}")
 
 
 if len(sys.argv) > 1 and '--scripts' in sys.argv[1:]:
