@@ -239,11 +239,13 @@ def train_flops_per_token(shape, seq_len):
 
 
 def hf_gpt2_tokenizer():
-    """GPT-2's tokenizer as transformers has it, for TRL, from tiktoken's cached BPE files (tiktoken
-    names each cached file by the sha1 of its URL), so nothing is downloaded; None without them."""
+    """GPT-2's tokenizer as transformers has it, for TRL, from the BPE files tiktoken cached when
+    common.GPT2Tokenizer loaded (it names each by the sha1 of its URL), so nothing is downloaded;
+    None without them."""
     from transformers import GPT2TokenizerFast
     url = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
-    cache = os.environ.get('TIKTOKEN_CACHE_DIR', '')
+    cache = (os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')
+             or os.path.join(tempfile.gettempdir(), 'data-gym-cache'))  # tiktoken's own order
     vocab, merges = (os.path.join(cache, hashlib.sha1((url + f).encode()).hexdigest()) for f in ('encoder.json', 'vocab.bpe'))
     if not (os.path.isfile(vocab) and os.path.isfile(merges)):
         return None
@@ -261,7 +263,7 @@ def time_trl_dpo(config, paths, out_dir, steps, warmup, cached, cuda):
     reference precompute (precompute_ref_log_probs), which runs before the first step."""
     import datasets
     import trl
-    from transformers import GPT2LMHeadModel, TrainerCallback
+    from transformers import TrainerCallback
     tokenizer = hf_gpt2_tokenizer()
     if tokenizer is None:
         raise RuntimeError("GPT-2's BPE files are not in TIKTOKEN_CACHE_DIR")
@@ -278,10 +280,12 @@ def time_trl_dpo(config, paths, out_dir, steps, warmup, cached, cuda):
         gradient_accumulation_steps=config['gradient_accumulation_steps'], learning_rate=config['learning_rate'],
         weight_decay=config['weight_decay'], adam_beta1=config['beta1'], adam_beta2=config['beta2'],
         max_grad_norm=config['grad_clip'], lr_scheduler_type='constant', beta=config['beta'],
-        max_length=config['block_size'], precompute_ref_log_probs=cached, bf16=cuda and config['dtype'] != 'float32',
+        max_length=config['block_size'], precompute_ref_log_probs=cached,
+        bf16=cuda and config['dtype'] in ('auto', 'bfloat16'), fp16=cuda and config['dtype'] == 'float16',
         use_cpu=not cuda, report_to='none', save_strategy='no', eval_strategy='no', logging_steps=10 ** 6,
         disable_tqdm=True, dataloader_num_workers=0, seed=config['seed'])
-    data = datasets.load_dataset('json', data_files=paths['pref'], split='train')
+    with open(paths['pref']) as f:  # in memory: load_dataset('json') would write a cache under ~/.cache
+        data = datasets.Dataset.from_list([json.loads(line) for line in f])
     trainer = trl.DPOTrainer(model=GPT2LMHeadModel.from_pretrained(paths['init']), args=args,
                              train_dataset=data, processing_class=tokenizer, callbacks=[StepEnd()])
     trainer.train()
