@@ -413,6 +413,17 @@ class Logger:
             self.wandb.finish()
 
 
+def step_metrics(dt, n_tokens, device_type):
+    """The speed columns every training script logs per iteration (bench.py --scripts reads them):
+    time_ms (wall time of the iteration), tokens_per_s (n_tokens / dt; what counts as a token is
+    the script's: the rows it trains on, padding included, or PPO's generated response tokens)
+    and, on CUDA, mem/peak_gib: torch.cuda.max_memory_allocated() so far, in GiB."""
+    metrics = {'time_ms': dt * 1000, 'tokens_per_s': n_tokens / dt}
+    if device_type == 'cuda':
+        metrics['mem/peak_gib'] = torch.cuda.max_memory_allocated() / GiB
+    return metrics
+
+
 class Timer:
     """Wall time between calls to lap(), in seconds."""
 

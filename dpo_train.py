@@ -55,7 +55,7 @@ from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, ddp_bro
                     finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
                     lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
                     print_config, save_atomic, save_checkpoint, set_rng_state, setup_ddp, setup_device,
-                    source_identity, split_accumulation)
+                    source_identity, split_accumulation, step_metrics)
 from losses import dpo_loss
 from model import GPT
 
@@ -415,11 +415,14 @@ while True:
         break
 
     # forward/backward over gradient_accumulation_steps micro-batches of pairs; sums stay on the device
-    sums, n_pairs = {}, 0
+    sums, n_pairs, n_tokens = {}, 0, 0
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
-        loss, m = forward('train', train_loader.next())
+        idx = train_loader.next()
+        loss, m = forward('train', idx)
+        # padded rows (chosen and rejected) on every rank
+        n_tokens += 2 * len(idx) * max(len(pairs['train'][i][k][0]) for i in idx for k in (0, 1)) * ddp_world_size
         scaler.scale(loss / gradient_accumulation_steps).backward()
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v.sum()
@@ -448,7 +451,8 @@ while True:
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {metrics['loss']:.4f}, accuracy {metrics['rewards/accuracies']:.3f}, "
             f"margin {metrics['rewards/margins']:.3f}, time {dt * 1000:.0f}ms")
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr, 'time_ms': dt * 1000}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr,
+                    **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1
     pbar.update(1)
 pbar.close()

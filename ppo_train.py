@@ -35,7 +35,8 @@ from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_vari
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
                     get_rng_state, get_tokenizer, lora_overrides, make_optimizer, plan_memory,
                     preference_triple, print_config, read_records, render_chat, response_forward,
-                    resolve_device, save_checkpoint, set_rng_state, setup_device, single_process)
+                    resolve_device, save_checkpoint, set_rng_state, setup_device, single_process,
+                    step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -414,7 +415,7 @@ while iter_num < max_iters:
                    'loss/policy': avg.get('pg_loss', 0.0), 'loss/value': avg.get('vf_loss', 0.0),
                    'val/clipfrac': avg.get('vf_clipfrac', 0.0), 'val/ratio': avg.get('ratio_mean', 0.0),
                    'val/num_eos_tokens': has_eos.sum().item(), 'response_length': response_mask.sum(1).mean().item(),
-                   'skipped_steps': stats.get('skipped', 0), 'tokens_per_s': response_mask.sum().item() / dt,
+                   'skipped_steps': stats.get('skipped', 0), **step_metrics(dt, response_mask.sum().item(), device_type),
                    'time/rollout': t_rollout, 'time/score': t_score, 'time/train': dt - t_rollout - t_score, 'lr': lr,
                    # for the health alarms (alarms.py)
                    'policy/ratio_max': ratio_max, 'val/num_sequences': n_seq,

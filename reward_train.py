@@ -27,6 +27,7 @@ computes reward_mean/std).
 import contextlib
 import math
 import os
+import time
 from dataclasses import asdict
 
 import torch
@@ -39,7 +40,7 @@ from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, d
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides,
                     make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records,
                     reward_stats, save_checkpoint, set_rng_state, setup_ddp, setup_device, sft_pair,
-                    split_accumulation)
+                    split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -268,6 +269,7 @@ monitor = HealthMonitor('reward', on_alarm)
 # training loop
 pbar = tqdm(total=max_iters, initial=iter_num, disable=None if master_process else True, dynamic_ncols=True)
 say = tqdm.write if master_process else lambda *args, **kwargs: None  # prints above the progress bar
+t0 = time.time()
 while True:
     lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
     for group in optimizer.param_groups:
@@ -295,11 +297,13 @@ while True:
         break
 
     # forward/backward over gradient_accumulation_steps micro-batches of pairs
-    sums = {}
+    sums, n_tokens = {}, 0
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
-        loss, m = forward(*train_loader.next())
+        batch = train_loader.next()
+        n_tokens += batch[0].numel() * ddp_world_size  # 2 right-padded rows a pair, on every rank
+        loss, m = forward(*batch)
         scaler.scale(loss / gradient_accumulation_steps).backward()
         sums['loss'] = sums.get('loss', 0.0) + loss.detach() / gradient_accumulation_steps
         for k in ('accuracy', 'margin'):
@@ -320,11 +324,14 @@ while True:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {lossf:.4f}, accuracy {sums['accuracy'].item():.3f}, "
             f"margin {sums['margin'].item():.3f}")
         metrics = {'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(), 'train/margin': sums['margin'].item()}
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr,
+                    **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1
     pbar.update(1)
 pbar.close()

@@ -40,7 +40,8 @@ from tqdm import tqdm
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather,
                     finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer,
                     nonfinite_loss_error, plan_memory, print_config, read_records, save_checkpoint, set_rng_state,
-                    setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, tokenize_pair, unwrap)
+                    setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair,
+                    unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -388,8 +389,8 @@ while True:
             mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
-        logger.log({'train/loss_step': lossf, 'lr': lr, 'time_ms': dt * 1000, 'mfu': running_mfu,
-                    'tokens_per_s': n_tokens * ddp_world_size / dt}, iter_num)
+        logger.log({'train/loss_step': lossf, 'lr': lr, 'mfu': running_mfu,
+                    **step_metrics(dt, n_tokens * ddp_world_size, device_type)}, iter_num)
         pbar.set_postfix(loss=f"{lossf:.4f}")
     iter_num += 1
     local_iter_num += 1

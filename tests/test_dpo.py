@@ -178,7 +178,7 @@ def log_rows(out_dir):
     """{step: {metric: float}} of log.csv, without the wall-clock column."""
     rows = {}
     for r in csv.DictReader(open(os.path.join(out_dir, 'log.csv'))):
-        rows.setdefault(int(r['step']), {}).update({k: float(v) for k, v in r.items() if v and k not in ('step', 'time_ms')})
+        rows.setdefault(int(r['step']), {}).update({k: float(v) for k, v in r.items() if v and k not in ('step', 'time_ms', 'tokens_per_s', 'mem/peak_gib')})
     return rows
 
 

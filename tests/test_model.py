@@ -1,5 +1,4 @@
 """model.py against Hugging Face GPT-2 on the same weights, and generate's contracts."""
-import os
 
 import pytest
 import torch

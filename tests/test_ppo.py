@@ -192,7 +192,7 @@ def test_ppo_bad_inputs_fail_before_work(tiny, tmp_path):
     assert p.returncode != 0 and 'leaves no room for a prompt' in p.stderr
 
 
-TIMING = ('tokens_per_s', 'time/rollout', 'time/score', 'time/train')
+TIMING = ('time_ms', 'tokens_per_s', 'mem/peak_gib', 'time/rollout', 'time/score', 'time/train')
 
 
 def test_resume_continues_the_identical_run(tiny, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from common import GPT2Tokenizer, RewardModel, pad_right, reward_stats, score_texts, sft_batch, tokenize_pair
+from common import GPT2Tokenizer, RewardModel, pad_right, score_texts, sft_batch, tokenize_pair
 from conftest import ROOT, make_hf_gpt2
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT

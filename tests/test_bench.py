@@ -1,0 +1,59 @@
+"""bench.py --scripts on CPU: the real training scripts, in one process, on a tiny random GPT-2 and
+synthetic data (nothing downloaded), read back into one table. (--plan is in test_memory.py.)"""
+import math
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def bench(*args):
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # 2 shared cores: one thread is steadier
+    return subprocess.run([sys.executable, 'bench.py', '--scripts', '--threads=1', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_scripts_table_on_cpu():
+    """A row per entry with a finite positive step time and tokens/s and the planner's prediction;
+    --cap_gb is CUDA only (a note on CPU, not an error); the cached/online DPO ratio is printed."""
+    p = bench('--only=pretrain,dpo,dpo_cached', '--iters=2', '--warmup=1', '--cap_gb=24')
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert 'note: --cap_gb applies on CUDA only; ignored on cpu' in p.stdout
+    lines = p.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith('entry'))
+    assert lines[header].split() == ['entry', 'script', 'step', 'ms', 'tokens/s', 'MFU', 'peak', 'GiB',
+                                     'predicted', 'meas/pred', 'status']
+    rows = {line.split()[0]: line.split() for line in lines[header + 1:header + 4]}
+    assert list(rows) == ['pretrain', 'dpo', 'dpo_cached']
+    for name, (_, script, step_ms, tokens_per_s, mfu, peak, predicted, ratio, status) in rows.items():
+        assert script == ('train.py' if name == 'pretrain' else 'dpo_train.py')
+        assert math.isfinite(float(step_ms)) and float(step_ms) > 0
+        assert math.isfinite(float(tokens_per_s)) and float(tokens_per_s) > 0
+        assert 0 < float(predicted) < 5  # GiB: a 4-layer, 64-wide GPT-2 with its 50257-token vocabulary
+        assert (mfu, peak, ratio, status) == ('-', '-', '-', 'ok')  # measured memory and MFU: CUDA only
+    assert any(line.startswith('DPO cached/online reference (step time ratio)') for line in lines)
+
+
+def test_scripts_unknown_entry_is_one_clear_line():
+    p = bench('--only=pretrain,dpoo')
+    assert p.returncode == 1
+    assert p.stderr.strip() == ("error: --only: unknown entries dpoo; choose among "
+                                "pretrain, sft, reward, dpo, dpo_cached, ppo, trl")
+
+
+def test_default_mode_ours_vs_hf_runs():
+    """The default mode on a 1-layer model: both rows and the same training loss. Regression:
+    GPT.configure_optimizers(hf_model) raised AttributeError (no param_groups on HF's model), so
+    `python bench.py` failed before printing anything."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, 'bench.py', '--n_layer=1', '--n_head=2', '--n_embd=64', '--block_size=32',
+                        '--repeats=1', '--gen_tokens=8', '--gen_prompt_len=16', '--threads=1'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    losses = next(line for line in p.stdout.splitlines() if line.startswith('train loss after the last step'))
+    ours, hf = (float(x.split()[-1]) for x in losses.split(':', 1)[1].split(','))
+    assert abs(ours - hf) < 1e-4
+    assert 'greedy tokens identical: 100.0%' in p.stdout
+    assert any(line.startswith('train tokens/s') for line in p.stdout.splitlines())
+    assert any(line.startswith('sample tokens/s') for line in p.stdout.splitlines())
