@@ -33,7 +33,7 @@ import contextlib
 import inspect
 import math
 import os
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
