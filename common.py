@@ -47,6 +47,14 @@ sys.excepthook = _excepthook
 CONFIG_TYPES = (int, float, bool, str, type(None), tuple, list)
 
 
+def require_positive(config, *names):
+    """A count or interval that must be > 0 (batch_size=0 would otherwise fail later, obscurely):
+    one error line naming the key."""
+    for name in names:
+        if name in config and not config[name] > 0:
+            raise UserError(f"{name}={config[name]!r} must be > 0")
+
+
 def config_keys(scope):
     """The config of a script: its public module globals of plain types, in definition order."""
     return [k for k, v in scope.items()
@@ -1314,8 +1322,13 @@ def plan_for_script(script, config, config_dir='config'):
     init = c['init_from']
     if init == 'resume':
         init = c['out_dir']
-    if init == 'scratch':
-        shape = dict(n_layer=c['n_layer'], n_head=c['n_head'], n_embd=c['n_embd'], vocab_size=50304,
+    if init == 'scratch':  # train.py's vocabulary: the dataset's meta.pkl (char-level), else GPT-2's padded to 50304
+        meta = os.path.join('data', c.get('dataset', ''), 'meta.pkl')
+        vocab_size = 50304
+        if not c.get('sft_data') and os.path.isfile(meta):
+            with open(meta, 'rb') as f:
+                vocab_size = pickle.load(f)['vocab_size']
+        shape = dict(n_layer=c['n_layer'], n_head=c['n_head'], n_embd=c['n_embd'], vocab_size=vocab_size,
                      block_size=c['block_size'], bias=c['bias'])
     else:
         shape = model_shape(init, config_dir)

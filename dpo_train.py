@@ -54,8 +54,8 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, ddp_broadcast, ddp_device, ddp_gather,
                     finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
                     lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
-                    print_config, save_atomic, save_checkpoint, set_rng_state, setup_ddp, setup_device,
-                    source_identity, split_accumulation, step_metrics)
+                    print_config, require_positive, save_atomic, save_checkpoint, set_rng_state, setup_ddp,
+                    setup_device, source_identity, split_accumulation, step_metrics)
 from losses import dpo_loss
 from model import GPT
 
@@ -117,6 +117,8 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
+require_positive(config, 'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
+                 'log_interval', 'eval_iters')
 # -----------------------------------------------------------------------------
 
 # DDP (as train.py) and devices

@@ -32,11 +32,10 @@ import torch
 from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
-from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr,
-                    get_rng_state, get_tokenizer, lora_overrides, make_optimizer, plan_memory,
-                    preference_triple, print_config, read_records, render_chat, response_forward,
-                    resolve_device, save_checkpoint, set_rng_state, setup_device, single_process,
-                    step_metrics)
+from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr, get_rng_state,
+                    get_tokenizer, lora_overrides, make_optimizer, plan_memory, preference_triple, print_config,
+                    read_records, render_chat, require_positive, resolve_device, response_forward, save_checkpoint,
+                    set_rng_state, setup_device, single_process, step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -122,6 +121,8 @@ dtype = 'auto'
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
+require_positive(config, 'batch_size', 'block_size', 'mini_batch_size', 'max_new_tokens', 'ppo_epochs', 'group_size',
+                 'eval_interval', 'log_interval')
 single_process(os.path.basename(__file__))  # no DDP here yet: refuse torchrun's copies
 # -----------------------------------------------------------------------------
 

@@ -38,9 +38,9 @@ from tqdm import tqdm
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides,
-                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records,
-                    reward_stats, save_checkpoint, set_rng_state, setup_ddp, setup_device, sft_pair,
-                    split_accumulation, step_metrics)
+                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config,
+                    read_records, require_positive, reward_stats, save_checkpoint, set_rng_state, setup_ddp,
+                    setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -99,6 +99,8 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())
+require_positive(config, 'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
+                 'log_interval', 'eval_iters')
 # -----------------------------------------------------------------------------
 
 # DDP (as train.py) and devices

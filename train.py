@@ -37,9 +37,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather,
-                    finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer,
-                    nonfinite_loss_error, plan_memory, print_config, read_records, save_checkpoint, set_rng_state,
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather, finish_ddp,
+                    get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer, nonfinite_loss_error,
+                    plan_memory, print_config, read_records, require_positive, save_checkpoint, set_rng_state,
                     setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair,
                     unwrap)
 from model import GPT, GPTConfig
@@ -105,6 +105,8 @@ optimizer = 'adamw'             # 'adamw' | 'adamw8bit' (bitsandbytes, CUDA only
 check_memory = True             # print the predicted peak GPU memory; on CUDA, refuse a config that does not fit
 # -----------------------------------------------------------------------------
 config = configure(globals())  # config/*.py files, then --key=value flags
+require_positive(config, 'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
+                 'log_interval', 'eval_iters')
 # -----------------------------------------------------------------------------
 
 # DDP and devices

@@ -183,6 +183,18 @@ def test_ppo_reward_model_placement_in_the_plan(monkeypatch):
     assert "reward_dtype='bfloat16'" in str(e.value) and "reward_device='cpu'" in str(e.value)
 
 
+def test_plan_of_a_char_level_model_from_scratch_uses_the_dataset_vocabulary(tmp_path, monkeypatch):
+    """train.py from scratch takes vocab_size from data/<dataset>/meta.pkl; so does the planner."""
+    import pickle
+    os.makedirs(tmp_path / 'data' / 'shakespeare_char')
+    with open(tmp_path / 'data' / 'shakespeare_char' / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': 65}, f)
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(ROOT, 'config', 'train_shakespeare_char.py')
+    assert plan_config(config)[2]['inputs']['cfg']['vocab_size'] == 65
+    assert plan_config(config, ['--dataset=other'])[2]['inputs']['cfg']['vocab_size'] == 50304  # no meta.pkl
+
+
 GPT2_LARGE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*gpt2large*.py'))) + \
     [os.path.join(ROOT, 'config', 'finetune_shakespeare.py')]
 

@@ -139,6 +139,13 @@ def test_reward_train_bad_inputs(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     err = p.stderr.strip().splitlines()
     assert p.returncode != 0 and err[-1].startswith("error: ") and "record 0 needs 'chosen' and 'rejected'" in err[-1]
+    # every script: a count or interval that must be positive is one error line naming the key
+    for script, flag in [('reward_train.py', '--batch_size=0'), ('dpo_train.py', '--log_interval=0'),
+                         ('train.py', '--gradient_accumulation_steps=0'), ('ppo_train.py', '--mini_batch_size=-1')]:
+        p = subprocess.run([sys.executable, os.path.join(ROOT, script), flag], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+        err = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and err == [f"error: {flag[2:]} must be > 0"], (script, p.stderr[-500:])
 
 
 def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
