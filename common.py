@@ -186,6 +186,17 @@ def ddp_broadcast(obj):
     return objs[0]
 
 
+def rank_state(checkpoint, rank, world_size):
+    """This DDP rank's RNG and data state from a checkpoint (a DDP checkpoint holds every rank's in
+    'rank_states'; a single-process one is its own), or None for a rank the checkpoint has none
+    for. When the process counts differ rank 0 notes that the resume is not exact."""
+    states = checkpoint.get('rank_states') or [checkpoint]
+    if len(states) != world_size:
+        print0(f"note: the checkpoint was saved by {len(states)} process(es), this run has {world_size}: "
+               f"ranks without a saved state restart their data from the start (resume not exact)")
+    return states[rank] if rank < len(states) else None
+
+
 def finish_ddp(state_dict):
     """The end of a DDP run: check once that every rank's replica is bit-identical (DDP broadcasts
     rank 0's weights at the start and averages the gradients, so any difference is a bug), print

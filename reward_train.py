@@ -38,7 +38,7 @@ from tqdm import tqdm
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides,
-                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config,
+                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config, rank_state,
                     read_records, require_positive, reward_stats, save_checkpoint, set_rng_state, setup_ddp,
                     setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
@@ -201,14 +201,10 @@ train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP 
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
-    # each DDP rank resumes its own RNGs and data position (as train.py; a DDP checkpoint holds every rank's)
-    rank_states = checkpoint.get('rank_states') or [checkpoint]
-    if ddp_rank < len(rank_states):
-        train_loader.load_state_dict(rank_states[ddp_rank]['train_loader'])
-        set_rng_state(rank_states[ddp_rank]['rng'])
-    if len(rank_states) != ddp_world_size:
-        print0(f"note: the checkpoint was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
-               f"ranks without a saved state restart their pairs from the first epoch (resume not exact)")
+    state = rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
+    if state is not None:
+        train_loader.load_state_dict(state['train_loader'])
+        set_rng_state(state['rng'])
     checkpoint = None
 raw_model = model
 if compile and device_type == 'cuda':

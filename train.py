@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather, finish_ddp,
                     get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer, nonfinite_loss_error,
-                    plan_memory, print_config, read_records, require_positive, save_checkpoint, set_rng_state,
-                    setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair,
-                    unwrap)
+                    plan_memory, print_config, rank_state, read_records, require_positive, save_checkpoint,
+                    set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics,
+                    tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -254,19 +254,15 @@ if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     if 'scaler' in checkpoint:
         scaler.load_state_dict(checkpoint['scaler'])
-    # each DDP rank resumes its own RNGs and data position (a DDP checkpoint holds every rank's), so
-    # the ranks do not all continue with rank 0's batches
-    rank_states = checkpoint.get('rank_states') or [checkpoint]
-    if ddp_rank < len(rank_states):
-        state = rank_states[ddp_rank]
+    # each DDP rank resumes its own RNGs and data position, so the ranks do not all continue with
+    # rank 0's batches
+    state = rank_state(checkpoint, ddp_rank, ddp_world_size)
+    if state is not None:
         if 'train_gen' in state:  # nanoGPT checkpoints have no RNG state: resume is then not exact
             train_gen.set_state(state['train_gen'])
             set_rng_state(state['rng'])
         if sft_data and state.get('sft_loader'):
             sft_loader.load_state_dict(state['sft_loader'])
-    if len(rank_states) != ddp_world_size and master_process:
-        print(f"note: {ckpt_path} was saved by {len(rank_states)} process(es), this run has {ddp_world_size}: "
-              f"ranks without a saved state restart their batches from the start (resume not exact)")
     checkpoint = None  # free memory
 
 raw_model = model

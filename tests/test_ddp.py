@@ -30,6 +30,7 @@ from conftest import ROOT, SHARED, make_hf_gpt2
 from model import GPT, GPTConfig
 
 BLOCK, BATCH, SEED = 32, 4, 1337
+SPEED = ('time_ms', 'tokens_per_s', 'mem/peak_gib')  # wall-clock columns: never equal between runs
 TINY = ['--device=cpu', '--backend=gloo', '--compile=False', '--eval_iters=2', f'--block_size={BLOCK}',
         f'--batch_size={BATCH}', '--n_layer=2', '--n_head=2', '--n_embd=32', '--warmup_iters=2',
         '--learning_rate=1e-2', '--min_lr=1e-3', '--gradient_accumulation_steps=4']
@@ -271,7 +272,7 @@ def test_dpo_train_two_ranks_equal_one_process(prefdir):
     for step in one:
         assert two[step].keys() == one[step].keys()
         for k in one[step]:
-            if k != 'time_ms':
+            if k not in SPEED:
                 assert two[step][k] == pytest.approx(one[step][k], abs=1e-5), (step, k)
     assert one[5]['loss'] < one[0]['loss'] - 0.05  # it trained
     w2, w1 = (torch.load(prefdir / d / 'ckpt.pt', weights_only=False)['model'] for d in ('out-dpo-2ranks', 'out-dpo-1proc'))
@@ -306,7 +307,7 @@ def test_dpo_train_ddp_resume_continues_every_rank_exactly(prefdir):
     launch('dpo_train.py', args + [f'--out_dir={resumed}', '--max_iters=3'], prefdir)
     p = launch('dpo_train.py', args + [f'--out_dir={resumed}', '--init_from=resume'], prefdir)
     assert p.stdout.count('reference log-probs of 100 pairs loaded from') == 1
-    drop_time = lambda rows: {s: {k: v for k, v in r.items() if k != 'time_ms'} for s, r in rows.items()}
+    drop_time = lambda rows: {s: {k: v for k, v in r.items() if k not in SPEED} for s, r in rows.items()}
     assert drop_time(log_rows(resumed)) == drop_time(log_rows(straight))
     sd_a = torch.load(straight / 'ckpt.pt', weights_only=False)['model']
     sd_b = torch.load(resumed / 'ckpt.pt', weights_only=False)['model']
