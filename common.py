@@ -186,7 +186,7 @@ def ddp_broadcast(obj):
     return objs[0]
 
 
-def rank_state(checkpoint, rank, world_size):
+def saved_rank_state(checkpoint, rank, world_size):
     """This DDP rank's RNG and data state from a checkpoint (a DDP checkpoint holds every rank's in
     'rank_states'; a single-process one is its own), or None for a rank the checkpoint has none
     for. When the process counts differ rank 0 notes that the resume is not exact."""

@@ -32,9 +32,10 @@ Departures from the paper and its code (eric-mitchell/direct-preference-optimiza
 3. IPO uses the summed response log-probs, as the paper's code; TRL averages them per token for IPO.
 4. DDP as train.py (torchrun --standalone --nproc_per_node=N dpo_train.py config/dpo_gpt2large.py),
    no FSDP: every rank holds the whole policy (and its reference); gradient_accumulation_steps is the
-   total across ranks, rank r draws its pairs with seed + r, the logged metrics are means over every
-   rank's pairs, and with precompute_ref_logps the ranks share the reference's forward passes. The
-   last micro-batch of an epoch may hold fewer pairs.
+   total across ranks, the ranks split each epoch of pairs (so N ranks x accumulation k/N train on
+   the micro-batches of 1 process x k), the logged metrics are means over every rank's pairs, and
+   with precompute_ref_logps the ranks share the reference's forward passes. The last micro-batch of
+   an epoch may hold fewer pairs.
 """
 
 import contextlib
@@ -54,7 +55,7 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, ddp_broadcast, ddp_device, ddp_gather,
                     finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
                     lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
-                    print_config, rank_state, require_positive, save_atomic, save_checkpoint, set_rng_state,
+                    print_config, require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state,
                     setup_ddp, setup_device, source_identity, split_accumulation, step_metrics)
 from losses import dpo_loss
 from model import GPT
@@ -317,7 +318,7 @@ train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP 
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
-    state = rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
+    state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
     if state is not None:
         train_loader.load_state_dict(state['train_loader'])
         set_rng_state(state['rng'])

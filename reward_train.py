@@ -19,7 +19,7 @@ Departures from the InstructGPT recipe:
    alignmentnanoGPT does); the per-pair margin (Llama 2) is read from a record's 'margin' field.
 
 Multi-GPU: torchrun --standalone --nproc_per_node=N reward_train.py config/reward_gpt2large.py (DDP as
-train.py: gradient_accumulation_steps is the total across ranks, rank r draws its pairs with seed + r,
+train.py: gradient_accumulation_steps is the total across ranks, the ranks split each epoch of pairs,
 the logged train metrics are means over every rank's pairs, and only rank 0 evaluates, writes and
 computes reward_mean/std).
 """
@@ -38,9 +38,9 @@ from tqdm import tqdm
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides,
-                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config, rank_state,
-                    read_records, require_positive, reward_stats, save_checkpoint, set_rng_state, setup_ddp,
-                    setup_device, sft_pair, split_accumulation, step_metrics)
+                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config,
+                    read_records, require_positive, reward_stats, save_checkpoint, saved_rank_state, set_rng_state,
+                    setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -201,7 +201,7 @@ train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP 
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
-    state = rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
+    state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
     if state is not None:
         train_loader.load_state_dict(state['train_loader'])
         set_rng_state(state['rng'])

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather, finish_ddp,
                     get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer, nonfinite_loss_error,
-                    plan_memory, print_config, rank_state, read_records, require_positive, save_checkpoint,
+                    plan_memory, print_config, read_records, require_positive, save_checkpoint, saved_rank_state,
                     set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics,
                     tokenize_pair, unwrap)
 from model import GPT, GPTConfig
@@ -54,7 +54,7 @@ eval_iters = 200                # batches per split for each loss estimate
 eval_only = False               # evaluate once at the start and exit
 always_save_checkpoint = True   # save ckpt.pt at every eval (False: only when val loss improves)
 init_from = 'scratch'           # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2*' | HF or checkpoint dir
-seed = 1337                     # base seed (DDP rank r uses seed + r for its batches)
+seed = 1337                     # base seed (DDP rank r draws its pretraining batches with seed + r)
 # wandb logging (optional; WANDB_MODE=offline works without a network)
 wandb_log = False
 wandb_project = 'owt'
@@ -256,7 +256,7 @@ if checkpoint is not None:
         scaler.load_state_dict(checkpoint['scaler'])
     # each DDP rank resumes its own RNGs and data position, so the ranks do not all continue with
     # rank 0's batches
-    state = rank_state(checkpoint, ddp_rank, ddp_world_size)
+    state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)
     if state is not None:
         if 'train_gen' in state:  # nanoGPT checkpoints have no RNG state: resume is then not exact
             train_gen.set_state(state['train_gen'])

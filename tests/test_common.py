@@ -127,3 +127,15 @@ def test_get_tokenizer_char_level_and_gpt2(tmp_path):
     assert isinstance(get_tokenizer('openwebtext'), GPT2Tokenizer)  # a BPE dataset has no meta.pkl
     with pytest.raises(UserError, match="tokenizer='shakespere_char'"):
         get_tokenizer('shakespere_char', strict=True)
+
+
+def test_saved_rank_state_per_rank_and_the_note_when_counts_differ(capsys):
+    from common import saved_rank_state
+    single = {'rng': 'r0', 'train_loader': 't0', 'rank_states': None}
+    assert saved_rank_state(single, 0, 1) is single and capsys.readouterr().out == ''
+    ddp = {'rng': 'r0', 'rank_states': [{'rng': 'a'}, {'rng': 'b'}]}
+    assert [saved_rank_state(ddp, r, 2) for r in (0, 1)] == [{'rng': 'a'}, {'rng': 'b'}]
+    assert capsys.readouterr().out == ''
+    assert saved_rank_state(ddp, 2, 3) is None  # a third rank has no saved state: it starts its data afresh
+    assert 'saved by 2 process(es), this run has 3' in capsys.readouterr().out
+    assert saved_rank_state(single, 1, 2) is None
