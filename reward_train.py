@@ -207,9 +207,9 @@ if checkpoint is not None:
         set_rng_state(state['rng'])
     checkpoint = None
 raw_model = model
-if compile and device_type == 'cuda':
-    model = torch.compile(model)  # note: compiles GPT.forward; PairLoss calls trunk(), which runs eagerly
 model = PairLoss(model, chosen_lm_coef)
+if compile and device_type == 'cuda':  # the whole reward computation (GPT.forward is not what it runs)
+    model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
