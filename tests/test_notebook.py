@@ -19,7 +19,6 @@ def test_autodl_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     monkeypatch.setenv('GPT2_RLHF_REPO', ROOT)
     monkeypatch.setenv('NOTEBOOK_WORKDIR', str(tmp_path))
     monkeypatch.setenv('HH_RLHF_LOCAL', os.path.join(SHARED, 'data', 'hh-rlhf', 'harmless-base-test.jsonl.gz'))
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
     monkeypatch.setenv('WANDB_MODE', 'offline')
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=600,
