@@ -110,7 +110,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from common import (GPT2Tokenizer, UserError, configure, make_optimizer, param_counts, plan_config,
                     script_defaults, setup_device)
 from common import GiB as _GiB  # an int: a plain global here would be a config key of the default mode
-from model import GPT, IGNORE_INDEX
+from model import GPT, IGNORE_INDEX, train_flops_per_token
 
 
 # -----------------------------------------------------------------------------
@@ -230,12 +230,11 @@ def logged_speed(out_dir, warmup):
     return statistics.median(r[1] for r in rows), statistics.median(r[2] for r in rows), len(rows)
 
 
-def train_flops_per_token(shape, seq_len):
-    """6N + 12 L H Q T, as model.GPT.estimate_mfu (PaLM appendix B): N the parameters but the
-    position embeddings. The trained model's forward and backward only: DPO's reference forward
-    and the weight gradients LoRA skips are not counted."""
-    n = param_counts(shape)['total'] - shape['block_size'] * shape['n_embd']
-    return 6 * n + 12 * shape['n_layer'] * shape['n_embd'] * seq_len
+def flops_per_token(shape, seq_len):
+    """model.train_flops_per_token for a planner shape: the trained model's forward and backward
+    only (DPO's reference forward and the weight gradients LoRA skips are not counted)."""
+    n = param_counts(shape)['total'] - shape['block_size'] * shape['n_embd']  # as GPT.get_num_params()
+    return train_flops_per_token(n, shape['n_layer'], shape['n_embd'], seq_len)
 
 
 def hf_gpt2_tokenizer():
@@ -422,7 +421,7 @@ def print_scripts_table(results, cuda, peak_flops, cap):
         mfu = '-'
         if cuda and r['speed'] and r['plan'] and name != 'ppo':
             shape = r['plan']['inputs']['cfg']
-            mfu = f"{r['speed'][1] * train_flops_per_token(shape, r['plan']['inputs']['seq_len']) / peak_flops:.1%}"
+            mfu = f"{r['speed'][1] * flops_per_token(shape, r['plan']['inputs']['seq_len']) / peak_flops:.1%}"
         peak = f"{r['peak']:.2f}" if r['peak'] is not None else '-'
         pred = f"{r['plan']['total'] / _GiB:.2f}" if r['plan'] else '-'
         ratio = f"{r['peak'] * _GiB / r['plan']['total']:.2f}" if r['peak'] is not None and r['plan'] else '-'

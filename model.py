@@ -256,6 +256,13 @@ def top_k_top_p_filter(logits, top_k=None, top_p=None):
     return logits
 
 
+def train_flops_per_token(n_params, n_layer, n_embd, seq_len):
+    """Training flops (forward + backward) per token of a sequence of seq_len tokens, as the PaLM
+    paper's appendix B counts them: 6 N + 12 L H Q T, with H Q = n_embd and N the parameters
+    without the position embeddings (GPT.get_num_params())."""
+    return 6 * n_params + 12 * n_layer * n_embd * seq_len
+
+
 class GPT(nn.Module):
     """GPT-2. With config.lora_rank > 0 only the LoRA adapters (lora_A, lora_B) and the value head
     (which the reward model and critic train from scratch) require grad; every other parameter is
@@ -473,11 +480,9 @@ class GPT(nn.Module):
         """Model flops utilisation: achieved training flops per second over `flops_promised`
         (default: A100 bf16 peak, 312 TFLOPS; an RTX 4090D is about 165e12 dense bf16 with fp32
         accumulate). Flops per token per the PaLM paper, appendix B: 6N + 12 L H Q T."""
-        N = self.get_num_params()
-        cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        flops_per_iter = (6 * N + 12 * L * H * Q * T) * T * fwdbwd_per_iter
-        return flops_per_iter / dt / flops_promised
+        T = self.config.block_size
+        flops_per_iter = train_flops_per_token(self.get_num_params(), self.config.n_layer, self.config.n_embd, T)
+        return flops_per_iter * T * fwdbwd_per_iter / dt / flops_promised
 
     # ------------------------------------------------------------------------------------------
     # LoRA

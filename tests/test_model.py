@@ -241,3 +241,15 @@ def test_estimate_mfu_formula():
     N = model.get_num_params()
     flops = (6 * N + 12 * 2 * 2 * 8 * 8) * 8 * 4  # per token, times T, times 4 sequences
     assert model.estimate_mfu(4, dt=2.0, flops_promised=1e9) == pytest.approx(flops / 2.0 / 1e9)
+
+
+def test_train_flops_per_token_from_a_planner_shape():
+    """bench.py --scripts computes MFU from the planner's shape, without a model: its N (the
+    planner's exact count less the position embeddings) is GPT.get_num_params()."""
+    from common import param_counts
+    from model import train_flops_per_token
+    shape = dict(n_layer=3, n_head=2, n_embd=16, vocab_size=50, block_size=12)
+    model = GPT(GPTConfig(**shape))
+    n = param_counts(shape)['total'] - shape['block_size'] * shape['n_embd']
+    assert n == model.get_num_params()
+    assert train_flops_per_token(n, 3, 16, 10) == 6 * n + 12 * 3 * 16 * 10
