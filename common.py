@@ -179,6 +179,14 @@ def ddp_gather(obj):
     return objs
 
 
+def ddp_mean(tensor):
+    """The mean of `tensor` over the DDP ranks, on every rank (e.g. a loss averaged over each
+    rank's micro-batches: the same count on every rank). A collective: all ranks call it."""
+    tensor = tensor.clone()
+    torch.distributed.all_reduce(tensor)
+    return tensor / torch.distributed.get_world_size()
+
+
 def ddp_broadcast(obj):
     """Rank 0's `obj` (picklable) on every rank. A collective: all ranks call it."""
     objs = [obj]

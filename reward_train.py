@@ -36,11 +36,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp,
-                    get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides,
-                    make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0, print_config,
-                    read_records, require_positive, reward_stats, save_checkpoint, saved_rank_state, set_rng_state,
-                    setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
+from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, ddp_mean,
+                    finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
+                    lora_overrides, make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0,
+                    print_config, read_records, require_positive, reward_stats, save_checkpoint, saved_rank_state,
+                    set_rng_state, setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -307,9 +307,7 @@ while True:
         for k in ('accuracy', 'margin'):
             sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
     if ddp:  # means over every rank's micro-batches: the figures logged, checked and stopped on
-        stacked = torch.stack(list(sums.values()))  # one all-reduce for all three
-        torch.distributed.all_reduce(stacked)
-        sums = dict(zip(sums, stacked / ddp_world_size))
+        sums = dict(zip(sums, ddp_mean(torch.stack(list(sums.values())))))  # one all-reduce for all three
     lossf = sums['loss'].item()
     if not math.isfinite(lossf):  # every rank sees the same lossf, so all stop here together
         with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it

@@ -37,11 +37,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather, finish_ddp,
-                    get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer, nonfinite_loss_error,
-                    plan_memory, print_config, read_records, require_positive, save_checkpoint, saved_rank_state,
-                    set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics,
-                    tokenize_pair, unwrap)
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather, ddp_mean,
+                    finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer,
+                    nonfinite_loss_error, plan_memory, print_config, read_records, require_positive,
+                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
+                    split_accumulation, step_metrics, tokenize_pair, unwrap)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -365,8 +365,7 @@ while True:
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:
-        torch.distributed.all_reduce(loss_sum)
-        loss_sum /= ddp_world_size
+        loss_sum = ddp_mean(loss_sum)
     lossf = loss_sum.item()  # one sync per iteration
     if not math.isfinite(lossf):  # stop before the step touches the weights
         pbar.close()
