@@ -725,6 +725,16 @@ def tokenize_preference(prompt_ids, chosen_ids, rejected_ids, eos_id, max_len, t
             (prompt_ids + list(rejected_ids) + [eos_id], n_prompt))
 
 
+def pad_left(prompts, pad_id, device):
+    """Prompts (token lists) left-padded with pad_id for generation: ids (B, T) and attention_mask
+    (B, T), 0 on the padding. The mask, not ids != pad_id, says what is padding: GPT-2 pads with
+    its EOS."""
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (T - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, attention_mask
+
+
 def pad_right(examples, pad_id, device):
     """[(ids, n_prompt), ...] -> ids (B, T) right-padded with pad_id, attention_mask (B, T) and
     response_mask (B, T): 1.0 on the response and EOS tokens (n_prompt <= t < length)."""

@@ -36,13 +36,14 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 
 import torch
 
-from common import UserError, configure, get_tokenizer, print_config, response_forward
+from common import UserError, configure, get_tokenizer, pad_left, print_config, response_forward
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -158,10 +159,8 @@ def sample(model, prompts, gen, batch_size=256):
     model.eval()
     ids_out, texts, ended = [], [], []
     for i in range(0, len(prompts), batch_size):
-        batch = [tokenizer.encode(p) for p in prompts[i:i + batch_size]]
-        T = max(map(len, batch))
-        idx = torch.tensor([[eos] * (T - len(p)) + p for p in batch], device=device)
-        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in batch], device=device)
+        idx, mask = pad_left([tokenizer.encode(p) for p in prompts[i:i + batch_size]], eos, device)
+        T = idx.size(1)
         out = model.generate(idx, max_new_tokens, temperature=1.0, attention_mask=mask, eos_token_id=eos,
                              generator=gen)[:, T:].tolist()
         for r in out:
@@ -318,8 +317,11 @@ def log_by_step(run_dir):
 
 
 if envelope_seeds:
-    print(f"== 7. reference envelope: {envelope_seeds} seeds of PPO, GRPO and DPO ({time.time() - t_start:.0f}s so far)")
+    print(f"== 7. reference envelope: {envelope_seeds} seeds of PPO, {'GRPO ' if run_grpo else ''}and DPO "
+          f"({time.time() - t_start:.0f}s so far)")
     for algo, metrics in ENVELOPE.items():
+        if algo == 'grpo' and not run_grpo:
+            continue
         runs = []
         for k in range(1, envelope_seeds + 1):
             d = os.path.join(out_dir, 'envelope', f'{algo}_seed{k}')
@@ -349,8 +351,7 @@ if envelope_seeds:
                 row = [step]
                 for m in metrics:
                     vals = sorted(float(r[step][m]) for r in runs if m in r[step])
-                    row += [vals[0], vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2,
-                            vals[-1]] if vals else ['', '', '']
+                    row += [vals[0], statistics.median(vals), vals[-1]] if vals else ['', '', '']
                 w.writerow(row)
         print(f"wrote {path}: {len(common_steps)} steps x {len(metrics)} metrics over {envelope_seeds} seeds")
 print(f"demo done in {time.time() - t_start:.0f}s")

@@ -138,12 +138,11 @@ band = {}  # metric -> (steps, min, median, max) of the reference envelope
 if envelope:
     if not os.path.isfile(envelope):
         raise UserError(f"envelope {envelope} not found")
-    with open(envelope, newline='') as f:
-        rows = list(csv.DictReader(f))
+    _, env = read_log(envelope)  # the same CSV shape as a log: step, then <metric>/min, /median, /max
     for c in wanted:
-        if rows and f'{c}/min' in rows[0]:
-            kept = [r for r in rows if r[f'{c}/min'] != '']
-            band[c] = tuple([float(r[k]) for r in kept] for k in ('step', f'{c}/min', f'{c}/median', f'{c}/max'))
+        if f'{c}/min' in env:  # the three are written together, so they share their steps
+            (steps, lo), (_, mid), (_, hi) = (env[f'{c}/{q}'] for q in ('min', 'median', 'max'))
+            band[c] = (steps, lo, mid, hi)
     if not band:
         raise UserError(f"envelope {envelope} has none of the plotted metrics ({', '.join(wanted)})")
 

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr, get_rng_state,
-                    get_tokenizer, lora_overrides, make_optimizer, plan_memory, preference_triple, print_config,
-                    read_records, render_chat, require_positive, resolve_device, response_forward, save_checkpoint,
-                    set_rng_state, setup_device, single_process, step_metrics)
+                    get_tokenizer, lora_overrides, make_optimizer, pad_left, plan_memory, preference_triple,
+                    print_config, read_records, render_chat, require_positive, resolve_device, response_forward,
+                    save_checkpoint, set_rng_state, setup_device, single_process, step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -197,14 +197,6 @@ if not prompts:
 print(f"prompts: {len(prompts)} ({n_long} longer than block_size - max_new_tokens = {max_prompt} skipped)")
 
 
-def left_pad(batch):
-    """Prompts left-padded for generation: ids (B, T), attention_mask (B, T)."""
-    T = max(len(p) for p in batch)
-    ids = torch.tensor([[eos] * (T - len(p)) + p for p in batch], device=device)
-    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in batch], device=device)
-    return ids, mask
-
-
 prompt_loader = EpochBatches(prompts, batch_size, seed, collate=lambda batch: batch)
 
 # -----------------------------------------------------------------------------
@@ -304,7 +296,7 @@ while iter_num < max_iters:
     # 1. rollout (eval mode: no dropout anywhere)
     policy.eval()
     batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
-    prompt_ids, prompt_mask = left_pad(batch_prompts)
+    prompt_ids, prompt_mask = pad_left(batch_prompts, eos, device)
     n_prompt = prompt_ids.size(1)
     generator.manual_seed(seed + iter_num)
     with torch.no_grad(), ctx:

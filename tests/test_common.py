@@ -139,3 +139,10 @@ def test_saved_rank_state_per_rank_and_the_note_when_counts_differ(capsys):
     assert saved_rank_state(ddp, 2, 3) is None  # a third rank has no saved state: it starts its data afresh
     assert 'saved by 2 process(es), this run has 3' in capsys.readouterr().out
     assert saved_rank_state(single, 1, 2) is None
+
+
+def test_pad_left_masks_padding_even_when_it_is_a_real_token():
+    from common import pad_left
+    ids, mask = pad_left([[5, 6, 7], [9], [0, 8]], 0, 'cpu')  # pad 0 is also the third prompt's first token
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 9], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]

@@ -124,6 +124,11 @@ def test_run_overlaid_on_reference_envelope(tmp_path):
     bad.write_text('step,loss/min,loss/median,loss/max\n0,1,2,3\n')
     r = plot(f'--logs={run}', f'--out={out}', f'--envelope={bad}')
     assert r.returncode == 1 and 'has none of the plotted metrics' in r.stderr, r.stderr
+    r = plot(f'--logs={run}', f'--out={out}', f'--envelope={tmp_path / "missing.csv"}')
+    assert r.returncode == 1 and r.stderr.strip().endswith('missing.csv not found'), r.stderr
+    bad.write_text('objective/scores/min,objective/scores/median,objective/scores/max\n1,2,3\n')  # no step
+    r = plot(f'--logs={run}', f'--out={out}', f'--envelope={bad}')
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith("(no 'step' column)"), r.stderr
 
 
 @pytest.mark.parametrize('args, message', [
