@@ -10,6 +10,14 @@ sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
 
+# Under pytest-xdist (`pytest -n auto`, the README's test command) each worker gets its share of
+# the cores, in this process and in the scripts the tests run as subprocesses (OMP_NUM_THREADS is
+# inherited); N workers with all cores each would slow every worker down.
+if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))
+    os.environ.setdefault('OMP_NUM_THREADS', str(_threads))
+    torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
 
 def make_hf_gpt2(path, n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=64, seed=0):
     """A random GPT2LMHeadModel with every parameter perturbed (so biases and layer norms are
