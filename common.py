@@ -440,6 +440,36 @@ class Logger:
             self.wandb.finish()
 
 
+def read_log(path):
+    """(path, {column: ([steps], [values])}) of a Logger CSV (a log.csv or the run directory holding
+    it), numbers only: a cell is skipped where its metric was not logged at that step (empty), is
+    text or is not finite, so each column is the curve of its metric. A missing file, a CSV without
+    a 'step' column and one with no rows yet are one-line errors (plot.py, demo.py, bench.py)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, 'log.csv')
+    if not os.path.isfile(path):
+        raise UserError(f"log {path} not found")
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or 'step' not in reader.fieldnames:
+            raise UserError(f"{path} is not a log.csv of this project (no 'step' column)")
+        series = {k: ([], []) for k in reader.fieldnames if k != 'step'}
+        n_rows = 0
+        for row in reader:
+            n_rows += 1
+            for k, (steps, values) in series.items():
+                try:
+                    v = float(row[k])
+                except (TypeError, ValueError):  # not logged at this step (empty), or text
+                    continue
+                if math.isfinite(v):
+                    steps.append(float(row['step']))
+                    values.append(v)
+    if n_rows == 0:
+        raise UserError(f"{path} has no rows yet")
+    return path, {k: s for k, s in series.items() if s[0]}
+
+
 def step_metrics(dt, n_tokens, device_type):
     """The speed columns every training script logs per iteration (bench.py --scripts reads them):
     time_ms (wall time of the iteration), tokens_per_s (n_tokens / dt; what counts as a token is

@@ -17,11 +17,10 @@ Several logs are overlaid in every panel, one colour each, labelled. matplotlib 
 (pip install matplotlib) and imported only here.
 """
 
-import csv
 import math
 import os
 
-from common import UserError, configure, print_config
+from common import UserError, configure, print_config, read_log
 
 # -----------------------------------------------------------------------------
 logs = 'out/log.csv'        # a log.csv or a run directory holding one; several comma-separated are overlaid
@@ -46,33 +45,6 @@ PPO_COLUMNS = ['objective/scores', 'objective/rlhf_reward', 'objective/kl', 'obj
                'loss/policy', 'loss/value', 'policy/clipfrac', 'policy/approxkl', 'val/clipfrac',
                'objective/kl_coef', 'response_length', 'val/num_eos_tokens']
 LOSS_LIKE = ('loss', 'acc', 'margin')  # substrings of the metrics plotted for non-PPO logs
-
-
-def read_log(path):
-    """{column: ([steps], [values])} of a Logger CSV, skipping empty cells and non-numbers."""
-    if os.path.isdir(path):
-        path = os.path.join(path, 'log.csv')
-    if not os.path.isfile(path):
-        raise UserError(f"log {path} not found")
-    with open(path, newline='') as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or 'step' not in reader.fieldnames:
-            raise UserError(f"{path} is not a log.csv of this project (no 'step' column)")
-        series = {k: ([], []) for k in reader.fieldnames if k != 'step'}
-        n_rows = 0
-        for row in reader:
-            n_rows += 1
-            for k, (steps, values) in series.items():
-                try:
-                    v = float(row[k])
-                except (TypeError, ValueError):  # not logged at this step (empty), or text
-                    continue
-                if math.isfinite(v):
-                    steps.append(float(row['step']))
-                    values.append(v)
-    if n_rows == 0:
-        raise UserError(f"{path} has no rows yet")
-    return path, {k: s for k, s in series.items() if s[0]}
 
 
 def ema(values, weight):

@@ -113,6 +113,35 @@ def test_logger_grows_columns_and_drops_rows_on_resume(tmp_path):
     assert [(r['step'], r['loss']) for r in rows] == [('0', '1.0'), ('1', '0.9'), ('2', '0.7')]
 
 
+
+def test_read_log_numbers_by_column_and_one_line_errors(tmp_path):
+    """read_log (plot.py, demo.py's envelope, bench.py --scripts): each column's (steps, values) in
+    row order, a step's two rows (train and eval) both read, empty, text and non-finite cells
+    skipped, a column with no number left out; a run directory means its log.csv."""
+    from common import read_log
+    path = str(tmp_path / 'log.csv')
+    log = Logger(path)
+    log.log({'train/loss': 2.5, 'lr': 1e-3, 'note': 'warmup'}, 0)
+    log.log({'val/loss': 2.75, 'lr': 1e-3}, 0)  # the eval row of the same step
+    log.log({'train/loss': float('nan'), 'lr': 5e-4}, 1)
+    log.log({'train/loss': 1.5, 'lr': 2.5e-4}, 2)
+    for where in (path, str(tmp_path)):
+        got_path, series = read_log(where)
+        assert got_path == path
+        assert series == {'train/loss': ([0.0, 2.0], [2.5, 1.5]), 'lr': ([0.0, 0.0, 1.0, 2.0], [1e-3, 1e-3, 5e-4, 2.5e-4]),
+                          'val/loss': ([0.0], [2.75])}  # no 'note': text only
+    with pytest.raises(UserError, match=r"^log .*nowhere.csv not found$"):
+        read_log(str(tmp_path / 'nowhere.csv'))
+    (tmp_path / 'empty.csv').write_text('step,loss\n')
+    with pytest.raises(UserError, match=r"empty.csv has no rows yet$"):
+        read_log(str(tmp_path / 'empty.csv'))
+    (tmp_path / 'other.csv').write_text('iter,loss\n0,1.0\n')
+    with pytest.raises(UserError, match=r"other.csv is not a log.csv of this project \(no 'step' column\)$"):
+        read_log(str(tmp_path / 'other.csv'))
+    (tmp_path / 'blank.csv').write_text('')
+    with pytest.raises(UserError, match=r"no 'step' column"):
+        read_log(str(tmp_path / 'blank.csv'))
+
 def test_get_tokenizer_char_level_and_gpt2(tmp_path):
     import pickle
     from common import CharTokenizer, GPT2Tokenizer, get_tokenizer
