@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny random GPT-2s saved the way transformers saves them (no downloads)."""
+"""Shared fixtures: tiny random GPT-2s saved the way transformers saves them (no downloads), and
+load_definitions, which takes functions out of a script without running it."""
+import ast
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -18,6 +21,32 @@ if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
     os.environ.setdefault('OMP_NUM_THREADS', str(_threads))
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
+
+
+def load_definitions(script, *names):
+    """The top-level functions and constants `names` of a script, without running the script (demo.py
+    runs its whole pipeline at import, as nanoGPT's train.py does): the script's imports and the
+    statements that define `names` are taken from its ast and executed, in file order, in a fresh
+    namespace, the functions' globals. A function's other globals must be among `names` (e.g.
+    positivity needs POSITIVE and NEGATIVE). Returns a namespace: load_definitions(p, 'f').f(...).
+    (common.script_defaults reads a script's config the same way.)"""
+    with open(script) as f:
+        tree = ast.parse(f.read(), script)
+
+    def defined(node):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            return {node.name}
+        if isinstance(node, ast.Assign):
+            return {t.id for t in node.targets if isinstance(t, ast.Name)}
+        return set()
+
+    body = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) or defined(node) & set(names)]
+    missing = set(names) - set().union(*map(defined, body))
+    if missing:
+        raise KeyError(f"{script} defines no {', '.join(sorted(missing))} at top level")
+    scope = {'__name__': os.path.splitext(os.path.basename(script))[0], '__file__': script}
+    exec(compile(ast.Module(body=body, type_ignores=[]), script, 'exec'), scope)  # line numbers stay the script's
+    return types.SimpleNamespace(**{name: scope[name] for name in names})
 
 def make_hf_gpt2(path, n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=64, seed=0):
     """A random GPT2LMHeadModel with every parameter perturbed (so biases and layer norms are
