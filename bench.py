@@ -60,7 +60,6 @@ forward relatively dearer (measured: see README).
 """
 
 import contextlib
-import csv
 import gc
 import hashlib
 import importlib.util
@@ -108,7 +107,7 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from common import (GPT2Tokenizer, UserError, configure, make_optimizer, param_counts, plan_config,
-                    script_defaults, setup_device)
+                    read_log, script_defaults, setup_device)
 from common import GiB as _GiB  # an int: a plain global here would be a config key of the default mode
 from model import GPT, IGNORE_INDEX, train_flops_per_token
 
@@ -219,11 +218,14 @@ def run_script(script, argv, output):
 def logged_speed(out_dir, warmup):
     """Medians of time_ms and tokens_per_s over the iterations a run logged, the first `warmup`
     left out; None when fewer were logged."""
-    path = os.path.join(out_dir, 'log.csv')
-    if not os.path.isfile(path):
+    try:
+        _, series = read_log(out_dir)
+    except UserError:  # no log.csv, or no row in it: the script stopped before its first iteration
         return None
-    rows = sorted((int(r['step']), float(r['time_ms']), float(r['tokens_per_s']))
-                  for r in csv.DictReader(open(path)) if r.get('time_ms'))
+    if 'time_ms' not in series:
+        return None
+    tokens_per_s = dict(zip(*series['tokens_per_s']))  # step -> value; common.step_metrics logs both in one row
+    rows = sorted((step, ms, tokens_per_s[step]) for step, ms in zip(*series['time_ms']))
     rows = rows[warmup:]
     if not rows:
         return None

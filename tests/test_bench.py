@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from common import Logger
+from conftest import ROOT, load_definitions
 
 
 def bench(*args):  # PyTorch's default threads: on 2 cores faster than one (27 -> 17 s here)
@@ -56,3 +57,21 @@ def test_default_mode_ours_vs_hf_runs():
     assert 'greedy tokens identical: 100.0%' in p.stdout
     assert any(line.startswith('train tokens/s') for line in p.stdout.splitlines())
     assert any(line.startswith('sample tokens/s') for line in p.stdout.splitlines())
+
+
+def test_logged_speed_medians_after_warmup(tmp_path):
+    """logged_speed reads a script's log.csv (common.read_log): the medians of time_ms and
+    tokens_per_s over the iterations after the first `warmup`; eval rows (no time_ms, possibly the
+    same step as a train row) do not count; None without a log, without a row, or with no
+    iteration left."""
+    logged_speed = load_definitions(os.path.join(ROOT, 'bench.py'), 'logged_speed').logged_speed
+    log = Logger(str(tmp_path / 'run' / 'log.csv'))
+    assert logged_speed(str(tmp_path / 'run'), 0) is None  # the header only: stopped before its first iteration
+    for step, ms, tokens_per_s in [(0, 90.0, 10.0), (1, 10.0, 300.0), (2, 20.0, 200.0), (3, 40.0, 50.0)]:
+        if step % 2 == 0:
+            log.log({'val/loss': 2.0, 'lr': 1e-3}, step)  # an eval row, as train.py logs before its step
+        log.log({'train/loss_step': 2.0, 'time_ms': ms, 'tokens_per_s': tokens_per_s}, step)
+    assert logged_speed(str(tmp_path / 'run'), 1) == (20.0, 200.0, 3)  # step 0 (warmup) left out
+    assert logged_speed(str(tmp_path / 'run'), 0) == (30.0, 125.0, 4)
+    assert logged_speed(str(tmp_path / 'run'), 4) is None
+    assert logged_speed(str(tmp_path / 'nowhere'), 0) is None
