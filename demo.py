@@ -43,7 +43,7 @@ import time
 
 import torch
 
-from common import UserError, configure, get_tokenizer, pad_left, print_config, response_forward
+from common import UserError, configure, get_tokenizer, pad_left, print_config, read_log, response_forward
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -171,6 +171,27 @@ def sample(model, prompts, gen, batch_size=256):
     return ids_out, texts, ended
 
 
+def preference_pairs(prompts, texts, rewards, ended, samples_per_prompt, quick):
+    """Preference pairs labelled by the true reward, as dicts (prompt, chosen, rejected, chosen_reward,
+    rejected_reward). texts[i * samples_per_prompt:(i + 1) * samples_per_prompt] are prompts[i]'s
+    samples, rewards their true rewards, ended whether each reached EOS. Inside each prompt's group,
+    every two complete lines whose rewards differ make a pair, the higher-reward one chosen; two
+    identical texts never pair. quick (a pipeline check: the lines of its barely trained model seldom
+    differ in true reward) also keeps unfinished lines and breaks reward ties by length, the longer
+    chosen, so that its few samples still make pairs."""
+    pairs = []
+    key = (lambda x: (x[0], len(x[1]))) if quick else (lambda x: x[0])
+    for i, prompt in enumerate(prompts):
+        group = [(rewards[j], texts[j]) for j in range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
+                 if ended[j] or quick]  # only complete lines
+        for a in group:  # every ordered pair once: a chosen over b only where a is strictly better
+            for b in group:
+                if key(a) > key(b) and a[1] != b[1]:
+                    pairs.append({'prompt': prompt, 'chosen': a[1], 'rejected': b[1],
+                                  'chosen_reward': a[0], 'rejected_reward': b[0]})
+    return pairs
+
+
 # -----------------------------------------------------------------------------
 # 1. pretrain
 pretrain_ckpt = os.path.join(out_dir, 'pretrain', 'ckpt.pt')
@@ -184,17 +205,7 @@ if stage('2. preference pairs', pairs_path):
     gen = torch.Generator(device=device).manual_seed(seed)
     chosen = train_prompts[:n_pair_prompts]
     _, texts, ended = sample(model, [p for p in chosen for _ in range(samples_per_prompt)], gen)
-    rewards = positivity(None, texts)
-    pairs = []
-    key = (lambda x: (x[0], len(x[1]))) if quick else (lambda x: x[0])  # quick: ties broken by length
-    for i, prompt in enumerate(chosen):
-        group = [(rewards[j], texts[j]) for j in range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
-                 if ended[j] or quick]  # only complete lines
-        for a in group:  # every pair of the group whose true rewards differ, the better one chosen
-            for b in group:
-                if key(a) > key(b) and a[1] != b[1]:
-                    pairs.append({'prompt': prompt, 'chosen': a[1], 'rejected': b[1],
-                                  'chosen_reward': a[0], 'rejected_reward': b[0]})
+    pairs = preference_pairs(chosen, texts, positivity(None, texts), ended, samples_per_prompt, quick)
     with open(pairs_path + '.tmp', 'w') as f:
         f.writelines(json.dumps(p) + '\n' for p in pairs)
     os.replace(pairs_path + '.tmp', pairs_path)
@@ -308,12 +319,27 @@ ENVELOPE = {
 
 
 def log_by_step(run_dir):
-    """{step: {metric: value}} of a run's log.csv, the rows of one step merged (train and eval)."""
+    """{step: {metric: value}} of a run's log.csv (common.read_log's numbers), the rows of one step
+    merged (train and eval); where a metric is in two rows of a step, the later row's value."""
     steps = {}
-    with open(os.path.join(run_dir, 'log.csv'), newline='') as f:
-        for row in csv.DictReader(f):
-            steps.setdefault(int(row['step']), {}).update({k: v for k, v in row.items() if v != '' and k != 'step'})
+    for metric, (xs, values) in read_log(run_dir)[1].items():
+        for x, v in zip(xs, values):  # read_log's steps are floats; the Logger wrote ints
+            steps.setdefault(int(x), {})[metric] = v
     return steps
+
+
+def envelope_table(runs, metrics):
+    """The envelope CSV's rows, header first: runs is a list of {step: {metric: value}}, one per
+    seed; for each step present in every run, the min, median and max of each metric over the
+    runs that have it at that step, three blanks where none has."""
+    table = [['step'] + [f'{m}/{q}' for m in metrics for q in ('min', 'median', 'max')]]
+    for step in sorted(set.intersection(*(set(r) for r in runs))):
+        row = [step]
+        for m in metrics:
+            vals = sorted(r[step][m] for r in runs if m in r[step])
+            row += [vals[0], statistics.median(vals), vals[-1]] if vals else ['', '', '']
+        table.append(row)
+    return table
 
 
 if envelope_seeds:
@@ -335,23 +361,16 @@ if envelope_seeds:
                         '--sample_interval=1')
             steps = log_by_step(d)
             if algo != 'dpo':
-                texts = {}
+                texts = {}  # the responses are text, which read_log skips: csv itself
                 with open(os.path.join(d, 'samples.csv'), newline='') as f:
                     for row in csv.DictReader(f):
                         texts.setdefault(int(row['step']), []).append(row['response'])
                 for step, responses in texts.items():
                     steps.setdefault(step, {})['true_reward'] = sum(positivity(None, responses)) / len(responses)
             runs.append(steps)
-        common_steps = sorted(set.intersection(*(set(r) for r in runs)))
+        table = envelope_table(runs, metrics)
         path = os.path.join(out_dir, f'envelope_{algo}.csv')
         with open(path, 'w', newline='') as f:
-            w = csv.writer(f)
-            w.writerow(['step'] + [f'{m}/{q}' for m in metrics for q in ('min', 'median', 'max')])
-            for step in common_steps:
-                row = [step]
-                for m in metrics:
-                    vals = sorted(float(r[step][m]) for r in runs if m in r[step])
-                    row += [vals[0], statistics.median(vals), vals[-1]] if vals else ['', '', '']
-                w.writerow(row)
-        print(f"wrote {path}: {len(common_steps)} steps x {len(metrics)} metrics over {envelope_seeds} seeds")
+            csv.writer(f).writerows(table)
+        print(f"wrote {path}: {len(table) - 1} steps x {len(metrics)} metrics over {envelope_seeds} seeds")
 print(f"demo done in {time.time() - t_start:.0f}s")
