@@ -34,12 +34,13 @@ def test_positivity_counts_whole_lexicon_words():
     texts = ['Love, SWEET love!',                # 3: case and punctuation
              'death death, DEATH.',              # -3: every repeat
              'lovely',                           # 1: a lexicon word of its own
-             'gloves lovelier unkind killer',    # 0: love, kind, kill only inside other words
+             'gloves lovelier unkind',           # 0: love and kind only inside other words
+             'skill killer',                     # 0: kill likewise
              "heaven's love2hate",               # 1 + 1 - 1: letters split at ' and digits
              'Good friend, false villain',       # 2 - 2
              '']
     got = demo.positivity(None, texts)
-    assert got == [3.0, -3.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    assert got == [3.0, -3.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
     assert all(type(r) is float for r in got)
 
 
@@ -105,6 +106,8 @@ def test_envelope_table_min_median_max_over_common_steps():
         [0, 1.0, 2.0, 3.0, 0.25, 0.5, 0.75, '', '', ''],  # acc: the two runs that have it; kl: none
         [1, 0.25, 0.5, 4.0, '', '', '', '', '', '']]  # the median, not the mean (1.58); steps 2, 3 not in every run
     assert demo.envelope_table(runs[:1], ['loss'])[1:] == [[0, 3.0, 3.0, 3.0], [1, 4.0, 4.0, 4.0], [2, 0.5, 0.5, 0.5]]
+    late_first = [{8: {'loss': 1.0}, 1: {'loss': 2.0}}] * 2  # (a set of 8 and 1 iterates 8 first)
+    assert [row[0] for row in demo.envelope_table(late_first, ['loss'])[1:]] == [1, 8]  # steps in order
 
 
 def test_mean_se():
