@@ -67,3 +67,26 @@ def test_lora_ppo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(tiny, tmp
     ids = torch.randint(50257, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), policy.disable_adapters():
         torch.testing.assert_close(policy.eval()(ids)[0], sft.eval()(ids)[0], atol=1e-4, rtol=0)
+
+
+def test_ppo_update_has_no_dropout_so_each_rollouts_first_ratio_is_1(tiny, tmp_path):
+    """The PPO epochs ran in train mode (policy.train()), so LoRA dropout was active in the update
+    but not in the rollout that computed old_logp: with one mini-batch step per rollout (weights
+    unchanged since old_logp) the ratio must be exactly 1, but was not. Shown with an init_from
+    whose adapters carry lora_dropout=0.5 (here before the fix: iteration 0 stopped on 'first PPO
+    ratio is ..., not 1'); with --lora_rank=4 --lora_dropout=0.5 the same happened silently from
+    iteration 1 on (ratio_max 1.094, approxkl 5.5e-4 at iteration 1 with learning_rate=1e-2)."""
+    _, path = lora_checkpoint(tiny, 'sft_lora_dropout', lora_dropout=0.5)
+    rows = run_ppo(tmp_path, [f'--init_from={path}', '--mini_batch_size=8', '--ppo_epochs=1', '--learning_rate=1e-2',
+                              '--max_iters=3', '--eval_interval=3'])
+    assert float(rows[-1]['objective/kl']) != 0.0  # the policy moved
+    for r in rows:
+        assert float(r['policy/ratio_max']) == 1.0 and float(r['policy/approxkl']) == 0.0, r
+
+
+def test_ppo_refuses_lora_dropout(tiny, tmp_path):
+    (tmp_path / 'rewards.py').write_text(REWARDS)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), f'--init_from={tiny / "hf"}',
+                        '--reward_fn=rewards:length_mod_3', '--lora_rank=4', '--lora_dropout=0.5', '--device=cpu'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and 'lora_dropout=0.5: PPO runs without dropout' in p.stderr, p.stderr[-1500:]
