@@ -38,7 +38,7 @@ from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError,
                     save_checkpoint, set_rng_state, setup_device, single_process, step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
-from model import GPT
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -99,7 +99,7 @@ kl_ceiling = 0.0                # nats per sequence; KL above it while the score
 block_size = 1024
 lora_rank = 0                   # LoRA: the reference is the policy with adapters disabled (no copy)
 lora_alpha = 16.0
-lora_dropout = 0.0
+lora_dropout = 0.0               # must be 0: no dropout in PPO (a LoRA init_from's own is switched off too)
 lora_targets = 'attn'
 ref_dtype = 'float32'           # 'bfloat16' halves the frozen reference copy
 gradient_checkpointing = False  # recompute each block in backward: far less activation memory, ~30% more compute
@@ -134,6 +134,9 @@ if reward_dtype not in ('float32', 'bfloat16'):
     raise UserError(f"reward_dtype must be 'float32' or 'bfloat16', got {reward_dtype!r}")
 if reward_device not in ('', 'cpu') and not reward_device.startswith('cuda'):
     raise UserError(f"reward_device must be '' (= device), 'cpu' or 'cuda[:N]', got {reward_device!r}")
+if lora_dropout != 0.0:
+    raise UserError(f"lora_dropout={lora_dropout}: PPO runs without dropout (rollout and update must be the same "
+                    f"function, so the first ratio of each rollout is 1); set lora_dropout=0")
 if critic not in ('shared', 'separate'):
     raise UserError(f"critic must be 'shared' or 'separate', got {critic!r}")
 if max_new_tokens >= block_size:
@@ -211,7 +214,13 @@ if init_from == 'resume':
                         f"use --init_from={out_dir} and another out_dir")
     iter_num, kl_coef, ref_source = checkpoint['iter_num'], checkpoint['kl_coef'], checkpoint['ref_source']
 else:
-    policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic, **lora)
+    policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic)
+    if lora_rank:  # fresh adapters on init_from's function: the adapters-off reference must BE init_from, so
+        # adapters init_from already has (a LoRA SFT checkpoint) are folded into the base weights first
+        base_weights = policy.merge_lora().state_dict()
+        policy = GPT(GPTConfig(**{**asdict(policy.config), **lora}))
+        policy.load_state_dict_checked(base_weights, init_from)
+        del base_weights
     ref_source = init_from  # the reference is the initial policy, also after a resume
 if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")
@@ -232,7 +241,7 @@ if advantage_estimator == 'gae' and critic == 'separate':
     if reward_fn or not reward_model.endswith('.pt'):
         raise UserError("critic='separate' starts from this project's reward checkpoint (a .pt file); "
                         "with reward_fn or a Hugging Face reward model use critic='shared'")
-    critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device)  # its value head: the reward head
+    critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device).eval()  # its value head: the reward head
     if checkpoint is not None:
         critic_model.load_state_dict(checkpoint['critic'])
 params = [p for p in policy.parameters() if p.requires_grad]
@@ -293,7 +302,8 @@ while iter_num < max_iters:
     for group in optimizer.param_groups:
         group['lr'] = lr
 
-    # 1. rollout (eval mode: no dropout anywhere)
+    # 1. rollout. Eval mode throughout, the PPO epochs too: no dropout anywhere (dropout=0.0, and a LoRA
+    # checkpoint's lora_dropout is inactive), so old_logp/old_values and the update are one function
     policy.eval()
     batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
     prompt_ids, prompt_mask = pad_left(batch_prompts, eos, device)
@@ -335,7 +345,7 @@ while iter_num < max_iters:
                             f"temperature, dropout or weights differ between generation and training")
     kl = kl_estimate(old_logp, ref_logp, 'k1') * response_mask  # (B, n)
     kl_seq = kl.sum(1)  # nats per sequence
-    if iter_num == start_iter == 0 and ref_dtype == 'float32' and kl.abs().max() > 1e-4:  # invariant
+    if iter_num == start_iter == 0 and (reference is None or ref_dtype == 'float32') and kl.abs().max() > 1e-4:  # invariant
         raise UserError(f"KL to the reference is {kl.abs().max().item():.2e} before any update, not 0: "
                         f"the reference is not the initial policy")
 
@@ -354,7 +364,6 @@ while iter_num < max_iters:
     t_score = time.time() - t0 - t_rollout
 
     # 6. PPO epochs over shuffled mini-batches
-    policy.train()
     stats, n_steps, stop, ratio_max = {}, 0, False, 0.0
     for epoch in range(ppo_epochs):
         perm = torch.randperm(n_seq, device=device)

@@ -42,7 +42,7 @@ from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, d
                     nonfinite_loss_error, plan_memory, print_config, read_records, require_positive,
                     save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
                     split_accumulation, step_metrics, tokenize_pair, unwrap)
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, IGNORE_INDEX
 
 # -----------------------------------------------------------------------------
 # default config: GPT-2 (124M) on OpenWebText, as nanoGPT
@@ -351,17 +351,28 @@ while True:
 
     # forward/backward with gradient accumulation; the loss is summed on the device
     loss_sum = torch.zeros((), device=device)
-    X, Y = next_train_batch()
+    next_batch = next_train_batch
+    if sft_data:  # the iteration's micro-batches up front, each weighed by its share of the response targets: the
+        # loss is the mean over every response token of the iteration (all ranks), not a mean of micro-batch means
+        micro_batches = [next_train_batch() for _ in range(gradient_accumulation_steps)]
+        n_targets = torch.stack([(y != IGNORE_INDEX).sum() for _, y in micro_batches]).float()  # (k,)
+        n_total = ddp_mean(n_targets.sum()) * ddp_world_size if ddp else n_targets.sum()
+        weights = n_targets * ddp_world_size / n_total  # times world_size: DDP averages the ranks' gradients
+        next_batch = iter(micro_batches).__next__
+    X, Y = next_batch()
     n_tokens = 0  # tokens processed this iteration, padding included
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         with ctx:
             logits, loss = model(X, Y)
-            loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
+            if sft_data:
+                loss = loss * weights[micro_step]  # loss is the micro-batch's mean over its own targets
+            else:  # pretraining: every micro-batch has batch_size * block_size targets
+                loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
         if micro_step < gradient_accumulation_steps - 1:
             n_tokens += X.numel()
-            X, Y = next_train_batch()  # prefetch while the GPU computes
+            X, Y = next_batch()  # prefetch while the GPU computes
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:
