@@ -171,12 +171,11 @@ if init_from == 'resume':
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base'] and not ref_from
 else:
-    model = GPT.from_pretrained(init_from, dropout=dropout, **lora)
+    model = GPT.from_pretrained(init_from, dropout=dropout)
+    if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
+        model = model.with_new_adapters(**lora)
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
     ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
-    if ref_is_base and any(bool(p.any()) for n, p in model.named_parameters() if n.endswith('lora_B')):
-        raise UserError(f"{init_from} has trained LoRA adapters: the adapters-off reference would be its base model, "
-                        f"not {init_from}; merge them first (model.merge_lora()) or set ref_from")
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)
 elif block_size > model.config.block_size:

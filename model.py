@@ -33,7 +33,7 @@ import contextlib
 import inspect
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -505,6 +505,18 @@ class GPT(nn.Module):
         finally:
             for m, enabled in zip(lora, before):
                 m.adapter_enabled = enabled
+
+    def with_new_adapters(self, **lora):
+        """This model's function with fresh LoRA adapters on top (B = 0, so nothing changes yet):
+        adapters the model already has (a LoRA SFT checkpoint) are merged into its base weights
+        first, so that disabling the new adapters gives back this model, not its pre-adapter base.
+        That is what LoRA DPO and PPO need: their reference is the adapters-off policy and must be
+        init_from itself. lora: lora_rank, lora_alpha, lora_dropout, lora_targets. Merges self's
+        adapters in place; returns a new GPT on the CPU."""
+        base = self.merge_lora().state_dict()
+        model = GPT(GPTConfig(**{**asdict(self.config), **lora}))
+        model.load_state_dict_checked(base, 'the merged model')  # the new adapters keep their init
+        return model
 
     def merge_lora(self):
         """Fold every adapter into its weight (W + B A * alpha / r), leaving plain nn.Linears, a

@@ -38,7 +38,7 @@ from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError,
                     save_checkpoint, set_rng_state, setup_device, single_process, step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
-from model import GPT, GPTConfig
+from model import GPT
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -215,12 +215,8 @@ if init_from == 'resume':
     iter_num, kl_coef, ref_source = checkpoint['iter_num'], checkpoint['kl_coef'], checkpoint['ref_source']
 else:
     policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic)
-    if lora_rank:  # fresh adapters on init_from's function: the adapters-off reference must BE init_from, so
-        # adapters init_from already has (a LoRA SFT checkpoint) are folded into the base weights first
-        base_weights = policy.merge_lora().state_dict()
-        policy = GPT(GPTConfig(**{**asdict(policy.config), **lora}))
-        policy.load_state_dict_checked(base_weights, init_from)
-        del base_weights
+    if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
+        policy = policy.with_new_adapters(**lora)
     ref_source = init_from  # the reference is the initial policy, also after a resume
 if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")

@@ -287,16 +287,18 @@ def eval_batches(split):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over the eval batches of each split (response tokens only in SFT mode)."""
+    """Mean loss over the eval batches of each split; in SFT mode the mean over all their response
+    tokens (each batch weighed by its number of targets, as in training), not a mean of batch means."""
     out = {}
     model.eval()
     for split in ('train', 'val'):
-        losses = []
+        total, weight = 0.0, 0
         for X, Y in eval_batches(split):
             with ctx:
                 _, loss = model(X, Y)
-            losses.append(loss.item())
-        out[split] = sum(losses) / len(losses)
+            n = (Y != IGNORE_INDEX).sum().item() if sft_data else 1
+            total, weight = total + loss.item() * n, weight + n
+        out[split] = total / weight
     model.train()
     return out
 

@@ -258,6 +258,29 @@ def test_lora_dpo_uses_the_adapters_off_policy_as_reference(dpo_dir):
     assert any(k.endswith('lora_B') and sd[k].abs().sum() > 0 for k in sd)
 
 
+def test_lora_dpo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(dpo_dir):
+    """init_from with trained adapters of its own (a LoRA SFT checkpoint, as config/sft_gpt2large_lora.py
+    writes): they are merged into the base and fresh adapters (here of another rank) go on top, so the
+    adapters-off reference is init_from itself: loss log 2 at iteration 0, and the trained policy's
+    base weights are init_from's merged weights. (Before, DPO refused such an init_from.)"""
+    sft = GPT.from_pretrained(str(dpo_dir / 'init'), lora_rank=4, lora_alpha=8.0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if n.endswith('lora_B'):
+                p.normal_(0, 0.3)  # trained adapters: the SFT model differs from its base
+    save_project_checkpoint(str(dpo_dir / 'init-lora'), sft)
+    merged = sft.merge_lora().state_dict()
+    out = dpo_dir / 'out-lora-from-lora'
+    p = run_dpo(DPO_TINY + ['--init_from=init-lora', '--pref_data=pref.jsonl', f'--out_dir={out}', '--max_iters=2',
+                            '--eval_interval=2', '--lora_rank=2'], dpo_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert log_rows(out)[0]['loss'] == pytest.approx(math.log(2), abs=1e-6)  # the policy is the reference
+    sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
+    assert all(torch.equal(sd[k], merged[k]) for k in merged)  # the frozen base = init_from merged
+    assert any(k.endswith('lora_B') and sd[k].abs().sum() > 0 for k in sd)
+
+
 @pytest.mark.parametrize('args, message', [
     (['--ref_from=ref-vocab'], 'error: reference ref-vocab has vocab_size 50304 but the policy has 50257'),
     (['--loss_type=kto'], "error: unknown DPO loss_type 'kto'; choose among sigmoid, ipo, hinge"),

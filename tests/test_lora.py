@@ -230,3 +230,29 @@ def test_lora_dropout_is_random_in_train_mode_only():
     with model.disable_adapters():
         assert torch.equal(model(idx)[0], model(idx)[0])
     assert math.isclose(model.transformer.h[0].attn.c_attn.scale, 16.0 / 4)  # alpha / rank
+
+
+def test_with_new_adapters_keeps_the_trained_model_as_the_adapters_off_reference():
+    """A model with trained adapters (a LoRA SFT checkpoint) given fresh adapters for DPO/PPO: the
+    function is unchanged (new B = 0), and with the new adapters disabled it is still that model,
+    not its pre-adapter base; the new rank and targets apply, and only the new adapters train."""
+    torch.manual_seed(0)
+    sft = GPT(GPTConfig(**TINY, lora_rank=4, lora_alpha=8.0, lora_targets='attn'))
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if n.endswith('lora_B'):
+                p.normal_(0, 0.3)
+    sft.eval()
+    idx = torch.randint(0, TINY['vocab_size'], (2, 12))
+    with torch.no_grad():
+        want = sft(idx)[0]
+        with sft.disable_adapters():
+            pre_sft_base = sft(idx)[0]
+    assert (want - pre_sft_base).abs().max() > 1e-3  # the adapters are trained
+    new = sft.with_new_adapters(lora_rank=2, lora_alpha=4.0, lora_dropout=0.0, lora_targets='attn,mlp').eval()
+    with torch.no_grad():
+        torch.testing.assert_close(new(idx)[0], want, atol=1e-5, rtol=0)
+        with new.disable_adapters():
+            torch.testing.assert_close(new(idx)[0], want, atol=1e-5, rtol=0)
+    assert new.config.lora_rank == 2 and new.transformer.h[0].mlp.c_fc.lora_A.shape == (2, TINY['n_embd'])
+    assert all(p.requires_grad == is_adapter(n) for n, p in new.named_parameters())

@@ -1,5 +1,6 @@
-"""Review finding in train.py's SFT mode: gradient accumulation averaged the micro-batches' per-token
-means, so a token's weight depended on how many response tokens shared its micro-batch."""
+"""train.py's SFT mode: the loss of an iteration is the mean over all its response tokens, whatever
+the micro-batching (gradient accumulation, DDP ranks); a mean of micro-batch means would weigh a
+token by how many response tokens share its micro-batch."""
 import csv
 import json
 import os
@@ -19,7 +20,7 @@ RECORDS = [{'prompt': 'Q: say yes\nA:', 'response': ' yes'},
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp('review_sft')
+    d = tmp_path_factory.mktemp('sft_accumulation')
     make_hf_gpt2(str(d / 'hf'), vocab_size=50257, n_positions=64, n_embd=32)
     (d / 'sft.jsonl').write_text('\n'.join(json.dumps(r) for r in RECORDS))
     return d
@@ -28,7 +29,7 @@ def setup(tmp_path_factory):
 def train_one_step(d, out, batch_size, accumulation, nproc=1):
     args = ['--backend=gloo'] * (nproc > 1) + ['--device=cpu', '--compile=False', f'--init_from={d / "hf"}', f'--sft_data={d / "sft.jsonl"}',
             f'--sft_val_data={d / "sft.jsonl"}', '--block_size=32', f'--batch_size={batch_size}',
-            f'--gradient_accumulation_steps={accumulation}', '--max_iters=1', '--eval_interval=1', '--eval_iters=1',
+            f'--gradient_accumulation_steps={accumulation}', '--max_iters=1', '--eval_interval=1', '--eval_iters=2',
             '--learning_rate=1e-3', '--warmup_iters=0', '--decay_lr=False', f'--out_dir={d / out}']
     if nproc > 1:
         from test_ddp import launch
@@ -37,8 +38,10 @@ def train_one_step(d, out, batch_size, accumulation, nproc=1):
         p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=d, capture_output=True,
                            text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
-    loss = [float(r['train/loss_step']) for r in csv.DictReader(open(d / out / 'log.csv')) if r['train/loss_step']]
-    return loss[0], torch.load(d / out / 'ckpt.pt', weights_only=False)['model']
+    rows = list(csv.DictReader(open(d / out / 'log.csv')))
+    loss = [float(r['train/loss_step']) for r in rows if r['train/loss_step']]
+    val0 = [float(r['val/loss']) for r in rows if r['val/loss'] and r['step'] == '0']  # before the update
+    return loss[0], val0[0], torch.load(d / out / 'ckpt.pt', weights_only=False)['model']
 
 
 def test_accumulated_sft_step_equals_the_one_batch_step(setup):
@@ -56,9 +59,11 @@ def test_accumulated_sft_step_equals_the_one_batch_step(setup):
         expected = model(X, Y)[1].item()  # token mean over both examples' response + EOS targets
         per_example = [model(*sft_batch([e], tok.eot_token, 'cpu'))[1].item() for e in examples]
     assert abs(expected - sum(per_example) / 2) > 1e-2  # the two averages differ on this data
-    loss_1x2, w_1x2 = train_one_step(setup, 'b2a1', batch_size=2, accumulation=1)
-    loss_2x1, w_2x1 = train_one_step(setup, 'b1a2', batch_size=1, accumulation=2)
-    loss_ddp, w_ddp = train_one_step(setup, 'ddp', batch_size=1, accumulation=2, nproc=2)  # one example per rank
+    loss_1x2, val_1x2, w_1x2 = train_one_step(setup, 'b2a1', batch_size=2, accumulation=1)
+    loss_2x1, val_2x1, w_2x1 = train_one_step(setup, 'b1a2', batch_size=1, accumulation=2)
+    loss_ddp, _, w_ddp = train_one_step(setup, 'ddp', batch_size=1, accumulation=2, nproc=2)  # one example per rank
+    # the eval too (the same records as val data): one batch of 2, or 2 batches of 1, give the token mean
+    assert val_1x2 == pytest.approx(expected, abs=1e-5) and val_2x1 == pytest.approx(expected, abs=1e-5)
     assert loss_1x2 == pytest.approx(expected, abs=1e-5)
     assert loss_2x1 == pytest.approx(expected, abs=1e-5)
     assert loss_ddp == pytest.approx(expected, abs=1e-5)

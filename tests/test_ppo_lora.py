@@ -1,4 +1,5 @@
-"""Review findings in ppo_train.py, each shown end to end on a tiny random GPT-2 (CPU, seconds)."""
+"""ppo_train.py with LoRA and dropout, end to end on a tiny random GPT-2 (CPU, seconds): a LoRA SFT
+checkpoint as init_from stays the reference, and no dropout makes each rollout's first ratio 1."""
 import csv
 import json
 import os
@@ -17,7 +18,7 @@ REWARDS = 'def length_mod_3(prompts, responses):\n    return [float(len(r) % 3) 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp('review_ppo')
+    d = tmp_path_factory.mktemp('ppo_lora')
     make_hf_gpt2(str(d / 'hf'), vocab_size=50257, n_positions=64, n_embd=32)
     return d
 
