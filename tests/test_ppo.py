@@ -1,10 +1,12 @@
 """PPO / GRPO / RLOO: the rollout's log-probs, value positions, and ppo_train.py end to end on a
-task with a known reward."""
+task with a known reward; with LoRA, a LoRA SFT init_from stays the reference and no dropout keeps
+each rollout's first ratio at 1."""
 import csv
 import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -398,3 +400,67 @@ def test_logger_table_csv_keeps_one_history_on_resume(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / 'samples.csv')))
     assert [(r['step'], r['response']) for r in rows] == [('0', 'r00'), ('0', 'r01'), ('1', 'new')]
     assert rows[0]['prompt'] == 'a,"b"\nc'
+
+
+# LoRA: a LoRA SFT checkpoint as init_from stays the reference; no dropout anywhere in PPO
+
+def lora_checkpoint(tiny, name, lora_dropout=0.0):
+    """A checkpoint of this project with TRAINED LoRA adapters (lora_B != 0), as train.py writes
+    for config/sft_gpt2large_lora.py, the init_from of config/ppo_gpt2large.py and grpo_gpt2large.py."""
+    m = GPT.from_pretrained(str(tiny / 'hf'), lora_rank=4, lora_alpha=8.0, lora_dropout=lora_dropout)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith('lora_B'):
+                p.normal_(0, 0.3)
+    os.makedirs(tiny / name, exist_ok=True)
+    torch.save({'model': m.state_dict(), 'model_args': asdict(m.config)}, tiny / name / 'ckpt.pt')
+    return m, str(tiny / name)
+
+
+def ppo_log(tmp_path, args):
+    """log.csv rows of a ppo_train.py run (init_from in args) on the space_fraction task."""
+    p = run_ppo(None, tmp_path, args)
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    return list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+
+
+@pytest.mark.parametrize('ref_dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('rank', [4, 2])
+def test_lora_ppo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(tiny, tmp_path, ref_dtype, rank):
+    """LoRA PPO's reference is the policy with its adapters disabled. When init_from already has
+    trained adapters (the documented pipeline sft_gpt2large_lora -> ppo_gpt2large), disabling them
+    gave the BASE model, not the SFT policy: the KL to the reference was not 0 before any update
+    (iteration 0 stopped with 'KL to the reference is 1.62e+00', or, with ref_dtype='bfloat16',
+    which skipped that check, PPO silently penalised the distance to the pre-SFT base).
+    Expected: the KL of iteration 0 is exactly 0 (reference = init_from's function), with PPO's own
+    lora_rank equal to or different from the checkpoint's."""
+    sft, path = lora_checkpoint(tiny, 'sft_lora')
+    rows = ppo_log(tmp_path, ['--batch_size=8', f'--init_from={path}', f'--lora_rank={rank}', '--lora_alpha=8.0', f'--ref_dtype={ref_dtype}',
+                              '--mini_batch_size=4', '--learning_rate=1e-3', '--max_iters=1', '--eval_interval=1'])
+    assert float(rows[0]['objective/kl']) == 0.0
+    # the trained policy's adapters-off model is the SFT policy (its adapters merged), not the base
+    policy, _ = GPT.from_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))
+    ids = torch.randint(50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), policy.disable_adapters():
+        torch.testing.assert_close(policy.eval()(ids)[0], sft.eval()(ids)[0], atol=1e-4, rtol=0)
+
+
+def test_ppo_update_has_no_dropout_so_each_rollouts_first_ratio_is_1(tiny, tmp_path):
+    """The PPO epochs ran in train mode (policy.train()), so LoRA dropout was active in the update
+    but not in the rollout that computed old_logp: with one mini-batch step per rollout (weights
+    unchanged since old_logp) the ratio must be exactly 1, but was not. Shown with an init_from
+    whose adapters carry lora_dropout=0.5 (here before the fix: iteration 0 stopped on 'first PPO
+    ratio is ..., not 1'); with --lora_rank=4 --lora_dropout=0.5 the same happened silently from
+    iteration 1 on (ratio_max 1.094, approxkl 5.5e-4 at iteration 1 with learning_rate=1e-2)."""
+    _, path = lora_checkpoint(tiny, 'sft_lora_dropout', lora_dropout=0.5)
+    rows = ppo_log(tmp_path, ['--batch_size=8', f'--init_from={path}', '--mini_batch_size=8', '--ppo_epochs=1', '--learning_rate=1e-2',
+                              '--max_iters=3', '--eval_interval=3'])
+    assert float(rows[-1]['objective/kl']) != 0.0  # the policy moved
+    for r in rows:
+        assert float(r['policy/ratio_max']) == 1.0 and float(r['policy/approxkl']) == 0.0, r
+
+
+def test_ppo_refuses_lora_dropout(tiny, tmp_path):
+    p = run_ppo(tiny, tmp_path, ['--lora_rank=4', '--lora_dropout=0.5', '--max_iters=1'])
+    assert p.returncode != 0 and 'lora_dropout=0.5: PPO runs without dropout' in p.stderr, p.stderr[-1500:]
