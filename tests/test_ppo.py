@@ -290,9 +290,10 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
         assert {p.dtype for p in rm16.model.parameters()} == {torch.bfloat16}  # reward_dtype='bfloat16'
         # exactly the scores of the model itself in bf16 (these random, noisy models are touchy: bf16
         # moves their scores by up to 0.12; a trained reward model in bf16 is checked in test_reward.py)
+        inputs16 = rm16.encode(prompts, responses)  # sets the pad id it chose for this batch
         model.config.pad_token_id = rm16.model.config.pad_token_id
         with torch.no_grad():
-            alone16 = model.to(torch.bfloat16)(**rm16.encode(prompts, responses)).logits[:, 0].float()
+            alone16 = model.to(torch.bfloat16)(**inputs16).logits[:, 0].float()
         got16 = rm16.score(prompts, responses)
         assert torch.equal(got16, alone16)
     # 40 prompt words + [CLS] [SEP] 2 response words [SEP] = 45 > 32 tokens: the first 13 prompt words go
@@ -304,6 +305,26 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
     assert (long_score - rm.score([' '.join(words[14:])], ['yes no'])).abs().item() > 1e-6  # 13 exactly
     with pytest.raises(UserError, match='a response of 40 reward-model tokens does not fit its max length 32'):
         rm.score(['a'], [' '.join(words)])
+
+
+def test_hf_reward_model_scores_a_text_ending_in_eos_at_that_eos(hf_rm):
+    """A GPT-2-style classifier whose config names no pad token is scored by HF at a text's last token
+    (alone, batch 1). HFRewardModel pads such a batch with EOS; HF pools at the rightmost token that is
+    not the pad, so a text that ENDS with EOS (a template '...{response} </s>', as GPT-2 reward models
+    are often trained) was scored one token early, at the token before its EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from common import HFRewardModel
+    template = '{prompt}{response} </s>'
+    prompts, responses = ['once upon a time', 'a', 'the cat'], [' yes good', ' the cat sat on', ' no </s> bad']
+    tok = AutoTokenizer.from_pretrained(hf_rm / 'gpt2')
+    model = AutoModelForSequenceClassification.from_pretrained(hf_rm / 'gpt2')
+    assert model.config.pad_token_id is None and tok.pad_token is None
+    with torch.no_grad():  # each text alone: HF scores its last token, the EOS
+        alone = torch.tensor([model(**tok(template.format(prompt=p, response=r), return_tensors='pt')).logits[0, 0].item()
+                              for p, r in zip(prompts, responses)])
+    for batch_size in (1, 3):
+        got = HFRewardModel(str(hf_rm / 'gpt2'), batch_size=batch_size, template=template).score(prompts, responses)
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
 
 
 def test_hf_reward_model_errors(hf_rm, tmp_path):
