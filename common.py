@@ -924,10 +924,15 @@ class HFRewardModel:
 
     def _tokenize(self, prompts, responses):
         tok = self.tokenizer
-        if self.template:
+        if self.template:  # the template around a response, without its prompt, must fit
+            longest = max(map(len, tok([self.template.format(prompt='', response=r) for r in responses])['input_ids']))
+            if longest > self.max_length:
+                raise UserError(f"a response of {longest} reward-model tokens (in the template, with special "
+                                f"tokens) does not fit its max length {self.max_length}; lower max_new_tokens")
             texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
             return tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors='pt')
-        room = self.max_length - tok.num_special_tokens_to_add(pair=True)  # what only_first can free
+        # what only_first can free, keeping one prompt token (a prompt cut to none is a tokenizer error)
+        room = self.max_length - tok.num_special_tokens_to_add(pair=True) - 1
         longest = max(len(ids) for ids in tok(responses, add_special_tokens=False)['input_ids'])
         if longest > room:
             raise UserError(f"a response of {longest} reward-model tokens does not fit its max length "

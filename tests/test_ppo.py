@@ -327,6 +327,25 @@ def test_hf_reward_model_scores_a_text_ending_in_eos_at_that_eos(hf_rm):
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
 
 
+def test_hf_reward_model_response_that_fills_the_max_length(hf_rm):
+    """Pair mode: a response that leaves no room for a single prompt token (29 words + [CLS] [SEP] [SEP]
+    = 32 = max length) passed the length check, and the fast tokenizer then raised 'Truncation error:
+    Sequence to truncate too short' in the middle of a run; it is a UserError before tokenising, and
+    28 words (one prompt token left) score. With a template the check was missing: a response longer
+    than the max length was silently scored with its start and the whole prompt cut off."""
+    from common import HFRewardModel, UserError
+    words = [WORDS[5 + i * 7 % 23] for i in range(40)]
+    rm = HFRewardModel(str(hf_rm / 'bert'))
+    assert rm.score(['once upon a'], [' '.join(words[:28])]).shape == (1,)
+    with pytest.raises(UserError, match='a response of 29 reward-model tokens does not fit'):
+        rm.score(['once upon a'], [' '.join(words[:29])])
+    for arch, template in [('bert', '{prompt} | {response}'), ('gpt2', '{prompt}{response}')]:
+        rm = HFRewardModel(str(hf_rm / arch), template=template)
+        assert rm.score(['once upon a'], [' '.join(words[:25])]).shape == (1,)
+        with pytest.raises(UserError, match='does not fit its max length 32'):
+            rm.score(['once upon a'], [' '.join(words[:33])])
+
+
 def test_hf_reward_model_errors(hf_rm, tmp_path):
     from common import HFRewardModel, UserError
     with pytest.raises(UserError, match='num_labels=2'):
