@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common import response_forward
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, load_definitions, make_hf_gpt2
 from model import GPT
 
 EOS = 50256
@@ -110,6 +110,21 @@ def test_ppo_runs_with_invariants_and_logs(tiny, tmp_path, algo):
     assert '[missing_eos] only 0%, 0%, 0% of the responses end with EOS' in p.stdout
     assert rows[2]['alarm/missing_eos'] == '1.0' and rows[1]['alarm/missing_eos'] == ''  # after 3 iterations
     assert 'missing_eos (warn): turned on 1x' in p.stdout  # the end-of-run summary
+
+
+def test_prompt_of_each_record_shape_excludes_the_response():
+    """PPO's prompt of a record is what the policy must answer: the prompt of {"prompt", "response"}, of an
+    hh-rlhf dialogue the text up to its last "\n\nAssistant:", and of {"messages"} the dialogue before the
+    assistant's answer. A messages record that ends with the assistant's answer (the SFT shape, which
+    train.py requires) got an empty assistant turn appended AFTER that answer, so the prompt held the
+    reference answer and the policy was asked for a second one."""
+    prompt_text = load_definitions(os.path.join(ROOT, 'ppo_train.py'), 'prompt_text').prompt_text
+    expected = '\n\nHuman: Hi\n\nAssistant:'
+    hi = {'role': 'user', 'content': 'Hi'}
+    assert prompt_text({'prompt': expected, 'response': ' Hello'}, 'r') == expected
+    assert prompt_text({'chosen': expected + ' Hello', 'rejected': expected + ' Go away'}, 'r') == expected
+    assert prompt_text({'messages': [hi]}, 'r') == expected
+    assert prompt_text({'messages': [hi, {'role': 'assistant', 'content': 'Hello'}]}, 'r') == expected
 
 
 def test_invariant_stops_training_at_another_temperature(tiny, tmp_path, monkeypatch):
