@@ -872,7 +872,10 @@ class HFRewardModel:
     with num_labels > 1 is refused (which label would be the reward is the model's business).
     Batches are right-padded with an attention mask; a pair longer than the model's max length
     loses the start of its prompt (of the whole text with a template). A tokenizer without a pad
-    token pads with its EOS (or UNK). There are no normalisation stats: normalize=True is a no-op."""
+    token pads with its EOS (or UNK); a model whose config has no pad_token_id (a decoder classifier
+    that HF scores at the last token) is padded with an id that no text of the batch contains, so a
+    text ending in EOS is scored at that EOS, as alone. There are no normalisation stats:
+    normalize=True is a no-op."""
 
     def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template='', weights_dtype='float32'):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy, only when used
@@ -895,8 +898,10 @@ class HFRewardModel:
             if (tok.eos_token or tok.unk_token) is None:
                 raise UserError(f"the tokenizer of {name_or_path} has no pad, EOS or UNK token to pad with")
             tok.pad_token = tok.eos_token or tok.unk_token
-        if self.model.config.pad_token_id is None:  # GPT-2-like classifiers find the last token by it
-            self.model.config.pad_token_id = tok.pad_token_id
+        # HF's decoder classifiers (GPT-2, Llama...) score the rightmost token that is not the config's
+        # pad; a config without one scores the last token (batch 1). Such a model gets, per batch, an
+        # id that no real token of the batch has as its pad (EOS would be skipped at a text's end)
+        self.free_pad = self.model.config.pad_token_id is None
         tok.padding_side, tok.truncation_side = 'right', 'left'
         limits = [tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', None)]
         self.max_length = min(n for n in limits if n is not None and n < 1_000_000)  # unset = 1e30
@@ -906,11 +911,28 @@ class HFRewardModel:
 
     def encode(self, prompts, responses):
         """The model's inputs for a batch of texts: input_ids, attention_mask (and token_type_ids)."""
+        inputs = self._tokenize(prompts, responses)
+        if self.free_pad:  # pad with an id that no real token of the batch has (None: there is none)
+            ids, real = inputs['input_ids'], inputs['attention_mask'].bool()
+            unused = torch.ones(max(self.model.config.vocab_size, int(ids.max()) + 1), dtype=torch.bool)
+            unused[ids[real]] = False
+            pad = int(unused.nonzero()[0]) if unused.any() else None
+            if pad is not None:
+                inputs['input_ids'] = ids.masked_fill(~real, pad)
+            self.model.config.pad_token_id = pad
+        return inputs
+
+    def _tokenize(self, prompts, responses):
         tok = self.tokenizer
-        if self.template:
+        if self.template:  # the template around a response, without its prompt, must fit
+            longest = max(map(len, tok([self.template.format(prompt='', response=r) for r in responses])['input_ids']))
+            if longest > self.max_length:
+                raise UserError(f"a response of {longest} reward-model tokens (in the template, with special "
+                                f"tokens) does not fit its max length {self.max_length}; lower max_new_tokens")
             texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
             return tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors='pt')
-        room = self.max_length - tok.num_special_tokens_to_add(pair=True)  # what only_first can free
+        # what only_first can free, keeping one prompt token (a prompt cut to none is a tokenizer error)
+        room = self.max_length - tok.num_special_tokens_to_add(pair=True) - 1
         longest = max(len(ids) for ids in tok(responses, add_special_tokens=False)['input_ids'])
         if longest > room:
             raise UserError(f"a response of {longest} reward-model tokens does not fit its max length "
@@ -924,9 +946,14 @@ class HFRewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            inputs = self.encode(prompts[i:i + self.batch_size], responses[i:i + self.batch_size]).to(self.device)
-            with self.ctx:
-                out.append(self.model(**inputs).logits[:, 0].float().cpu())
+            inputs = self.encode(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])
+            batches = [inputs]
+            if self.model.config.pad_token_id is None:  # every id in use (a tiny vocabulary): one text at a time
+                lengths = inputs['attention_mask'].sum(1).tolist()
+                batches = [{k: v[j:j + 1, :n] for k, v in inputs.items()} for j, n in enumerate(lengths)]
+            for x in batches:
+                with self.ctx:
+                    out.append(self.model(**{k: v.to(self.device) for k, v in x.items()}).logits[:, 0].float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
 

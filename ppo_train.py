@@ -51,7 +51,7 @@ seed = 1337
 wandb_log = False
 wandb_project = 'gpt2-rlhf'
 wandb_run_name = 'ppo'
-# prompts: records with "prompt", or "messages" (chat), or hh-rlhf dialogues ("chosen")
+# prompts: records with "prompt", or "messages" (chat; a last assistant answer is not part of the prompt), or hh-rlhf dialogues ("chosen")
 tokenizer = 'gpt2'              # 'gpt2' (BPE, EOS <|endoftext|>) or a char-level data/<name>/meta.pkl (EOS '\n')
 prompt_data = 'data/hh_rlhf/sft_train.jsonl'
 prompt_split = 'train'
@@ -185,8 +185,12 @@ def score(prompts, responses):
 def prompt_text(record, where):
     if isinstance(record.get('prompt'), str):
         return record['prompt']
-    if 'messages' in record:
-        return render_chat(record['messages'] + [{'role': 'assistant', 'content': ''}], where)[0]
+    if 'messages' in record:  # the dialogue before the assistant's answer (an SFT record's ends with one)
+        messages = record['messages']
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+                and messages[-1].get('role') == 'assistant':
+            return render_chat(messages, where)[0]
+        return render_chat(list(messages) + [{'role': 'assistant', 'content': ''}], where)[0]
     return preference_triple(record, where)[0]
 
 

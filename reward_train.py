@@ -198,6 +198,7 @@ scaler = grad_scaler(device_type, dtype)
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP ranks split each epoch
+checkpoint_monitor = checkpoint.get('monitor') if checkpoint is not None else None
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
@@ -252,7 +253,8 @@ def rank_state():
 def checkpoint_state(rank_states=None):
     return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_acc': best_val_acc,
-            'config': config, **rank_state(), 'rank_states': rank_states}  # rank_states: every DDP rank's
+            'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
+            'monitor': monitor.state_dict()}
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
@@ -262,6 +264,9 @@ logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wand
 # (the train metrics are all-reduced, the eval metrics broadcast from rank 0), so an alarm with
 # on_alarm='stop' stops all ranks at the same iteration instead of leaving the others waiting.
 monitor = HealthMonitor('reward', on_alarm)
+resumed_monitor = checkpoint_monitor is not None  # its history already holds the eval at start_iter
+if resumed_monitor:
+    monitor.load_state_dict(checkpoint_monitor)
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -282,7 +287,8 @@ while True:
             rank_states = ddp_gather(rank_state()) if iter_num > start_iter else None
         say(f"step {iter_num}: val accuracy {metrics['val/accuracy']:.4f}, loss {metrics['val/loss']:.4f}, "
             f"margin {metrics['val/margin']:.3f}")
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say), 'lr': lr}, iter_num)
+        repeated = resumed_monitor and iter_num == start_iter  # the checkpoint's own eval, checked before it was saved
+        logger.log({**metrics, **({} if repeated else monitor.check(metrics, iter_num, say)), 'lr': lr}, iter_num)
         improved = metrics['val/accuracy'] > best_val_acc
         best_val_acc = max(best_val_acc, metrics['val/accuracy'])
         if iter_num > start_iter and master_process:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common import response_forward
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, load_definitions, make_hf_gpt2
 from model import GPT
 
 EOS = 50256
@@ -110,6 +110,21 @@ def test_ppo_runs_with_invariants_and_logs(tiny, tmp_path, algo):
     assert '[missing_eos] only 0%, 0%, 0% of the responses end with EOS' in p.stdout
     assert rows[2]['alarm/missing_eos'] == '1.0' and rows[1]['alarm/missing_eos'] == ''  # after 3 iterations
     assert 'missing_eos (warn): turned on 1x' in p.stdout  # the end-of-run summary
+
+
+def test_prompt_of_each_record_shape_excludes_the_response():
+    """PPO's prompt of a record is what the policy must answer: the prompt of {"prompt", "response"}, of an
+    hh-rlhf dialogue the text up to its last "\n\nAssistant:", and of {"messages"} the dialogue before the
+    assistant's answer. A messages record that ends with the assistant's answer (the SFT shape, which
+    train.py requires) got an empty assistant turn appended AFTER that answer, so the prompt held the
+    reference answer and the policy was asked for a second one."""
+    prompt_text = load_definitions(os.path.join(ROOT, 'ppo_train.py'), 'prompt_text').prompt_text
+    expected = '\n\nHuman: Hi\n\nAssistant:'
+    hi = {'role': 'user', 'content': 'Hi'}
+    assert prompt_text({'prompt': expected, 'response': ' Hello'}, 'r') == expected
+    assert prompt_text({'chosen': expected + ' Hello', 'rejected': expected + ' Go away'}, 'r') == expected
+    assert prompt_text({'messages': [hi]}, 'r') == expected
+    assert prompt_text({'messages': [hi, {'role': 'assistant', 'content': 'Hello'}]}, 'r') == expected
 
 
 def test_invariant_stops_training_at_another_temperature(tiny, tmp_path, monkeypatch):
@@ -290,9 +305,10 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
         assert {p.dtype for p in rm16.model.parameters()} == {torch.bfloat16}  # reward_dtype='bfloat16'
         # exactly the scores of the model itself in bf16 (these random, noisy models are touchy: bf16
         # moves their scores by up to 0.12; a trained reward model in bf16 is checked in test_reward.py)
+        inputs16 = rm16.encode(prompts, responses)  # sets the pad id it chose for this batch
         model.config.pad_token_id = rm16.model.config.pad_token_id
         with torch.no_grad():
-            alone16 = model.to(torch.bfloat16)(**rm16.encode(prompts, responses)).logits[:, 0].float()
+            alone16 = model.to(torch.bfloat16)(**inputs16).logits[:, 0].float()
         got16 = rm16.score(prompts, responses)
         assert torch.equal(got16, alone16)
     # 40 prompt words + [CLS] [SEP] 2 response words [SEP] = 45 > 32 tokens: the first 13 prompt words go
@@ -304,6 +320,45 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
     assert (long_score - rm.score([' '.join(words[14:])], ['yes no'])).abs().item() > 1e-6  # 13 exactly
     with pytest.raises(UserError, match='a response of 40 reward-model tokens does not fit its max length 32'):
         rm.score(['a'], [' '.join(words)])
+
+
+def test_hf_reward_model_scores_a_text_ending_in_eos_at_that_eos(hf_rm):
+    """A GPT-2-style classifier whose config names no pad token is scored by HF at a text's last token
+    (alone, batch 1). HFRewardModel pads such a batch with EOS; HF pools at the rightmost token that is
+    not the pad, so a text that ENDS with EOS (a template '...{response} </s>', as GPT-2 reward models
+    are often trained) was scored one token early, at the token before its EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from common import HFRewardModel
+    template = '{prompt}{response} </s>'
+    prompts, responses = ['once upon a time', 'a', 'the cat'], [' yes good', ' the cat sat on', ' no </s> bad']
+    tok = AutoTokenizer.from_pretrained(hf_rm / 'gpt2')
+    model = AutoModelForSequenceClassification.from_pretrained(hf_rm / 'gpt2')
+    assert model.config.pad_token_id is None and tok.pad_token is None
+    with torch.no_grad():  # each text alone: HF scores its last token, the EOS
+        alone = torch.tensor([model(**tok(template.format(prompt=p, response=r), return_tensors='pt')).logits[0, 0].item()
+                              for p, r in zip(prompts, responses)])
+    for batch_size in (1, 3):
+        got = HFRewardModel(str(hf_rm / 'gpt2'), batch_size=batch_size, template=template).score(prompts, responses)
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_hf_reward_model_response_that_fills_the_max_length(hf_rm):
+    """Pair mode: a response that leaves no room for a single prompt token (29 words + [CLS] [SEP] [SEP]
+    = 32 = max length) passed the length check, and the fast tokenizer then raised 'Truncation error:
+    Sequence to truncate too short' in the middle of a run; it is a UserError before tokenising, and
+    28 words (one prompt token left) score. With a template the check was missing: a response longer
+    than the max length was silently scored with its start and the whole prompt cut off."""
+    from common import HFRewardModel, UserError
+    words = [WORDS[5 + i * 7 % 23] for i in range(40)]
+    rm = HFRewardModel(str(hf_rm / 'bert'))
+    assert rm.score(['once upon a'], [' '.join(words[:28])]).shape == (1,)
+    with pytest.raises(UserError, match='a response of 29 reward-model tokens does not fit'):
+        rm.score(['once upon a'], [' '.join(words[:29])])
+    for arch, template in [('bert', '{prompt} | {response}'), ('gpt2', '{prompt}{response}')]:
+        rm = HFRewardModel(str(hf_rm / arch), template=template)
+        assert rm.score(['once upon a'], [' '.join(words[:25])]).shape == (1,)
+        with pytest.raises(UserError, match='does not fit its max length 32'):
+            rm.score(['once upon a'], [' '.join(words[:33])])
 
 
 def test_hf_reward_model_errors(hf_rm, tmp_path):

@@ -167,3 +167,32 @@ def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
     assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration'), p.stderr[-2000:]
     assert 'nonfinite (fatal): turned on 1x' in p.stdout and 'non-finite metrics train/loss' in p.stdout
     assert not (tmp_path / 'out' / 'ckpt.pt').exists() and not (tmp_path / 'out' / 'best.pt').exists()
+
+
+@pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
+def test_reward_train_resume_keeps_the_health_monitor(tmp_path, script):
+    """A resumed run alarms as the straight one: accuracy_at_chance fires at the 3rd val eval. With
+    learning_rate=0 nothing moves (reward: a zero head ties every pair; DPO: policy = reference, every
+    implicit reward 0), val accuracy is at chance at every eval (steps 0, 2, 4): the straight run's
+    alarm is at step 4. The monitor's history was not in the checkpoint (reward_train.py, dpo_train.py;
+    ppo_train.py has it), so a run stopped at step 2 and resumed to 4 had seen 2 evals and never alarmed."""
+    hf = tmp_path / 'hf'
+    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
+    data = tmp_path / 'pref.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_pairs(40)))
+    base = [f'--init_from={hf}', f'--pref_data={data}', '--pref_val_data=', '--device=cpu', '--block_size=64',
+            '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=0', '--min_lr=0', '--warmup_iters=0',
+            '--eval_interval=2', '--eval_iters=2'] + (['--norm_samples=4'] if script == 'reward_train.py' else [])
+    column = 'val/accuracy' if script == 'reward_train.py' else 'val/rewards/accuracies'
+
+    def run(out, *args):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, script), *base, f'--out_dir={out}', *args],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return [(int(float(r['step'])), r.get('alarm/accuracy_at_chance', '')) for r in csv.DictReader(open(out / 'log.csv'))
+                if r[column]]
+
+    straight = run(tmp_path / 'a', '--max_iters=4')
+    assert straight == [(0, ''), (2, ''), (4, '1.0')]
+    run(tmp_path / 'b', '--max_iters=2')
+    assert run(tmp_path / 'b', '--max_iters=4', '--init_from=resume') == straight
