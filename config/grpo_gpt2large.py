@@ -19,7 +19,8 @@ temperature = 0.7
 batch_size = 8                  # prompts per rollout
 group_size = 4                  # responses per prompt: 32 sequences
 mini_batch_size = 4
-ppo_epochs = 1                  # GRPO's usual single pass (the ratio stays 1 without extra epochs)
+ppo_epochs = 1                  # GRPO's usual single pass over the rollout; still 32 / 4 = 8 optimiser steps a
+                                # rollout, so only the first mini-batch's ratio is exactly 1 (the clip acts on the rest)
 
 advantage_estimator = 'grpo'
 kl_in_loss = True
