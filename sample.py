@@ -33,6 +33,7 @@ top_k = 200                 # keep only the top_k most likely tokens (None: all)
 top_p = 1.0                 # nucleus sampling: keep the smallest set with this much probability
 chat = False                # wrap start in the chat format ("\n\nHuman: {start}\n\nAssistant:"), stop at EOS
 score = ''                  # a reward checkpoint (reward_train.py): print each sample's reward after it
+                            # (raw r; PPO with normalize_reward=True uses (r - reward_mean) / reward_std)
 seed = 1337
 device = 'auto'             # 'auto' | 'cpu' | 'cuda' | 'mps'
 dtype = 'auto'              # 'auto' | 'float32' | 'bfloat16' | 'float16'
