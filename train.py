@@ -374,7 +374,7 @@ while True:
                 loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
         if micro_step < gradient_accumulation_steps - 1:
             n_tokens += X.numel()
-            X, Y = next_batch()  # prefetch while the GPU computes
+            X, Y = next_batch()  # prefetch while the GPU computes (SFT: already fetched above)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:

@@ -170,7 +170,7 @@ def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
 
 
 @pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
-def test_reward_train_resume_keeps_the_health_monitor(tmp_path, script):
+def test_resume_keeps_the_health_monitor(tmp_path, script):
     """A resumed run alarms as the straight one: accuracy_at_chance fires at the 3rd val eval. With
     learning_rate=0 nothing moves (reward: a zero head ties every pair; DPO: policy = reference, every
     implicit reward 0), val accuracy is at chance at every eval (steps 0, 2, 4): the straight run's
