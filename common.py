@@ -1003,18 +1003,21 @@ def save_atomic(obj, path):
 # ----------------------------------------------------------------------------------------------
 # the policy's view of a rollout (PPO, GRPO, RLOO)
 
-def response_forward(model, ids, attention_mask, n_prompt, temperature, with_values):
+def response_forward(model, ids, attention_mask, n_prompt, temperature, with_values, with_entropy=False):
     """Per-token log-probs (at the sampling temperature), entropies and values of the response
-    tokens ids[:, n_prompt:], each (B, n). The logits and the value at position t belong to the
-    token at t + 1 (the value of the state before that token is chosen), so the response tokens
-    are scored from positions n_prompt - 1 ... T - 2. attention_mask covers the left-padded prompt
-    and the response up to its EOS."""
+    tokens ids[:, n_prompt:], each (B, n); entropies only with_entropy and values only with_values
+    (else None: the PPO update needs neither entropy, and computing it there would keep its
+    (B, n, V) softmax alive through the backward). The logits and the value at position t belong
+    to the token at t + 1 (the value of the state before that token is chosen), so the response
+    tokens are scored from positions n_prompt - 1 ... T - 2. attention_mask covers the
+    left-padded prompt and the response up to its EOS."""
     from losses import entropy_from_logits, token_logprobs
     h = model.trunk(ids, attention_mask)[:, n_prompt - 1:-1]  # (B, n, C)
     logits = model.lm_head(h)
     values = model.value(h) if with_values else None
     logp = token_logprobs(logits, ids[:, n_prompt:], temperature)
-    return logp, entropy_from_logits(logits.float() / temperature), values
+    entropy = entropy_from_logits(logits.float() / temperature) if with_entropy else None
+    return logp, entropy, values
 
 
 def lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets):

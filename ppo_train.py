@@ -267,9 +267,9 @@ start_iter = iter_num
 logprob_pass = torch.compile(response_forward, dynamic=True) if compile and device_type == 'cuda' else response_forward
 
 
-def forward(model, ids, attention_mask, n_prompt, with_values):
+def forward(model, ids, attention_mask, n_prompt, with_values, with_entropy=False):
     with ctx:
-        return logprob_pass(model, ids, attention_mask, n_prompt, temperature, with_values)
+        return logprob_pass(model, ids, attention_mask, n_prompt, temperature, with_values, with_entropy)
 
 
 def reference_logprobs(ids, attention_mask, n_prompt):
@@ -334,7 +334,7 @@ while iter_num < max_iters:
 
     # 3. log-probs at the sampling temperature, reference log-probs, values
     with torch.no_grad():
-        old_logp, entropy, old_values = forward(policy, ids, attention_mask, n_prompt, shared_critic)
+        old_logp, entropy, old_values = forward(policy, ids, attention_mask, n_prompt, shared_critic, True)
         if critic_model is not None:
             old_values = forward(critic_model, ids, attention_mask, n_prompt, True)[2]
         ref_logp = reference_logprobs(ids, attention_mask, n_prompt)

@@ -41,12 +41,13 @@ def test_training_logprobs_equal_sampling_logprobs(tiny):
     model = GPT.from_pretrained(str(tiny / 'hf'), value_head=True).eval()
     for temperature in (1.0, 0.7):
         ids, attention_mask, n_prompt, sample_logp = rollout(model, temperature)
-        logp, entropy, values = response_forward(model, ids, attention_mask, n_prompt, temperature, True)
+        logp, entropy, values = response_forward(model, ids, attention_mask, n_prompt, temperature, True, True)
         torch.testing.assert_close(logp, sample_logp, atol=1e-5, rtol=0)  # so the first PPO ratio is 1
         assert torch.exp(logp - sample_logp).sub(1).abs().max() < 1e-4
         # at another temperature they differ: a mismatch cannot hide
-        wrong, _, _ = response_forward(model, ids, attention_mask, n_prompt, temperature * 1.5, False)
+        wrong, no_entropy, no_values = response_forward(model, ids, attention_mask, n_prompt, temperature * 1.5, False)
         assert (wrong - sample_logp).abs().max() > 1e-2
+        assert no_entropy is None and no_values is None  # the PPO update asks for neither
         assert entropy.shape == logp.shape == values.shape
 
 
@@ -143,7 +144,7 @@ def test_invariant_stops_training_at_another_temperature(tiny, tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, 'argv', argv)
     right = common.response_forward
-    monkeypatch.setattr(common, 'response_forward', lambda m, ids, am, n, t, v: right(m, ids, am, n, 1.5 * t, v))
+    monkeypatch.setattr(common, 'response_forward', lambda m, ids, am, n, t, *a: right(m, ids, am, n, 1.5 * t, *a))
     with pytest.raises(UserError, match='training log-probs differ from sampling log-probs'):
         runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
     assert not (tmp_path / 'out' / 'ckpt.pt').exists()
