@@ -256,6 +256,19 @@ def top_k_top_p_filter(logits, top_k=None, top_p=None):
     return logits
 
 
+def sample_from_probs(probs, generator=None):
+    """One token per row from the distributions probs (B, V) (rows sum to 1; zeros allowed) ->
+    (B, 1), by inverse-CDF sampling: u ~ U[0, total), the first token whose cumulative
+    probability exceeds u. It needs B uniform numbers where torch.multinomial draws B x V
+    exponentials (about 20x slower on CPU for GPT-2's vocabulary). A zero-probability token
+    (filtered by top-k/top-p) is never drawn: its cumulative sum equals its predecessor's, and
+    the rare u that rounds up to the total goes to the last token that adds probability."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, u, right=True)  # number of cumulative sums <= u
+    return torch.minimum(idx, cdf.argmax(dim=-1, keepdim=True))  # argmax: where the sum last grew
+
+
 def train_flops_per_token(n_params, n_layer, n_embd, seq_len):
     """Training flops (forward + backward) per token of a sequence of seq_len tokens, as the PaLM
     paper's appendix B counts them: 6 N + 12 L H Q T, with H Q = n_embd and N the parameters
@@ -577,7 +590,7 @@ class GPT(nn.Module):
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
                 filtered = top_k_top_p_filter(scaled, top_k, top_p)
-                idx_next = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)
+                idx_next = sample_from_probs(filtered.softmax(dim=-1), generator)
             if return_logprobs:
                 lp = scaled.log_softmax(dim=-1).gather(1, idx_next).squeeze(1)
                 logprobs.append(lp.masked_fill(finished, 0.0))

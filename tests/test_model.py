@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig, IGNORE_INDEX, ModelLoadError, positions_from_mask, top_k_top_p_filter
+from model import GPT, GPTConfig, IGNORE_INDEX, ModelLoadError, positions_from_mask, sample_from_probs, top_k_top_p_filter
 
 VOCAB = 101  # tiny_hf's vocabulary (conftest.make_hf_gpt2)
 
@@ -184,6 +184,32 @@ def test_top_k_sampling_never_leaves_the_top_k(ours):
     allowed = ours(idx)[0][:, -1].topk(3, dim=-1).indices
     out = ours.generate(idx, 1, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(0))
     assert (out[:, -1:] == allowed).any(dim=1).all()
+
+
+def test_sample_from_probs_draws_each_token_at_its_probability():
+    """Inverse-CDF sampling: 200,000 draws of two rows, each token's frequency within 5 standard
+    errors of its probability (a sampler off by one token, or drawing from the wrong row, is off
+    by 0.1 or more); a zero-probability token, first, between or last, is never drawn."""
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.4, 0.2, 0.3, 0.0],
+                          [0.5, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25]])
+    n = 200_000
+    draws = sample_from_probs(probs.repeat_interleave(n, dim=0), torch.Generator().manual_seed(0))
+    assert draws.shape == (2 * n, 1) and draws.dtype == torch.long
+    for row in range(2):
+        freq = torch.bincount(draws[row * n:(row + 1) * n, 0], minlength=7).double() / n
+        se = (probs[row].double() * (1 - probs[row].double()) / n).sqrt()
+        assert ((freq - probs[row]).abs() <= 5 * se + 1e-12).all(), (row, freq)
+        assert (freq[probs[row] == 0] == 0).all()
+
+
+def test_sample_from_probs_u_at_the_total_takes_the_last_token_with_probability(monkeypatch):
+    """u = total (a uniform number rounding up): the last token with probability, never a
+    trailing zero-probability one; u = 0: the first token with probability."""
+    probs = torch.tensor([[0.0, 0.6, 0.4, 0.0, 0.0]])
+    monkeypatch.setattr(torch, 'rand', lambda *a, **k: torch.ones(1, 1, dtype=k.get('dtype')))
+    assert sample_from_probs(probs).item() == 2
+    monkeypatch.setattr(torch, 'rand', lambda *a, **k: torch.zeros(1, 1, dtype=k.get('dtype')))
+    assert sample_from_probs(probs).item() == 1
 
 
 def test_checkpoint_round_trip(tmp_path, ours):
