@@ -75,6 +75,12 @@ DEFAULTS = {
 }
 
 
+# the counts and windows (integers): the least each rule can use (a slope needs 2 points, a mean 1)
+MINIMUM = {'kl_negative_iters': 1, 'ratio_max_iters': 1, 'clipfrac_iters': 1, 'eos_iters': 1, 'zero_std_iters': 1,
+           'collapse_baseline_iters': 1, 'collapse_iters': 1, 'hack_window': 2, 'ev_iters': 1,
+           'value_loss_window': 1, 'dpo_window': 1, 'chance_after_evals': 1}
+
+
 class TrainingHealthError(UserError):
     """An alarm stopped the run (on_alarm='stop', or non-finite metrics). One line at the top."""
 
@@ -398,6 +404,8 @@ class HealthMonitor:
                 close = difflib.get_close_matches(key, DEFAULTS, n=3, cutoff=0.6)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise UserError(f"unknown alarm threshold '{key}'{hint}")
+            if key in MINIMUM and not (isinstance(thresholds[key], int) and thresholds[key] >= MINIMUM[key]):
+                raise UserError(f"alarm threshold {key} must be an integer >= {MINIMUM[key]}, got {thresholds[key]!r}")
         self.kind, self.on_alarm, self.th = kind, on_alarm, {**DEFAULTS, **thresholds}
         self.rules = KIND_RULES[kind]
         self.history = []

@@ -30,7 +30,8 @@ Departures from a plain weight copy, each exact (the export computes the same nu
 4. The reward is read at the last real token, the EOS that ends the response (as reward_train.py
    trains it: score `prompt + response + "<|endoftext|>"`). HF finds the last token that is not
    pad_token_id, so pad cannot be EOS: the classifier gets one more token row, `<|pad|>` (id =
-   vocabulary size, a zero embedding), as its pad_token_id, and its tokenizer pads on the right.
+   vocabulary size, a zero embedding), as its pad_token_id, and its tokenizer pads on the right
+   and truncates on the left (truncation=True cuts the prompt's start, as score_texts does, not the EOS).
    HF's GPT-2 takes positions 0..T-1 whatever the mask, so left padding needs explicit position_ids.
 The policy's tokenizer pads with EOS on the left, as model.generate does.
 """
@@ -187,7 +188,7 @@ if gpt2_bpe:
     vocab, merges = gpt2_vocab_and_merges()
     if kind == 'reward':  # point 4: a pad distinct from EOS, right padding
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token=PAD_TOKEN, padding_side='right',
-                                    model_max_length=cfg.block_size)
+                                    truncation_side='left', model_max_length=cfg.block_size)
         assert tokenizer.pad_token_id == pad_id, (tokenizer.pad_token_id, pad_id)
     else:  # generation: pad with EOS on the left
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token='<|endoftext|>', padding_side='left',

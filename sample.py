@@ -7,8 +7,9 @@ Sample from a trained model, a batch at a time, with the KV-cache `generate` of 
     python sample.py --out_dir=out-sft-gpt2large --chat=True --start="How do I bake bread?"  # SFT model
     python sample.py --out_dir=out-sft-gpt2large --chat=True --score=out-reward-gpt2large  # + reward
 
-init_from='resume' reads out_dir/<ckpt> (ckpt.pt, or best.pt); the tokenizer is the char-level
-one of the checkpoint's dataset when data/<dataset>/meta.pkl exists, else GPT-2's BPE.
+init_from='resume' reads out_dir/<ckpt> (ckpt.pt, or best.pt), init_from=<checkpoint file or
+directory> that checkpoint; for either the tokenizer is the char-level one of the checkpoint's
+dataset when data/<dataset>/meta.pkl exists, else GPT-2's BPE (gpt2* and HF directories: GPT-2's).
 """
 
 import os
@@ -48,8 +49,10 @@ seed_everything(seed)
 generator = torch.Generator(device=device).manual_seed(seed)
 
 dataset = None
-if init_from == 'resume':
-    model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, ckpt), device='cpu')
+is_checkpoint = os.path.isfile(init_from) or os.path.isfile(os.path.join(init_from, 'ckpt.pt'))
+if init_from == 'resume' or is_checkpoint:  # this project's checkpoint: its dataset names its tokenizer
+    path = os.path.join(out_dir, ckpt) if init_from == 'resume' else init_from
+    model, checkpoint = GPT.from_checkpoint(path, device='cpu')
     dataset = checkpoint.get('config', {}).get('tokenizer') or checkpoint.get('config', {}).get('dataset')
 else:
     model = GPT.from_pretrained(init_from)
@@ -57,6 +60,9 @@ model.eval().to(device)
 if compile and device_type == 'cuda':
     model = torch.compile(model)
 tokenizer = get_tokenizer(dataset)
+if isinstance(tokenizer, GPT2Tokenizer) and model.config.vocab_size < tokenizer.n_vocab:  # not GPT-2's BPE
+    raise UserError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's BPE and "
+                    f"data/{dataset}/meta.pkl was not found: run sample.py from the directory holding data/")
 
 if start.startswith('FILE:'):
     path = start[5:]

@@ -199,6 +199,22 @@ def test_reward_score_equals_value_head_at_last_real_token(reward_export):
     assert ours.std() > 1e-3  # distinct scores: the test would notice a wrong position
 
 
+def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):
+    """A text longer than block_size, tokenized with truncation=True, loses its start (as
+    score_texts cuts the prompt from the left), so the score is still read at the final EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model, _, path = reward_export
+    hf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    pairs = [("\n\nHuman: " + " ".join(f"word{i}" for i in range(80)) + "\n\nAssistant:", " fine, thanks")]
+    batch = tok([p + r + tok.eos_token for p, r in pairs], truncation=True, return_tensors='pt')
+    assert batch['input_ids'].shape[1] == 64 and batch['input_ids'][0, -1] == 50256  # cut to block_size, EOS kept
+    with torch.no_grad():
+        theirs = hf(**batch).logits[:, 0]
+    ours = score_texts(model, GPT2Tokenizer(), pairs, block_size=64, batch_size=8, device='cpu')
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
 def test_value_head_checkpoint_without_reward_stats_exports_as_policy(reward_export, tmp_path):
     """kind='auto': a value head alone (PPO's shared critic) is a policy; --kind=reward forces it."""
     model, _, _ = reward_export

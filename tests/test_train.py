@@ -142,6 +142,14 @@ def test_sample_from_checkpoint(workdir):
     assert len(samples) == 4 and samples[-1] == ''  # three samples, each followed by a separator
     assert len(set(samples[:3])) == 1 and all(s.startswith('ROMEO:') for s in samples[:3])
     assert run('sample.py', args + ['--temperature=0'], workdir).stdout == greedy
+    # the checkpoint named by init_from (its directory or file) is sampled with its own char-level
+    # tokenizer, exactly as init_from='resume' does (not with GPT-2's BPE)
+    for path in (out, os.path.join(out, 'ckpt.pt')):
+        assert run('sample.py', [f'--init_from={path}'] + args[1:] + ['--temperature=0'], workdir).stdout == greedy
+    # run where data/tiny/meta.pkl cannot be found: one error line, not GPT-2 tokens printed as samples
+    os.makedirs(workdir / 'elsewhere', exist_ok=True)
+    p = run('sample.py', [f'--init_from={out}'] + args[1:-1] + ['--start=!'], workdir / 'elsewhere', check=False)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: the model's vocabulary"), p.stdout
     p = run('sample.py', args + ['--start=\u2603'], workdir, check=False)  # not in the char vocabulary
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith('error: characters')
 
