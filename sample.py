@@ -61,8 +61,9 @@ if compile and device_type == 'cuda':
     model = torch.compile(model)
 tokenizer = get_tokenizer(dataset)
 if isinstance(tokenizer, GPT2Tokenizer) and model.config.vocab_size < tokenizer.n_vocab:  # not GPT-2's BPE
-    raise UserError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's BPE and "
-                    f"data/{dataset}/meta.pkl was not found: run sample.py from the directory holding data/")
+    where = (f" and data/{dataset}/meta.pkl was not found: run sample.py from the directory holding data/"
+             if dataset else " and no char-level dataset is named")
+    raise UserError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's BPE{where}")
 
 if start.startswith('FILE:'):
     path = start[5:]
