@@ -332,7 +332,7 @@ while True:
         param_group['lr'] = lr
 
     # evaluate the loss on train/val and write checkpoints
-    eval_now = iter_num % eval_interval == 0 or iter_num == max_iters
+    eval_now = iter_num % eval_interval == 0 or iter_num == max_iters or eval_only
     rank_states = None
     if ddp and eval_now and iter_num > start_iter:  # every rank's RNGs for the checkpoint (a collective: all ranks)
         rank_states = ddp_gather(rank_state())
@@ -348,7 +348,7 @@ while True:
             save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
             if improved and always_save_checkpoint:
                 save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
-    if (iter_num == 0 and eval_only) or iter_num >= max_iters:
+    if eval_only or iter_num >= max_iters:  # eval_only: also after a resume at any iteration
         break
 
     # forward/backward with gradient accumulation; the loss is summed on the device
