@@ -1421,11 +1421,12 @@ def plan_for_script(script, config, config_dir='config'):
                      block_size=c['block_size'], bias=c['bias'])
     else:
         shape = model_shape(init, config_dir)
-    shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
+    if not (script == 'train.py' and c['init_from'] == 'resume'):  # a resumed train.py keeps the checkpoint's block_size
+        shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
     if c.get('lora_rank'):
         shape.update(lora_rank=c['lora_rank'], lora_targets=c['lora_targets'], lora_dropout=c.get('lora_dropout', 0.0))
     dtype = 'bfloat16' if c['dtype'] == 'auto' else c['dtype']  # 'auto' is bf16 on any recent GPU
-    T = c['block_size']
+    T = shape['block_size']  # the sequence the run trains at (a model cannot take more than its own)
     common_args = dict(dtype=dtype, optimizer=c['optimizer'], gradient_checkpointing=c['gradient_checkpointing'],
                        dropout=c.get('dropout', 0.0))
     lora = bool(shape.get('lora_rank'))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common import (GiB, UserError, activation_bytes, check_fits, make_optimizer, memory_plan, param_counts,
-                    plan_config)
+                    plan_config, plan_for_script, script_defaults)
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,6 +193,20 @@ def test_plan_of_a_char_level_model_from_scratch_uses_the_dataset_vocabulary(tmp
     config = os.path.join(ROOT, 'config', 'train_shakespeare_char.py')
     assert plan_config(config)[2]['inputs']['cfg']['vocab_size'] == 65
     assert plan_config(config, ['--dataset=other'])[2]['inputs']['cfg']['vocab_size'] == 50304  # no meta.pkl
+
+
+def test_plan_of_a_resumed_train_run_uses_the_checkpoint_block_size(tmp_path):
+    """train.py with init_from='resume' trains at the checkpoint's block_size whatever block_size the
+    config says (train.py: block_size = model.config.block_size); the plan's sequence must be that one."""
+    from dataclasses import asdict
+    cfg = GPTConfig(**TINY)  # block_size 64
+    torch.save({'model_args': asdict(cfg)}, tmp_path / 'ckpt.pt')
+    defaults = script_defaults(os.path.join(ROOT, 'train.py'))
+    for block_size in (1024, 32):  # the default, and a smaller one
+        config = {**defaults, 'init_from': 'resume', 'out_dir': str(tmp_path), 'block_size': block_size}
+        plan = plan_for_script('train.py', config)
+        assert plan['inputs']['seq_len'] == 64 and plan['inputs']['cfg']['block_size'] == 64, block_size
+        assert plan['total'] == memory_plan(plan['inputs']['cfg'], defaults['batch_size'], 64, dtype='bfloat16')['total']
 
 
 GPT2_LARGE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*gpt2large*.py'))) + \
