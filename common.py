@@ -56,9 +56,10 @@ def require_positive(config, *names):
 
 
 def config_keys(scope):
-    """The config of a script: its public module globals of plain types, in definition order."""
+    """The config of a script: its public module globals of plain types, in definition order;
+    UPPER_CASE names are constants (e.g. model.IGNORE_INDEX imported by train.py), not config."""
     return [k for k, v in scope.items()
-            if not k.startswith('_') and isinstance(v, CONFIG_TYPES) and not isinstance(v, type)]
+            if not k.startswith('_') and not k.isupper() and isinstance(v, CONFIG_TYPES) and not isinstance(v, type)]
 
 
 def _check_type(key, new, old, where):
