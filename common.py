@@ -56,9 +56,10 @@ def require_positive(config, *names):
 
 
 def config_keys(scope):
-    """The config of a script: its public module globals of plain types, in definition order."""
+    """The config of a script: its public module globals of plain types, in definition order;
+    UPPER_CASE names are constants (e.g. model.IGNORE_INDEX imported by train.py), not config."""
     return [k for k, v in scope.items()
-            if not k.startswith('_') and isinstance(v, CONFIG_TYPES) and not isinstance(v, type)]
+            if not k.startswith('_') and not k.isupper() and isinstance(v, CONFIG_TYPES) and not isinstance(v, type)]
 
 
 def _check_type(key, new, old, where):
@@ -1080,7 +1081,7 @@ def param_counts(cfg, value_head=False):
 
 
 def activation_bytes(cfg, batch_size, seq_len, dtype='bfloat16', gradient_checkpointing=False,
-                     attention_mask=False, dropout=0.0, logit_rows=None, value_head=False):
+                     attention_mask=False, dropout=0.0, logit_rows=None, value_head=False, value_rows=None):
     """Bytes that autograd saves for the backward of one forward pass of model.py's GPT (with the
     LM loss over `logit_rows` tokens, default batch_size * seq_len), on CUDA with SDPA's flash or
     memory-efficient kernels. Returns {'per_layer', 'layers', 'outside', 'logits', 'saved'} where
@@ -1111,7 +1112,8 @@ def activation_bytes(cfg, batch_size, seq_len, dtype='bfloat16', gradient_checkp
         lora_dropout, a 1-byte mask of its input width.
     Outside the layers, per token: token ids 8 (+ 8 position ids with a mask), ln_f input 4 h + 8;
     per logit row: lm_head input p h (trainable lm_head only), targets 8, the fp32 log-softmax 4 V
-    ('logits'); with a value head its input, p h per row.
+    ('logits'); with a value head its input, p h per row it scores (value_rows: default the logit
+    rows, else every token).
     With gradient_checkpointing each layer keeps only its input, 4 h per token (the bool mask,
     s bytes per token, is shared by the layers); one layer's activations come back during its
     backward (see memory_plan). The first layer of a LoRA model keeps a little less (its input
@@ -1135,7 +1137,8 @@ def activation_bytes(cfg, batch_size, seq_len, dtype='bfloat16', gradient_checkp
         per_token += sum(p * r + (d if lora_dropout > 0 else 0) for d in widths)
     per_layer = per_token * tokens
     outside = tokens * (8 + (8 if attention_mask else 0) + 4 * h + 8)
-    outside += logit_rows * (8 + (0 if r else p * h)) + (p * h * (logit_rows or tokens) if value_head else 0)
+    value_rows = (logit_rows or tokens) if value_rows is None else value_rows
+    outside += logit_rows * (8 + (0 if r else p * h)) + (p * h * value_rows if value_head else 0)
     if gradient_checkpointing:
         layers = L * 4 * h * tokens + (tokens * seq_len if attention_mask else 0)
     else:
@@ -1146,14 +1149,15 @@ def activation_bytes(cfg, batch_size, seq_len, dtype='bfloat16', gradient_checkp
 
 
 def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', gradient_checkpointing=False,
-                attention_mask=False, dropout=0.0, logit_rows=None, value_head=False, frozen=(),
+                attention_mask=False, dropout=0.0, logit_rows=None, value_head=False, value_rows=None, frozen=(),
                 critic=None, kv_batch=0, kv_len=0, kv_logit_rows=0, batch_key='batch_size',
                 rows_per_unit=1, seq_key='block_size'):
     """Predicted peak bytes of a training step: a dict of named parts and 'total'.
 
     cfg: the trained model's shape (GPTConfig, object or dict; lora_rank > 0 = only adapters
     train). batch_size x seq_len: rows and tokens of one forward pass with grad (a micro-batch);
-    logit_rows: tokens whose logits get a loss (default all; 0 for a reward model). Weights are
+    logit_rows: tokens whose logits get a loss (default all; 0 for a reward model); value_rows: tokens
+    the value head scores (default the logit rows, else all: a reward model scores every row). Weights are
     kept in fp32 and `dtype` is the autocast dtype, as every script here does.
         weights      4 bytes x all parameters (policy + separate critic)
         gradients    4 x trainable parameters (fp32 grads of fp32 weights)
@@ -1188,7 +1192,7 @@ def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', g
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}")
     act = activation_bytes(cfg, batch_size, seq_len, dtype, gradient_checkpointing, attention_mask, dropout,
-                           logit_rows, value_head)
+                           logit_rows, value_head, value_rows)
     V = _shape(cfg, 'vocab_size')
     rows = batch_size * seq_len if logit_rows is None else logit_rows
     frozen_bytes = sum(param_counts(f[1], value_head=True)['total'] * DTYPE_BYTES[f[2]]
@@ -1210,7 +1214,8 @@ def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', g
     plan['total'] = rest + plan['overhead']
     plan['inputs'] = dict(cfg=cfg, batch_size=batch_size, seq_len=seq_len, dtype=dtype, optimizer=optimizer,
                           gradient_checkpointing=gradient_checkpointing, attention_mask=attention_mask,
-                          dropout=dropout, logit_rows=logit_rows, value_head=value_head, frozen=tuple(frozen),
+                          dropout=dropout, logit_rows=logit_rows, value_head=value_head, value_rows=value_rows,
+                          frozen=tuple(frozen),
                           critic=critic, kv_batch=kv_batch, kv_len=kv_len, kv_logit_rows=kv_logit_rows,
                           batch_key=batch_key, rows_per_unit=rows_per_unit, seq_key=seq_key)
     return plan
@@ -1273,8 +1278,8 @@ def fit_remedies(plan, device_bytes):
         while units > 1:
             units //= 2
             rows = units * i['rows_per_unit']
-            logit_rows = None if i['logit_rows'] is None else i['logit_rows'] * rows // i['batch_size']
-            if attempt(f"{prefix}--{i['batch_key']}={units}", batch_size=rows, logit_rows=logit_rows, **base):
+            scaled = {k: None if i[k] is None else i[k] * rows // i['batch_size'] for k in ('logit_rows', 'value_rows')}
+            if attempt(f"{prefix}--{i['batch_key']}={units}", batch_size=rows, **scaled, **base):
                 return True
         return False
     found = smaller_batch("")
@@ -1284,8 +1289,8 @@ def fit_remedies(plan, device_bytes):
         seq = i['seq_len']
         while seq > 128:
             seq //= 2
-            logit_rows = None if i['logit_rows'] is None else i['logit_rows'] * seq // i['seq_len']
-            if attempt(f"--{i['seq_key']}={seq}", seq_len=seq, logit_rows=logit_rows):
+            scaled = {k: None if i[k] is None else i[k] * seq // i['seq_len'] for k in ('logit_rows', 'value_rows')}
+            if attempt(f"--{i['seq_key']}={seq}", seq_len=seq, **scaled):
                 break
     if not fits:  # nothing alone: everything together
         changes = {}
@@ -1421,11 +1426,12 @@ def plan_for_script(script, config, config_dir='config'):
                      block_size=c['block_size'], bias=c['bias'])
     else:
         shape = model_shape(init, config_dir)
-    shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
+    if not (script == 'train.py' and c['init_from'] == 'resume'):  # a resumed train.py keeps the checkpoint's block_size
+        shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
     if c.get('lora_rank'):
         shape.update(lora_rank=c['lora_rank'], lora_targets=c['lora_targets'], lora_dropout=c.get('lora_dropout', 0.0))
     dtype = 'bfloat16' if c['dtype'] == 'auto' else c['dtype']  # 'auto' is bf16 on any recent GPU
-    T = c['block_size']
+    T = shape['block_size']  # the sequence the run trains at (a model cannot take more than its own)
     common_args = dict(dtype=dtype, optimizer=c['optimizer'], gradient_checkpointing=c['gradient_checkpointing'],
                        dropout=c.get('dropout', 0.0))
     lora = bool(shape.get('lora_rank'))
@@ -1436,7 +1442,9 @@ def plan_for_script(script, config, config_dir='config'):
         return memory_plan(shape, c['batch_size'], T, **common_args)
     if script == 'reward_train.py':
         rows = 2 * c['batch_size']
-        return memory_plan(shape, rows, T, value_head=True, logit_rows=rows * T if c['chosen_lm_coef'] > 0 else 0,
+        # the value head scores every row; the LM term's logits are the chosen rows' only (lm_head(h[:B]))
+        return memory_plan(shape, rows, T, value_head=True, value_rows=rows * T,
+                           logit_rows=c['batch_size'] * T if c['chosen_lm_coef'] > 0 else 0,
                            rows_per_unit=2, **common_args)
     if script == 'dpo_train.py':
         rows, frozen = 2 * c['batch_size'], []

@@ -121,7 +121,9 @@ if master_process:
     print_config(config)
     os.makedirs(out_dir, exist_ok=True)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-print(f"tokens per iteration: {tokens_per_iter:,}") if master_process else None
+if sft_data and tokens_per_batch > 0:  # token-budget micro-batches: at most tokens_per_batch tokens each
+    tokens_per_iter = gradient_accumulation_steps * ddp_world_size * tokens_per_batch
+print(f"tokens per iteration: {'at most ' if sft_data else ''}{tokens_per_iter:,}") if master_process else None
 torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls and convolutions on Ampere+
 torch.backends.cudnn.allow_tf32 = True
 
@@ -332,7 +334,7 @@ while True:
         param_group['lr'] = lr
 
     # evaluate the loss on train/val and write checkpoints
-    eval_now = iter_num % eval_interval == 0 or iter_num == max_iters
+    eval_now = iter_num % eval_interval == 0 or iter_num == max_iters or eval_only
     rank_states = None
     if ddp and eval_now and iter_num > start_iter:  # every rank's RNGs for the checkpoint (a collective: all ranks)
         rank_states = ddp_gather(rank_state())
@@ -348,7 +350,7 @@ while True:
             save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
             if improved and always_save_checkpoint:
                 save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
-    if (iter_num == 0 and eval_only) or iter_num >= max_iters:
+    if eval_only or iter_num >= max_iters:  # eval_only: also after a resume at any iteration
         break
 
     # forward/backward with gradient accumulation; the loss is summed on the device
@@ -396,7 +398,8 @@ while True:
     n_tokens += X.numel()
     if iter_num % log_interval == 0 and master_process:
         if local_iter_num >= 5:  # let the training loop settle a bit
-            mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt)
+            # the tokens this rank trained on (SFT micro-batches are padded to their longest example only)
+            mfu = raw_model.estimate_mfu(n_tokens / raw_model.config.block_size, dt)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
         logger.log({'train/loss_step': lossf, 'lr': lr, 'mfu': running_mfu,

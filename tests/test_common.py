@@ -24,6 +24,16 @@ def test_flags_override_with_types():
     assert set(config) == {'out_dir', 'max_iters', 'learning_rate', 'compile', 'top_k', 'betas', 'name'}
 
 
+def test_imported_constants_are_not_config():
+    """train.py imports model.IGNORE_INDEX (an int) among its globals: a module constant, not a config
+    key. It must not be printed and saved as config, nor be overridable (--IGNORE_INDEX=0 would change
+    train.py's count of SFT targets but not the model's loss)."""
+    scope = {**defaults(), 'IGNORE_INDEX': -1}
+    assert 'IGNORE_INDEX' not in configure(scope, [])
+    with pytest.raises(UserError, match="unknown config key 'IGNORE_INDEX'"):
+        configure(scope, ['--IGNORE_INDEX=0'])
+
+
 def test_flag_type_errors_name_the_key():
     with pytest.raises(UserError, match=r"command line: max_iters must be int \(default 100\), got 'abc'"):
         configure(defaults(), ['--max_iters=abc'])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common import (GiB, UserError, activation_bytes, check_fits, make_optimizer, memory_plan, param_counts,
-                    plan_config)
+                    plan_config, plan_for_script, script_defaults)
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,6 +193,54 @@ def test_plan_of_a_char_level_model_from_scratch_uses_the_dataset_vocabulary(tmp
     config = os.path.join(ROOT, 'config', 'train_shakespeare_char.py')
     assert plan_config(config)[2]['inputs']['cfg']['vocab_size'] == 65
     assert plan_config(config, ['--dataset=other'])[2]['inputs']['cfg']['vocab_size'] == 50304  # no meta.pkl
+
+
+def test_plan_of_a_resumed_train_run_uses_the_checkpoint_block_size(tmp_path):
+    """train.py with init_from='resume' trains at the checkpoint's block_size whatever block_size the
+    config says (train.py: block_size = model.config.block_size); the plan's sequence must be that one."""
+    from dataclasses import asdict
+    cfg = GPTConfig(**TINY)  # block_size 64
+    torch.save({'model_args': asdict(cfg)}, tmp_path / 'ckpt.pt')
+    defaults = script_defaults(os.path.join(ROOT, 'train.py'))
+    for block_size in (1024, 32):  # the default, and a smaller one
+        config = {**defaults, 'init_from': 'resume', 'out_dir': str(tmp_path), 'block_size': block_size}
+        plan = plan_for_script('train.py', config)
+        assert plan['inputs']['seq_len'] == 64 and plan['inputs']['cfg']['block_size'] == 64, block_size
+        assert plan['total'] == memory_plan(plan['inputs']['cfg'], defaults['batch_size'], 64, dtype='bfloat16')['total']
+
+
+def test_reward_plan_counts_lm_logits_of_the_chosen_rows_only(tmp_path):
+    """reward_train.py's LM term (chosen_lm_coef > 0) runs lm_head on the chosen half of the 2B rows,
+    while the value head scores all of them: the plan's logit rows are B x T and its activation bytes
+    match what autograd saves for the script's own PairLoss."""
+    from dataclasses import asdict
+    from conftest import load_definitions
+    PairLoss = load_definitions(os.path.join(ROOT, 'reward_train.py'), 'PairLoss').PairLoss
+    cfg = GPTConfig(**{**TINY, 'vocab_size': 2000}, value_head=True)  # a vocabulary large enough to see the logits
+    torch.save({'model_args': asdict(cfg)}, tmp_path / 'ckpt.pt')
+    config = {**script_defaults(os.path.join(ROOT, 'reward_train.py')), 'init_from': str(tmp_path), 'batch_size': 2,
+              'block_size': 64, 'chosen_lm_coef': 0.5, 'dtype': 'float32'}
+    plan = plan_for_script('reward_train.py', config)
+    assert plan['inputs']['batch_size'] == 4 and plan['inputs']['logit_rows'] == 2 * 64
+    assert plan['logits'] == (4 + 12) * 2000 * 2 * 64
+    torch.manual_seed(0)
+    model = PairLoss(GPT(cfg).train(), 0.5)
+    ids = torch.randint(0, 2000, (4, 64))
+    ones = torch.ones(4, 64, dtype=torch.long)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, ones, ones.float(), torch.zeros(2))[0].backward()
+    i = plan['inputs']
+    predicted = activation_bytes(i['cfg'], i['batch_size'], i['seq_len'], 'float32', logit_rows=i['logit_rows'],
+                                 value_head=True, value_rows=i['value_rows'])['saved']
+    measured = sum(seen.values())
+    assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
 
 
 GPT2_LARGE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*gpt2large*.py'))) + \

@@ -184,6 +184,25 @@ def test_tiny_sft_learns_to_answer_and_stop(tmp_path):
     assert correct >= 0.9 * len(synthetic_records()[::7])  # answers, then emits EOS
 
 
+def test_sft_speed_figures_count_the_tokens_actually_trained(tmp_path):
+    """SFT micro-batches are padded to their longest example, and with tokens_per_batch hold at most
+    that many tokens, not batch_size x block_size: the printed tokens per iteration and the MFU (the
+    first one logged, at iteration 5, is not smoothed) count the tokens of the iteration."""
+    import csv
+    from model import train_flops_per_token
+    data = tmp_path / 'sft.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    out = tmp_path / 'out'
+    p = run_train(SFT_TINY + [f'--sft_data={data}', f'--out_dir={out}', '--max_iters=6', '--eval_interval=6',
+                              '--tokens_per_batch=64', '--gradient_accumulation_steps=2', '--log_interval=1'], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'tokens per iteration: at most 128' in p.stdout  # 2 micro-batches of at most 64 tokens
+    row = [r for r in csv.DictReader(open(out / 'log.csv')) if r['step'] == '5'][0]
+    model, _ = GPT.from_checkpoint(str(out))
+    per_token = train_flops_per_token(model.get_num_params(), 2, 64, 32) / 312e12  # model.estimate_mfu's
+    assert float(row['mfu']) == pytest.approx(float(row['tokens_per_s']) * per_token, rel=1e-6)
+
+
 def test_lora_sft_trains_only_adapters(tmp_path):
     hf_dir = tmp_path / 'hf'
     make_hf_gpt2(str(hf_dir), vocab_size=50257, n_positions=64)  # GPT-2's vocabulary for the BPE data

@@ -84,6 +84,20 @@ def test_resume_continues_the_identical_loss_curve(workdir):
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
+def test_eval_only_of_a_resumed_checkpoint_evaluates_once_and_trains_nothing(workdir):
+    """eval_only=True evaluates at the start and exits, also with init_from='resume' at an iteration
+    that is not a multiple of eval_interval (nanoGPT's `iter_num == 0 and eval_only` test never fires
+    there: the run went on training and overwrote ckpt.pt)."""
+    out = str(workdir / 'out-evalonly')
+    run('train.py', TINY + [f'--out_dir={out}', '--max_iters=4', '--eval_interval=2'], workdir)
+    before = sha(os.path.join(out, 'ckpt.pt'))
+    p = run('train.py', TINY + [f'--out_dir={out}', '--init_from=resume', '--eval_only=True', '--max_iters=10',
+                                '--eval_interval=3'], workdir)
+    assert 'step 4: train loss' in p.stdout and 'iter 4:' not in p.stdout, p.stdout
+    assert sha(os.path.join(out, 'ckpt.pt')) == before
+    assert max(losses(out)) == 3  # no training step was logged after the resume
+
+
 def test_nan_loss_stops_and_keeps_the_checkpoint(workdir):
     out = str(workdir / 'out-nan')
     run('train.py', TINY + [f'--out_dir={out}', '--max_iters=4', '--eval_interval=2'], workdir)
