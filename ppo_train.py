@@ -414,19 +414,20 @@ while iter_num < max_iters:
     pbar.update(1)
     dt = time.time() - t0
     if (iter_num - 1) % log_interval == 0:
-        avg = {k: v / max(1, n_steps) for k, v in stats.items() if k != 'skipped'}
+        avg = {k: v / n_steps for k, v in stats.items() if k != 'skipped'} if n_steps else {}
+        none = 0.0 if n_steps else float('nan')  # no update happened (every step skipped): NaN, not an empty mean's 0
         metrics = {'objective/kl': mean_kl, 'objective/entropy': masked_mean(entropy, response_mask).item(),
                    'objective/scores': raw_scores.mean().item(),
                    'objective/rlhf_reward': (scores - kl_coef * kl_seq).mean().item(),
                    'objective/kl_coef': kl_coef,
-                   'policy/approxkl': avg.get('approxkl', 0.0), 'policy/clipfrac': avg.get('clipfrac', 0.0),
-                   'loss/policy': avg.get('pg_loss', 0.0), 'loss/value': avg.get('vf_loss', 0.0),
-                   'val/clipfrac': avg.get('vf_clipfrac', 0.0), 'val/ratio': avg.get('ratio_mean', 0.0),
+                   'policy/approxkl': avg.get('approxkl', none), 'policy/clipfrac': avg.get('clipfrac', none),
+                   'loss/policy': avg.get('pg_loss', none), 'loss/value': avg.get('vf_loss', none),
+                   'val/clipfrac': avg.get('vf_clipfrac', none), 'val/ratio': avg.get('ratio_mean', none),
                    'val/num_eos_tokens': has_eos.sum().item(), 'response_length': response_mask.sum(1).mean().item(),
                    'skipped_steps': stats.get('skipped', 0), **step_metrics(dt, response_mask.sum().item(), device_type),
                    'time/rollout': t_rollout, 'time/score': t_score, 'time/train': dt - t_rollout - t_score, 'lr': lr,
                    # for the health alarms (alarms.py)
-                   'policy/ratio_max': ratio_max, 'val/num_sequences': n_seq,
+                   'policy/ratio_max': ratio_max if n_steps else none, 'val/num_sequences': n_seq,
                    'objective/distinct_2': distinct_n(response_tokens, 2),
                    'objective/duplicate_frac': duplicate_fraction(response_texts, prompt_texts)}
         if advantage_estimator == 'gae':

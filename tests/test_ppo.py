@@ -520,3 +520,33 @@ def test_ppo_update_has_no_dropout_so_each_rollouts_first_ratio_is_1(tiny, tmp_p
 def test_ppo_refuses_lora_dropout(tiny, tmp_path):
     p = run_ppo(tiny, tmp_path, ['--lora_rank=4', '--lora_dropout=0.5', '--max_iters=1'])
     assert p.returncode != 0 and 'lora_dropout=0.5: PPO runs without dropout' in p.stderr, p.stderr[-1500:]
+
+
+def test_an_iteration_whose_every_step_was_skipped_logs_nan_not_zero(tiny, tmp_path, monkeypatch):
+    """Every PPO step non-finite (here: ppo_policy_loss patched to return inf) -> no update
+    happened, so the update's metrics are NaN, not the 0.0 of an empty average: the fatal
+    `nonfinite` alarm stops the run naming them, and `ratio_explosion` does not misread a mean
+    ratio of 0 as a runaway policy."""
+    import runpy
+    import losses
+    from alarms import TrainingHealthError
+    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
+    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
+    right = losses.ppo_policy_loss
+
+    def inf_loss(*args, **kwargs):
+        loss, stats = right(*args, **kwargs)
+        return loss * float('inf'), stats
+    monkeypatch.setattr(losses, 'ppo_policy_loss', inf_loss)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, 'argv', ['ppo_train.py', f'--init_from={tiny / "hf"}', '--prompt_data=prompts.jsonl',
+                                      '--reward_fn=rewards:space_fraction', '--device=cpu', '--block_size=64',
+                                      '--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=2', '--max_iters=3',
+                                      '--out_dir=out'])
+    with pytest.raises(TrainingHealthError) as e:
+        runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+    message = str(e.value)
+    assert 'nonfinite' in message and 'val/ratio' in message and 'policy/clipfrac' in message, message
+    assert 'ratio_explosion' not in message and 'at step 0' in message, message
+    assert 'objective/scores' not in message  # the rollout itself was fine
