@@ -317,7 +317,8 @@ train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP 
 checkpoint_monitor = checkpoint.get('monitor') if checkpoint is not None else None
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    scaler.load_state_dict(checkpoint['scaler'])
+    if checkpoint.get('scaler'):  # {}: saved without loss scaling (fp32, bf16); float16 now starts a fresh scaler
+        scaler.load_state_dict(checkpoint['scaler'])
     state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
     if state is not None:
         train_loader.load_state_dict(state['train_loader'])

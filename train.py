@@ -254,7 +254,7 @@ else:
     next_train_batch = lambda: get_batch('train', train_gen)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    if 'scaler' in checkpoint:
+    if checkpoint.get('scaler'):  # {}: saved without loss scaling (fp32, bf16); float16 now starts a fresh scaler
         scaler.load_state_dict(checkpoint['scaler'])
     # each DDP rank resumes its own RNGs and data position, so the ranks do not all continue with
     # rank 0's batches
