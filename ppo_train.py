@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr, get_rng_state,
-                    get_tokenizer, lora_overrides, make_optimizer, pad_left, plan_memory, preference_triple,
-                    print_config, read_records, render_chat, require_positive, resolve_device, response_forward,
-                    save_checkpoint, set_rng_state, setup_device, single_process, step_metrics)
+                    get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left, plan_memory,
+                    preference_triple, print_config, read_records, render_chat, require_positive, resolve_device,
+                    response_forward, save_checkpoint, set_rng_state, setup_device, single_process, step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -251,9 +251,12 @@ for m in (policy, critic_model):
     if m is not None:
         m.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(params, optimizer, learning_rate, (beta1, beta2), device_type, weight_decay=weight_decay)
+scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
 monitor = HealthMonitor('ppo' if advantage_estimator == 'gae' else advantage_estimator, on_alarm, kl_ceiling=kl_ceiling)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
+    if checkpoint.get('scaler'):  # {}: saved without loss scaling (fp32, bf16); float16 now starts a fresh scaler
+        scaler.load_state_dict(checkpoint['scaler'])
     prompt_loader.load_state_dict(checkpoint['prompt_loader'])
     monitor.load_state_dict(checkpoint['monitor'])
     set_rng_state(checkpoint['rng'])
@@ -281,9 +284,10 @@ def reference_logprobs(ids, attention_mask, n_prompt):
 
 
 def checkpoint_state():
-    state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': asdict(policy.config),
-             'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config, 'rng': get_rng_state(),
-             'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source, 'monitor': monitor.state_dict()}
+    state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+             'model_args': asdict(policy.config), 'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config,
+             'rng': get_rng_state(), 'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source,
+             'monitor': monitor.state_dict()}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()
     return state
@@ -390,10 +394,12 @@ while iter_num < max_iters:
                 if abs(pg_stats['ratio_max'].item() - 1) > 1e-4:
                     raise UserError(f"first PPO ratio is {pg_stats['ratio_max'].item():.6f}, not 1: training "
                                     f"log-probs differ from sampling ones (temperature, dropout, stale state)")
-            loss.backward()
+            scaler.scale(loss).backward()
             if grad_clip != 0.0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # float16: skipped (and the scale lowered) when a gradient overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             pg_stats['pg_loss'] = pg_loss.detach()
             for k, v in pg_stats.items():

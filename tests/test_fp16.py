@@ -94,3 +94,18 @@ def test_a_bf16_or_fp32_checkpoint_resumes_under_float16(data, tmp_path, monkeyp
     assert calls == ['scale', 'scale', 'unscale_', 'clip', 'step', 'update'] * 2
     assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)['scaler']['scale'] == 2.0 ** 16
 
+
+def test_ppo_scales_the_loss_under_float16(data, tmp_path, monkeypatch, float16):
+    """ppo_train.py under float16 scales the loss (without a GradScaler, fp16 gradients underflow to 0
+    silently), unscales before clipping, and keeps the scaler in its checkpoint for an exact resume."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(data))
+    calls = float16()
+    args = [f'--init_from={data / "hf"}', f'--prompt_data={data / "prompts.jsonl"}', '--reward_fn=rewards:length',
+            '--device=cpu', '--block_size=64', '--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=2',
+            '--ppo_epochs=1', '--max_iters=2', '--eval_interval=1', '--sample_interval=0', f'--out_dir={tmp_path / "out"}']
+    run_script(monkeypatch, 'ppo_train.py', args)
+    assert calls == ['scale', 'unscale_', 'clip', 'step', 'update'] * 4
+    assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)['scaler']['scale'] == 2.0 ** 16
+    run_script(monkeypatch, 'ppo_train.py', args + ['--max_iters=3', '--init_from=resume'])
+    assert calls[20:] == ['scale', 'unscale_', 'clip', 'step', 'update'] * 2
