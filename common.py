@@ -1014,7 +1014,10 @@ def response_forward(model, ids, attention_mask, n_prompt, temperature, with_val
     left-padded prompt and the response up to its EOS."""
     from losses import entropy_from_logits, token_logprobs
     h = model.trunk(ids, attention_mask)[:, n_prompt - 1:-1]  # (B, n, C)
-    logits = model.lm_head(h)
+    # logits outside autocast, in the weights' precision (as generate's): bf16 would round GPT-2's
+    # logits (tens) by up to 0.25, noise that every PPO ratio would carry
+    with torch.autocast(h.device.type, enabled=False):
+        logits = model.lm_head(h.to(model.lm_head.weight.dtype))
     values = model.value(h) if with_values else None
     logp = token_logprobs(logits, ids[:, n_prompt:], temperature)
     entropy = entropy_from_logits(logits.float() / temperature) if with_entropy else None

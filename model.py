@@ -583,8 +583,12 @@ class GPT(nn.Module):
             else:
                 h = self.trunk(idx[:, -self.config.block_size:], mask[:, -self.config.block_size:])
             # (V, C) @ (C, B): with few rows a CPU BLAS streams the weight instead of repacking it
-            # every step (2x faster decoding on CPU, measured with bench.py); same numbers
-            logits = (self.lm_head.weight @ h[:, -1, :].T).T.float()  # (B, V)
+            # every step (2x faster decoding on CPU, measured with bench.py); same numbers. Outside
+            # autocast: bf16 would round GPT-2's logits (tens) by up to 0.25, and return_logprobs
+            # must match the training pass's (common.response_forward), which does the same
+            with torch.autocast(idx.device.type, enabled=False):
+                w = self.lm_head.weight
+                logits = (w @ h[:, -1, :].to(w.dtype).T).T.float()  # (B, V)
             scaled = logits / temperature if temperature > 0 else logits
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)

@@ -51,6 +51,27 @@ def test_training_logprobs_equal_sampling_logprobs(tiny):
         assert entropy.shape == logp.shape == values.shape
 
 
+def test_logprobs_come_from_float32_logits_under_bf16_autocast(tiny):
+    """Under bf16 autocast (CUDA's, here the CPU's) the logits are computed in float32, in the training pass and in
+    generate: rounded to bf16 (spacing 0.25 at |logit| 32-64; GPT-2's logits are tens in magnitude), the two
+    passes' log-probs differed by 0.36 here, far past ppo_train.py's 5e-2 start-up tolerance for bf16, and
+    every PPO ratio carried that noise."""
+    model = GPT.from_pretrained(str(tiny / 'hf')).eval()
+    with torch.no_grad():  # GPT-2-like logits: a large offset shared by every token
+        model.transformer.wte.weight.mul_(4)[:, 0] -= 16.0
+        model.transformer.ln_f.bias[0] = 10.0
+    prompts = torch.randint(0, 50000, (16, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        ids, sample_logp = model.generate(prompts, 16, temperature=0.7, generator=torch.Generator().manual_seed(0),
+                                          return_logprobs=True)
+        attention_mask = torch.ones_like(ids)
+        logp, _, _ = response_forward(model, ids, attention_mask, 8, 0.7, False)
+        h = model.trunk(ids, attention_mask)[:, 7:-1]
+    assert model(ids[:1])[0].float().mean() < -30  # the logits are GPT-2-like
+    expected = torch.log_softmax(model.lm_head(h.float()) / 0.7, dim=-1).gather(-1, ids[:, 8:, None])[..., 0]
+    torch.testing.assert_close(logp, expected, atol=1e-4, rtol=0)  # the same hidden states, float32 logits
+    assert (logp - sample_logp).abs().max() < 5e-2  # what ppo_train.py checks on its first rollout
+
 def test_values_are_read_where_each_response_token_is_predicted(tiny):
     model = GPT.from_pretrained(str(tiny / 'hf'), value_head=True).eval()
     torch.nn.init.normal_(model.value_head.weight)
