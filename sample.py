@@ -75,7 +75,9 @@ eos_token_id = None
 if chat:  # an SFT model answers and then emits EOS (<|endoftext|>); print only the answer
     if not isinstance(tokenizer, GPT2Tokenizer):
         raise UserError("chat=True needs GPT-2's BPE tokenizer (its chat tags and <|endoftext|>), not a char-level one")
-    start = f"{CHAT_TAGS['user']} {start}{CHAT_TAGS['assistant']}"
+    # the user's turn as SFT data has it: no surrounding whitespace (a prompt file's final newline would make
+    # "...?\n\n\nAssistant:", a prompt the model never saw)
+    start = f"{CHAT_TAGS['user']} {start.strip()}{CHAT_TAGS['assistant']}"
     eos_token_id = tokenizer.eot_token
 start_ids = tokenizer.encode(start)
 if not start_ids:

@@ -42,7 +42,7 @@ def test_real_file(tmp_path):
         assert sum(sum(counts[f'{kind}_{split}']) for split in ('train', 'val')) == 2312
         assert sum(counts[f'{kind}_val']) == 231  # 10% of the rows
     # measured with a separate loop over the file: 4 pairs have an empty chosen last turn,
-    # 5 have chosen and rejected prompts that differ earlier in the dialogue
+    # 5 split into different prompts (one response holds a second '\n\nAssistant:': skipped as 'prompts differ')
     assert len(out['sft_train']) + len(out['sft_val']) == 2312 - 4
     assert len(out['pref_train']) + len(out['pref_val']) == 2312 - 4 - 5
 

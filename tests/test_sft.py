@@ -254,3 +254,27 @@ def test_sft_resume_continues_the_identical_curve(tmp_path):
     import csv
     curve = lambda d: [r['train/loss_step'] for r in csv.DictReader(open(tmp_path / d / 'log.csv')) if r['train/loss_step']]
     assert len(curve('a')) == 12 and curve('a') == curve('b')  # the batch order resumed mid-epoch, exactly
+
+
+def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
+    """sample.py --chat renders start as an SFT prompt ("\\n\\nHuman: {start}\\n\\nAssistant:"; hh-rlhf's
+    human turns never end in whitespace): a prompt file's trailing newline must not reach the template
+    ("...?\\n\\n\\nAssistant:" is another prompt). Seen through --score, whose reward of the prompt +
+    answer (a random value-head model, sampled and scoring) changes with any token of the prompt."""
+    from dataclasses import asdict
+    from common import save_checkpoint
+    from model import GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=64, value_head=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    ckpt = str(tmp_path / 'ckpt.pt')
+    save_checkpoint(ckpt, {'model': model.state_dict(), 'model_args': asdict(model.config)}, model)
+    (tmp_path / 'prompt.txt').write_text("How do I make tea?\n")
+    args = [os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', f'--score={ckpt}', '--chat=True',
+            '--temperature=0', '--num_samples=1', '--max_new_tokens=4', '--device=cpu']
+    typed, from_file = (subprocess.run([sys.executable, *args, start], cwd=tmp_path, capture_output=True, text=True,
+                                       timeout=300) for start in ('--start=How do I make tea?', '--start=FILE:prompt.txt'))
+    assert typed.returncode == 0 and from_file.returncode == 0, typed.stderr[-2000:] + from_file.stderr[-2000:]
+    assert 'reward: ' in typed.stdout and from_file.stdout == typed.stdout
