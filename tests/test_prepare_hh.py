@@ -41,9 +41,9 @@ def test_real_file(tmp_path):
     for kind in ('sft', 'pref'):  # every row is written or skipped, once, in train or val
         assert sum(sum(counts[f'{kind}_{split}']) for split in ('train', 'val')) == 2312
         assert sum(counts[f'{kind}_val']) == 231  # 10% of the rows
-    # measured with a separate loop over the file: 4 pairs have an empty chosen last turn,
-    # 5 split into different prompts (one response holds a second '\n\nAssistant:': skipped as 'prompts differ')
-    assert len(out['sft_train']) + len(out['sft_val']) == 2312 - 4
+    # measured with a separate loop over the file: 4 pairs have an empty chosen last turn; in 5 one
+    # answer holds a second '\n\nAssistant:' (4 of them the chosen one: not SFT examples either)
+    assert len(out['sft_train']) + len(out['sft_val']) == 2312 - 4 - 4
     assert len(out['pref_train']) + len(out['pref_val']) == 2312 - 4 - 5
 
     pairs = {(row['chosen'], row['rejected']) for row in source}
@@ -85,11 +85,16 @@ def test_split_dialogue_and_convert():
               'rejected': "\n\nHuman: a?\n\nAssistant: maybe\n\nHuman: b?\n\nAssistant: never"}
     no_turn = {'chosen': "\n\nHuman: a?\n\nAssistant: yes", 'rejected': "\n\nHuman: a?"}
     empty = {'chosen': "\n\nHuman: a?\n\nAssistant: ", 'rejected': "\n\nHuman: a?\n\nAssistant: no"}
-    sft, pref, skipped = prepare_hh.convert([good, differ, no_turn, empty])
+    # an answer that makes up a turn of its own: split_dialogue cuts it at its made-up '\n\nAssistant:'
+    tag_chosen = {'chosen': "\n\nHuman: a?\n\nAssistant: yes\n\nHuman: and?\n\nAssistant: more",
+                  'rejected': "\n\nHuman: a?\n\nAssistant: no"}
+    tag_rejected = {'chosen': "\n\nHuman: a?\n\nAssistant: yes", 'rejected': tag_chosen['chosen']}
+    sft, pref, skipped = prepare_hh.convert([good, differ, no_turn, empty, tag_chosen, tag_rejected])
     assert pref == [{'prompt': "\n\nHuman: a?\n\nAssistant:", 'chosen': " yes", 'rejected': " no"}]
-    assert [r['prompt'] + r['response'] for r in sft] == [good['chosen'], differ['chosen'], no_turn['chosen']]
-    assert skipped['sft'] == {'no/empty assistant turn': 1}
-    assert skipped['pref'] == {'no/empty assistant turn': 2, 'prompts differ': 1}
+    assert [r['prompt'] + r['response'] for r in sft] == [good['chosen'], differ['chosen'], no_turn['chosen'],
+                                                          tag_rejected['chosen']]  # its chosen answer is whole
+    assert skipped['sft'] == {'no/empty assistant turn': 1, prepare_hh.TAG_IN_ANSWER: 1}
+    assert skipped['pref'] == {'no/empty assistant turn': 2, 'prompts differ': 1, prepare_hh.TAG_IN_ANSWER: 2}
 
 
 def test_bad_input(tmp_path):

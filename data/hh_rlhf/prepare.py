@@ -10,9 +10,10 @@ Writes sft_{train,val}.jsonl ({"prompt", "response"} a line) and pref_{train,val
 ({"prompt", "chosen", "rejected"}) to --out_dir (default: here). The prompt is the dialogue up to
 and including its last "\n\nAssistant:", the responses the rest (" Sure, ..."): prompt + response
 is the original text exactly. Skipped: rows without an assistant turn or with an empty last one,
-and preference pairs whose chosen and rejected prompts differ (a few hh-rlhf pairs do). The hub's
-train/test splits are train/val; a local file is split by --val_fraction. Rows are shuffled
-(--seed) before --max_examples takes the first N, and the output keeps that order.
+preference pairs whose chosen and rejected prompts differ, and pairs where one answer itself holds a
+'\n\nAssistant:' (a few hh-rlhf pairs: the split would cut that answer; for SFT only when it is the
+chosen one). The hub's train/test splits are train/val; a local file is split by --val_fraction.
+Rows are shuffled (--seed) before --max_examples takes the first N, and the output keeps that order.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from collections import Counter
 
 HUMAN, ASSISTANT = '\n\nHuman:', '\n\nAssistant:'
 NO_TURN = 'no/empty assistant turn'
+TAG_IN_ANSWER = "an answer holds '\\n\\nAssistant:'"
 ROLE_PREFIX = {'system': '', 'user': HUMAN + ' ', 'assistant': ASSISTANT + ' '}  # system text goes first, as is
 
 
@@ -58,12 +60,20 @@ def convert(rows):
     sft, pref, skipped = [], [], {'sft': Counter(), 'pref': Counter()}
     for row in rows:
         c, r = split_dialogue(row['chosen']), split_dialogue(row['rejected'])
+        # one prompt a proper prefix of the other: that side's answer itself holds a '\n\nAssistant:' (a turn
+        # the answer made up), so its last one is inside the answer and split_dialogue cut the answer there
+        tag_in = None if c is None or r is None or c[0] == r[0] else \
+            'chosen' if c[0].startswith(r[0]) else 'rejected' if r[0].startswith(c[0]) else None
         if c is None:
             skipped['sft'][NO_TURN] += 1
+        elif tag_in == 'chosen':  # its prompt would hold the start of the answer, its response only the tail
+            skipped['sft'][TAG_IN_ANSWER] += 1
         else:
             sft.append({'prompt': c[0], 'response': c[1]})
         if c is None or r is None:
             skipped['pref'][NO_TURN] += 1
+        elif tag_in:
+            skipped['pref'][TAG_IN_ANSWER] += 1
         elif c[0] != r[0]:  # a preference is only meaningful between two answers to the same prompt
             skipped['pref']['prompts differ'] += 1
         else:
