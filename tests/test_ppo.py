@@ -571,3 +571,37 @@ def test_an_iteration_whose_every_step_was_skipped_logs_nan_not_zero(tiny, tmp_p
     assert 'nonfinite' in message and 'val/ratio' in message and 'policy/clipfrac' in message, message
     assert 'ratio_explosion' not in message and 'at step 0' in message, message
     assert 'objective/scores' not in message  # the rollout itself was fine
+
+
+def test_bf16_start_up_invariants_pass_a_healthy_run_and_stop_a_temperature_mismatch(tmp_path, monkeypatch):
+    """Under bf16 autocast (CUDA's; here the CPU's, with common.setup_device patched) cached decoding and
+    the full forward round differently, so ppo_train.py checks the MEAN |training - sampling log-prob|
+    over response tokens (5e-2) and the mean |log ratio| of the first step (1e-2) instead of float32's
+    per-token maxima. An 8-layer model with GPT-2-like logits (a large shared offset) passes both on a
+    healthy run (its largest token gap is ~0.04, growing with depth: 0.005 at 2 layers); the same run
+    with the training pass at 1.5x the sampling temperature still stops on its first rollout."""
+    import runpy
+    import common
+    from common import UserError
+    hf = make_hf_gpt2(str(tmp_path / 'hf'), n_layer=8, n_embd=64, vocab_size=50257, n_positions=64)
+    with torch.no_grad():  # GPT-2-like logits: tens below zero, an offset every token shares
+        hf.transformer.wte.weight.mul_(4)[:, 0] -= 16.0
+        hf.transformer.ln_f.bias[0] = 10.0
+    hf.save_pretrained(str(tmp_path / 'hf'))
+    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
+    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
+    monkeypatch.setattr(common, 'setup_device',
+                        lambda device, dtype: ('cpu', 'cpu', 'bfloat16', torch.autocast('cpu', dtype=torch.bfloat16)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ['ppo_train.py', f'--init_from={tmp_path / "hf"}', '--prompt_data=prompts.jsonl', '--reward_fn=rewards:space_fraction',
+            '--device=cpu', '--block_size=64', '--max_new_tokens=12', '--batch_size=8', '--mini_batch_size=4',
+            '--max_iters=1', '--out_dir=out', '--temperature=0.7']
+    monkeypatch.setattr(sys, 'argv', argv)
+    runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')  # no stop
+    assert (tmp_path / 'out' / 'ckpt.pt').exists()
+    right = common.response_forward
+    monkeypatch.setattr(common, 'response_forward', lambda m, ids, am, n, t, *a: right(m, ids, am, n, 1.5 * t, *a))
+    monkeypatch.setattr(sys, 'argv', argv[:-2] + ['--out_dir=out2', '--temperature=0.7'])
+    with pytest.raises(UserError, match=r'training log-probs differ from sampling log-probs by .* on average .*bfloat16'):
+        runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
