@@ -3,6 +3,7 @@ load_definitions, which takes functions out of a script without running it."""
 import ast
 import os
 import sys
+import tempfile
 import types
 
 import pytest
@@ -21,6 +22,19 @@ if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
     os.environ.setdefault('OMP_NUM_THREADS', str(_threads))
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
+
+@pytest.fixture(autouse=True)
+def _forget_modules_from_temporary_directories():
+    """A module a test imported from a temporary directory (e.g. the rewards.py of ppo_train.py's
+    reward_fn, for a script run in-process with runpy) is dropped from sys.modules afterwards, so
+    another test's module of the same name is imported afresh, not served from the cache."""
+    before = set(sys.modules)
+    yield
+    tmp, root = os.path.realpath(tempfile.gettempdir()) + os.sep, os.path.realpath(ROOT) + os.sep
+    for name in set(sys.modules) - before:
+        path = os.path.realpath(getattr(sys.modules.get(name), '__file__', None) or '')
+        if path.startswith(tmp) and not path.startswith(root):  # not the project's own modules
+            del sys.modules[name]
 
 
 def load_definitions(script, *names):
