@@ -101,9 +101,9 @@ def test_gpt2_large_parameter_count():
     assert param_counts(dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024))['total'] == 774_030_080
 
 
-def saved_bytes(model, idx, targets, mask):
-    """Sum of the unique storages autograd saves for backward in one forward pass (parameters
-    excluded: they are counted as weights)."""
+def saved_bytes_of(model, loss_fn):
+    """Sum of the unique storages autograd saves for backward while loss_fn() computes a loss, which
+    is then backpropagated (parameters excluded: they are counted as weights)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = {}
 
@@ -112,8 +112,13 @@ def saved_bytes(model, idx, targets, mask):
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(idx, targets, attention_mask=mask)[1].backward()
+        loss_fn().backward()
     return sum(seen.values())
+
+
+def saved_bytes(model, idx, targets, mask):
+    """saved_bytes_of one LM forward pass of model.py's GPT."""
+    return saved_bytes_of(model, lambda: model(idx, targets, attention_mask=mask)[1])
 
 
 TOLERANCE = 0.25  # the planner's activation bytes vs the measurement; within 1 % without LoRA
@@ -227,19 +232,10 @@ def test_reward_plan_counts_lm_logits_of_the_chosen_rows_only(tmp_path):
     model = PairLoss(GPT(cfg).train(), 0.5)
     ids = torch.randint(0, 2000, (4, 64))
     ones = torch.ones(4, 64, dtype=torch.long)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, ones, ones.float(), torch.zeros(2))[0].backward()
+    measured = saved_bytes_of(model, lambda: model(ids, ones, ones.float(), torch.zeros(2))[0])
     i = plan['inputs']
     predicted = activation_bytes(i['cfg'], i['batch_size'], i['seq_len'], 'float32', logit_rows=i['logit_rows'],
                                  value_head=True, value_rows=i['value_rows'])['saved']
-    measured = sum(seen.values())
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
 
 
