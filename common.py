@@ -506,7 +506,7 @@ class CharTokenizer:
         self.n_vocab = meta['vocab_size']
         self.eot_token = self.stoi.get('\n')
 
-    def encode(self, s):
+    def encode(self, s, allow_eos=False):  # allow_eos: GPT2Tokenizer's signature; a newline is always EOS here
         unknown = sorted(set(c for c in s if c not in self.stoi))
         if unknown:
             raise UserError(f"characters {''.join(unknown)!r} are not in the char-level vocabulary")
@@ -529,8 +529,12 @@ class GPT2Tokenizer:
         self.n_vocab = self.enc.n_vocab
         self.eot_token = self.enc.eot_token  # <|endoftext|>, 50256
 
-    def encode(self, s):
-        return self.enc.encode(s, allowed_special={'<|endoftext|>'})
+    def encode(self, s, allow_eos=False):
+        """GPT-2 BPE ids of s. Text is text: a literal '<|endoftext|>' in data (a prompt, a response
+        scraped from another model's output) is ordinary tokens, never the EOS, which the scripts
+        append by id where a response ends (else SFT would learn to stop there). allow_eos=True
+        reads it as the EOS token: sample.py's start, as nanoGPT's sample.py does."""
+        return self.enc.encode(s, allowed_special={'<|endoftext|>'}) if allow_eos else self.enc.encode_ordinary(s)
 
     def decode(self, ids):
         return self.enc.decode([i for i in ids if i < self.n_vocab])

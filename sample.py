@@ -79,7 +79,7 @@ if chat:  # an SFT model answers and then emits EOS (<|endoftext|>); print only 
     # "...?\n\n\nAssistant:", a prompt the model never saw)
     start = f"{CHAT_TAGS['user']} {start.strip()}{CHAT_TAGS['assistant']}"
     eos_token_id = tokenizer.eot_token
-start_ids = tokenizer.encode(start)
+start_ids = tokenizer.encode(start, allow_eos=True)  # a literal <|endoftext|> is the EOS token (nanoGPT)
 if not start_ids:
     raise UserError("the prompt is empty: give --start=... (at least one token)")
 

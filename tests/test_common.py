@@ -1,5 +1,6 @@
 """The shared plumbing: config overrides, LR schedule, checkpoints, CSV logging."""
 import csv
+import json
 import math
 
 import pytest
@@ -166,6 +167,24 @@ def test_get_tokenizer_char_level_and_gpt2(tmp_path):
     assert isinstance(get_tokenizer('openwebtext'), GPT2Tokenizer)  # a BPE dataset has no meta.pkl
     with pytest.raises(UserError, match="tokenizer='shakespere_char'"):
         get_tokenizer('shakespere_char', strict=True)
+
+
+def test_a_literal_endoftext_in_data_is_text_not_the_eos(tmp_path):
+    """GPT-2's EOS (50256) ends a response only where a script appends it by id: a response holding
+    the literal string '<|endoftext|>' (scraped model output) keeps it as ordinary tokens, so SFT,
+    the reward model and DPO never see an EOS in the middle of an answer. sample.py's start still
+    reads the literal as EOS (allow_eos=True), as nanoGPT's sample.py does."""
+    from common import GPT2Tokenizer, load_preference_pairs
+    tok = GPT2Tokenizer()
+    text = 'Sure.<|endoftext|> More.'
+    assert tok.eot_token not in tok.encode(text) and tok.decode(tok.encode(text)) == text
+    assert tok.encode(text, allow_eos=True).count(tok.eot_token) == 1
+    path = tmp_path / 'pairs.jsonl'
+    path.write_text(json.dumps({'prompt': '\n\nHuman: hi<|endoftext|>\n\nAssistant:', 'chosen': ' ' + text,
+                                'rejected': ' No.'}) + '\n')
+    (chosen, n_prompt), (rejected, _), _ = load_preference_pairs(str(path), 'train', tok, 64, 'left')[0][0]
+    assert chosen.count(tok.eot_token) == 1 and chosen[-1] == tok.eot_token  # only the EOS appended at the end
+    assert rejected.count(tok.eot_token) == 1 and rejected[-1] == tok.eot_token
 
 
 def test_saved_rank_state_per_rank_and_the_note_when_counts_differ(capsys):
