@@ -306,3 +306,5 @@ def test_nan_loss_stops_with_the_health_report_and_keeps_the_checkpoint(dpo_dir)
     assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration'), p.stderr[-2000:]
     assert 'nonfinite (fatal): turned on 1x' in p.stdout and 'non-finite metrics loss' in p.stdout
     assert hashlib.sha256((out / 'ckpt.pt').read_bytes()).hexdigest() == before
+    last = list(csv.DictReader(open(out / 'log.csv')))[-1]  # the row it stopped on reaches the CSV (and wandb)
+    assert last['loss'] == 'nan' and last['alarm/nonfinite'] == '1.0', last

@@ -571,6 +571,9 @@ def test_an_iteration_whose_every_step_was_skipped_logs_nan_not_zero(tiny, tmp_p
     assert 'nonfinite' in message and 'val/ratio' in message and 'policy/clipfrac' in message, message
     assert 'ratio_explosion' not in message and 'at step 0' in message, message
     assert 'objective/scores' not in message  # the rollout itself was fine
+    row = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))[-1]  # the row it stopped on reaches the CSV
+    assert row['step'] == '0' and row['val/ratio'] == 'nan' and row['alarm/nonfinite'] == '1.0', row
+    assert int(float(row['skipped_steps'])) >= 2 and row['objective/scores'] != 'nan'
 
 
 def test_bf16_start_up_invariants_pass_a_healthy_run_and_stop_a_temperature_mismatch(tmp_path, monkeypatch):
