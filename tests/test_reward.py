@@ -167,6 +167,8 @@ def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
     assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration'), p.stderr[-2000:]
     assert 'nonfinite (fatal): turned on 1x' in p.stdout and 'non-finite metrics train/loss' in p.stdout
     assert not (tmp_path / 'out' / 'ckpt.pt').exists() and not (tmp_path / 'out' / 'best.pt').exists()
+    last = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))[-1]  # the row it stopped on is logged
+    assert last['train/loss'] == 'nan' and last['alarm/nonfinite'] == '1.0', last
 
 
 @pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
