@@ -65,7 +65,8 @@ DEFAULTS = {
     'collapse_iters': 2,            # ... for this many consecutive iterations
     'kl_ceiling': None,             # nats per sequence; None or 0 = off. KL above it while the score rises
     'hack_window': 5,               # "rising": least-squares slope of the score over this many iterations > 0
-    'ev_iters': 10,                 # val/explained_variance below 0 for this many consecutive iterations
+    'ev_iters': 10,                 # val/explained_variance below -ev_tol for this many consecutive iterations
+    'ev_tol': 0.05,                 # a fresh (zero) value head hovers at 0 +- 0.02 for its first iterations
     'value_loss_window': 10,        # loss/value: mean of the last window vs the window before it ...
     'value_loss_growth': 3.0,       # ... grown by more than this factor
     'dpo_window': 10,               # DPO: mean of the first window (baseline) vs the last window
@@ -316,13 +317,14 @@ def reward_hacking(history, th):
 
 
 def value_failing(history, th):
-    """PPO's critic is not learning: val/explained_variance < 0 for ev_iters iterations in a row,
-    or loss/value over the last value_loss_window iterations above value_loss_growth x the window
+    """PPO's critic is not learning: val/explained_variance < -ev_tol for ev_iters iterations in a
+    row (worse than predicting a constant; a fresh zero-initialised value head sits at 0 +- 0.02 for
+    its first iterations, which is not failing), or loss/value over the last value_loss_window iterations above value_loss_growth x the window
     before. Advantages from such a critic are noise (or worse: biased)."""
     problems = []
     ev, n = _series(history, EXPLAINED_VARIANCE), th['ev_iters']
-    if _last_n(ev, n, lambda x: x < 0):
-        problems.append(f"{EXPLAINED_VARIANCE} < 0 for {n} iterations (last {ev[-1]:.3g})")
+    if _last_n(ev, n, lambda x: x < -th['ev_tol']):
+        problems.append(f"{EXPLAINED_VARIANCE} < -{th['ev_tol']:g} for {n} iterations (last {ev[-1]:.3g})")
     vl, w = _series(history, 'loss/value'), th['value_loss_window']
     if len(vl) >= 2 * w:
         before, last = _mean(vl[-2 * w:-w]), _mean(vl[-w:])
