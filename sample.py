@@ -94,10 +94,12 @@ with torch.no_grad(), ctx:
                            eos_token_id=eos_token_id, generator=generator)
         for row in y.tolist():
             response = row[len(start_ids):]
-            if eos_token_id in response:  # the response alone, cut at its EOS
+            ended = eos_token_id in response
+            if ended:  # the response alone, cut at its EOS
                 response = response[:response.index(eos_token_id)]
             print(tokenizer.decode(response if chat else row))
             if scorer is not None:  # scored as prompt + response + EOS, as the reward model was trained
-                print(f"reward: {scorer.score([start], [tokenizer.decode(response)])[0].item():.4f}")
+                cut = "" if ended or not chat else " (no EOS within max_new_tokens: scored as if it ended here)"
+                print(f"reward: {scorer.score([start], [tokenizer.decode(response)])[0].item():.4f}{cut}")
             print('---------------')
         done += n

@@ -278,3 +278,5 @@ def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
                                        timeout=300) for start in ('--start=How do I make tea?', '--start=FILE:prompt.txt'))
     assert typed.returncode == 0 and from_file.returncode == 0, typed.stderr[-2000:] + from_file.stderr[-2000:]
     assert 'reward: ' in typed.stdout and from_file.stdout == typed.stdout
+    # 4 tokens of a random model end without EOS: the score says it read a cut answer
+    assert '(no EOS within max_new_tokens: scored as if it ended here)' in typed.stdout
