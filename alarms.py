@@ -452,18 +452,18 @@ class HealthMonitor:
         self.fired, self.updates_on = dict(state['fired']), dict(state['updates_on'])
         self.first = {k: Alarm(*v) for k, v in state['first'].items()}
 
-    def check(self, metrics, step=None, say=print, log=None):
+    def check(self, metrics, step=None, say=print, logger=None):
         """What a script calls after computing an iteration's metrics: update(), print each new
         alarm with `say`, and return {'alarm/<name>': 1.0} for the new ones, for the CSV/wandb
-        row. On a stop, the summary is printed and, when `log` is given, log(row) writes the
-        metrics the run stopped on with their alarms (the CSV/wandb row the caller will never
-        write) before TrainingHealthError propagates."""
+        row. On a stop, the summary is printed and, when the script's common.Logger is given, the
+        row the run stopped on (its metrics and alarms, which the caller will never log) is
+        written to the CSV/wandb before TrainingHealthError propagates."""
         try:
             new = self.update(metrics, step)
         except TrainingHealthError as e:
             say(self.summary())
-            if log is not None:
-                log({**metrics, **{f"alarm/{a.name}": 1.0 for a in e.alarms}})
+            if logger is not None:
+                logger.log({**metrics, **{f"alarm/{a.name}": 1.0 for a in e.alarms}}, step)
             raise
         for alarm in new:
             say(f"alarm: {alarm}")

@@ -377,12 +377,6 @@ def checkpoint_state(rank_states=None):
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
                 resume_step=iter_num if init_from == 'resume' else None, enabled=master_process)
 
-
-def log_stop_row(row):
-    """The CSV/wandb row a fatal health alarm stops the run on (HealthMonitor.check's log)."""
-    logger.log(row, iter_num)
-
-
 # training health (alarms.py). Under DDP every rank runs the monitor on the same global numbers
 # (the train metrics are all-reduced, the eval metrics broadcast from rank 0), so an alarm with
 # on_alarm='stop' stops all ranks at the same iteration instead of leaving the others waiting.
@@ -412,7 +406,7 @@ while True:
         say(f"step {iter_num}: val loss {metrics['val/loss']:.4f}, accuracy {metrics['val/rewards/accuracies']:.3f}, "
             f"margin {metrics['val/rewards/margins']:.3f}")
         repeated = resumed_monitor and iter_num == start_iter  # the checkpoint's own eval, checked before it was saved
-        alarms = {} if repeated else monitor.check(metrics, iter_num, say, log=log_stop_row)
+        alarms = {} if repeated else monitor.check(metrics, iter_num, say, logger=logger)
         logger.log({**metrics, **alarms, 'lr': lr}, iter_num)
         improved = metrics['val/loss'] < best_val_loss
         best_val_loss = min(best_val_loss, metrics['val/loss'])
@@ -447,7 +441,7 @@ while True:
     if not math.isfinite(metrics['loss']):  # stop before the step touches the weights; all ranks at once
         pbar.close()
         with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
-            monitor.check(metrics, iter_num, say, log=log_stop_row)
+            monitor.check(metrics, iter_num, say, logger=logger)
         raise nonfinite_loss_error(metrics['loss'], iter_num, out_dir)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -462,7 +456,7 @@ while True:
     if iter_num % log_interval == 0:
         say(f"iter {iter_num}: loss {metrics['loss']:.4f}, accuracy {metrics['rewards/accuracies']:.3f}, "
             f"margin {metrics['rewards/margins']:.3f}, time {dt * 1000:.0f}ms")
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say, log=log_stop_row), 'lr': lr,
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say, logger=logger), 'lr': lr,
                     **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1
     pbar.update(1)

@@ -452,8 +452,7 @@ while iter_num < max_iters:
         say(f"iter {iter_num - 1}: score {metrics['objective/scores']:.4f}, kl {mean_kl:.4f}, "
             f"clipfrac {metrics['policy/clipfrac']:.3f}, eos {int(has_eos.sum())}/{n_seq}, "
             f"len {metrics['response_length']:.1f}, {dt:.2f}s")
-        log_row = lambda row: logger.log(row, iter_num - 1)  # also the row a fatal alarm stops on
-        log_row({**metrics, **monitor.check(metrics, iter_num - 1, say, log=log_row)})
+        logger.log({**metrics, **monitor.check(metrics, iter_num - 1, say, logger=logger)}, iter_num - 1)
     if sample_interval and (iter_num - 1) % sample_interval == 0:  # 2 on stdout, all to samples.csv (+ wandb)
         samples = [{'prompt': p, 'response': r, 'score': s}
                    for p, r, s in zip(prompt_texts, response_texts, raw_scores.tolist())]

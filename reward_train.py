@@ -261,12 +261,6 @@ def checkpoint_state(rank_states=None):
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
                 resume_step=iter_num if init_from == 'resume' else None, enabled=master_process)
 
-
-def log_stop_row(row):
-    """The CSV/wandb row a fatal health alarm stops the run on (HealthMonitor.check's log)."""
-    logger.log(row, iter_num)
-
-
 # training health (alarms.py). Under DDP every rank runs the monitor on the same global numbers
 # (the train metrics are all-reduced, the eval metrics broadcast from rank 0), so an alarm with
 # on_alarm='stop' stops all ranks at the same iteration instead of leaving the others waiting.
@@ -295,7 +289,7 @@ while True:
         say(f"step {iter_num}: val accuracy {metrics['val/accuracy']:.4f}, loss {metrics['val/loss']:.4f}, "
             f"margin {metrics['val/margin']:.3f}")
         repeated = resumed_monitor and iter_num == start_iter  # the checkpoint's own eval, checked before it was saved
-        alarms = {} if repeated else monitor.check(metrics, iter_num, say, log=log_stop_row)
+        alarms = {} if repeated else monitor.check(metrics, iter_num, say, logger=logger)
         logger.log({**metrics, **alarms, 'lr': lr}, iter_num)
         improved = metrics['val/accuracy'] > best_val_acc
         best_val_acc = max(best_val_acc, metrics['val/accuracy'])
@@ -325,7 +319,7 @@ while True:
     lossf = sums['loss'].item()
     if not math.isfinite(lossf):  # every rank sees the same lossf, so all stop here together
         with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
-            monitor.check({'train/loss': lossf}, iter_num, say, log=log_stop_row)
+            monitor.check({'train/loss': lossf}, iter_num, say, logger=logger)
         raise nonfinite_loss_error(lossf, iter_num, out_dir)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -340,7 +334,7 @@ while True:
         say(f"iter {iter_num}: loss {lossf:.4f}, accuracy {sums['accuracy'].item():.3f}, "
             f"margin {sums['margin'].item():.3f}")
         metrics = {'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(), 'train/margin': sums['margin'].item()}
-        logger.log({**metrics, **monitor.check(metrics, iter_num, say, log=log_stop_row), 'lr': lr,
+        logger.log({**metrics, **monitor.check(metrics, iter_num, say, logger=logger), 'lr': lr,
                     **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1
     pbar.update(1)
