@@ -289,10 +289,15 @@ def setup_device(device, dtype):
     return device, device_type, dtype, autocast_context(device_type, dtype)
 
 
-def grad_scaler(device_type, dtype):
-    """GradScaler, enabled only for float16 (bf16 and fp32 need no loss scaling)."""
-    return torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu',
-                                enabled=(device_type == 'cuda' and dtype == 'float16'))
+def grad_scaler(device_type, dtype, state=None):
+    """GradScaler, enabled only for float16 (bf16 and fp32 need no loss scaling), resumed from a
+    checkpoint's scaler `state`. A state saved without loss scaling (fp32, bf16, CPU: a disabled
+    scaler saves {}) leaves a fresh scaler: GradScaler.load_state_dict({}) would raise."""
+    scaler = torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu',
+                                  enabled=(device_type == 'cuda' and dtype == 'float16'))
+    if state:
+        scaler.load_state_dict(state)
+    return scaler
 
 
 # ----------------------------------------------------------------------------------------------

@@ -251,12 +251,10 @@ for m in (policy, critic_model):
     if m is not None:
         m.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(params, optimizer, learning_rate, (beta1, beta2), device_type, weight_decay=weight_decay)
-scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
+scaler = grad_scaler(device_type, dtype, checkpoint and checkpoint.get('scaler'))  # a no-op unless float16
 monitor = HealthMonitor('ppo' if advantage_estimator == 'gae' else advantage_estimator, on_alarm, kl_ceiling=kl_ceiling)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    if checkpoint.get('scaler'):  # {}: saved without loss scaling (fp32, bf16); float16 now starts a fresh scaler
-        scaler.load_state_dict(checkpoint['scaler'])
     prompt_loader.load_state_dict(checkpoint['prompt_loader'])
     monitor.load_state_dict(checkpoint['monitor'])
     set_rng_state(checkpoint['rng'])

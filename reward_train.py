@@ -194,15 +194,13 @@ if model.config.vocab_size < tokenizer.n_vocab:
 model.to(device)
 start_iter = iter_num
 
-scaler = grad_scaler(device_type, dtype)
+scaler = grad_scaler(device_type, dtype, checkpoint and checkpoint.get('scaler'))
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_loader = pair_batches('train', seed, ddp_rank, ddp_world_size)  # the DDP ranks split each epoch
 checkpoint_monitor = checkpoint.get('monitor') if checkpoint is not None else None
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    if checkpoint.get('scaler'):  # {}: saved without loss scaling (fp32, bf16); float16 now starts a fresh scaler
-        scaler.load_state_dict(checkpoint['scaler'])
     state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
     if state is not None:
         train_loader.load_state_dict(state['train_loader'])

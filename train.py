@@ -243,7 +243,7 @@ if meta_vocab_size is not None and meta_vocab_size > model.config.vocab_size:
 model.to(device)
 start_iter = iter_num
 
-scaler = grad_scaler(device_type, dtype)  # a no-op unless float16
+scaler = grad_scaler(device_type, dtype, checkpoint and checkpoint.get('scaler'))  # a no-op unless float16
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
 train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
@@ -254,8 +254,6 @@ else:
     next_train_batch = lambda: get_batch('train', train_gen)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    if checkpoint.get('scaler'):  # {}: saved without loss scaling (fp32, bf16); float16 now starts a fresh scaler
-        scaler.load_state_dict(checkpoint['scaler'])
     # each DDP rank resumes its own RNGs and data position, so the ranks do not all continue with
     # rank 0's batches
     state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)

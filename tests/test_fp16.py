@@ -1,6 +1,6 @@
 """The float16 code path (a CUDA GPU without bf16, where dtype='auto' picks float16) on the CPU:
-common.setup_device is patched to answer float16 with CPU autocast, and common.grad_scaler to give
-an enabled GradScaler that records its calls. The scripts run in-process (runpy) so the patches
+common.setup_device is patched to answer float16 with CPU autocast, and torch.amp.GradScaler (which
+common.grad_scaler builds) to give an enabled GradScaler that records its calls. The scripts run in-process (runpy) so the patches
 reach them."""
 import json
 import os
@@ -47,7 +47,8 @@ def float16(monkeypatch):
     def on():
         monkeypatch.setattr(common, 'setup_device',
                             lambda device, dtype: ('cpu', 'cpu', 'float16', torch.autocast('cpu', dtype=torch.float16)))
-        monkeypatch.setattr(common, 'grad_scaler', lambda device_type, dtype: SpyScaler(calls))
+        # the real common.grad_scaler (its resume logic included) builds the spy instead of a disabled CPU scaler
+        monkeypatch.setattr(torch.amp, 'GradScaler', lambda *args, **kwargs: SpyScaler(calls))
         clip = torch.nn.utils.clip_grad_norm_
         monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', lambda *a, **k: calls.append('clip') or clip(*a, **k))
         return calls
