@@ -241,7 +241,7 @@ def test_monitor_rejects_windows_a_rule_cannot_use():
     """A count or window below its minimum is refused when the monitor is built, not met later as a
     ZeroDivisionError in the middle of the run (the slope needs 2 points, a mean 1 value)."""
     for key, bad in (('hack_window', 1), ('collapse_baseline_iters', 0), ('value_loss_window', 0),
-                     ('dpo_window', 0), ('kl_negative_iters', 0)):
+                     ('dpo_window', 0), ('kl_negative_iters', 0), ('hack_window', 2.5), ('ev_iters', 3.0)):
         with pytest.raises(UserError, match=f"alarm threshold {key} must be an integer >= "):
             HealthMonitor('ppo', **{key: bad})
     HealthMonitor('ppo', hack_window=2, collapse_baseline_iters=1, value_loss_window=1)  # the smallest usable

@@ -608,3 +608,33 @@ def test_bf16_start_up_invariants_pass_a_healthy_run_and_stop_a_temperature_mism
     monkeypatch.setattr(sys, 'argv', argv[:-2] + ['--out_dir=out2', '--temperature=0.7'])
     with pytest.raises(UserError, match=r'training log-probs differ from sampling log-probs by .* on average .*bfloat16'):
         runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_first_ratio_check_stops_log_probs_that_moved_between_rollout_and_update(tiny, tmp_path, monkeypatch, dtype):
+    """The first PPO step's invariant: nothing changed since the rollout, so the ratio is 1. Here the
+    update pass's log-probs are shifted by 0.05 nats (response_forward patched: only with grad, so the
+    rollout's own check, sampling vs training log-probs, still passes): float32 stops on the largest
+    ratio (1.05 > 1 + 1e-4), bf16 (CUDA's autocast, here the CPU's) on the mean |log ratio| (0.05 > 1e-2)."""
+    import runpy
+    import common
+    from common import UserError
+    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
+    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
+    if dtype == 'bfloat16':
+        monkeypatch.setattr(common, 'setup_device',
+                            lambda device, dt: ('cpu', 'cpu', 'bfloat16', torch.autocast('cpu', dtype=torch.bfloat16)))
+    right = common.response_forward
+
+    def moved(*args):
+        logp, entropy, values = right(*args)
+        return (logp + 0.05 if torch.is_grad_enabled() else logp), entropy, values
+    monkeypatch.setattr(common, 'response_forward', moved)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, 'argv', ['ppo_train.py', f'--init_from={tiny / "hf"}', '--prompt_data=prompts.jsonl',
+                                      '--reward_fn=rewards:space_fraction', '--device=cpu', '--block_size=64',
+                                      '--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=2', '--max_iters=1',
+                                      '--out_dir=out'])
+    with pytest.raises(UserError, match=rf'first PPO ratio is 1\.05\d* at most \(mean \|log ratio\| 5\.0\de-02, {dtype}\)'):
+        runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
