@@ -276,3 +276,22 @@ def test_adamw8bit_without_bitsandbytes_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, 'bitsandbytes', None)  # import fails as if not installed
     with pytest.raises(UserError, match="pip install bitsandbytes"):
         make_optimizer([torch.nn.Parameter(torch.zeros(3))], 'adamw8bit', 1e-3, (0.9, 0.95), 'cuda')
+
+
+def test_smaller_batch_advice_for_a_reward_model_rescales_its_value_and_logit_rows():
+    """A reward plan's rows (2 per pair) score the value head on every token and the LM term's logits
+    on the chosen half: the advice's smaller micro-batches and shorter blocks are planned with both
+    rescaled, i.e. exactly as memory_plan would plan that smaller config."""
+    from common import fit_remedies
+    # LoRA, checkpointing and 8-bit AdamW already on, so the advice can only be a smaller batch or block
+    large = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024, lora_rank=16,
+                 lora_targets='attn,mlp')
+    pairs, T = 8, 1024
+
+    def reward_plan(pairs, T):
+        return memory_plan(large, 2 * pairs, T, value_head=True, value_rows=2 * pairs * T, logit_rows=pairs * T,
+                           rows_per_unit=2, gradient_checkpointing=True, optimizer='adamw8bit')
+    fits = fit_remedies(reward_plan(pairs, T), reward_plan(2, T)['total'] + 1)
+    assert fits == [('--batch_size=2', reward_plan(2, T)['total'])]  # the largest micro-batch that fits
+    fits = fit_remedies(reward_plan(1, T), reward_plan(1, 512)['total'] + 1)  # 1 pair: no smaller batch
+    assert fits == [('--block_size=512', reward_plan(1, 512)['total'])]

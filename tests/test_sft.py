@@ -256,11 +256,9 @@ def test_sft_resume_continues_the_identical_curve(tmp_path):
     assert len(curve('a')) == 12 and curve('a') == curve('b')  # the batch order resumed mid-epoch, exactly
 
 
-def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
-    """sample.py --chat renders start as an SFT prompt ("\\n\\nHuman: {start}\\n\\nAssistant:"; hh-rlhf's
-    human turns never end in whitespace): a prompt file's trailing newline must not reach the template
-    ("...?\\n\\n\\nAssistant:" is another prompt). Seen through --score, whose reward of the prompt +
-    answer (a random value-head model, sampled and scoring) changes with any token of the prompt."""
+def random_value_head_checkpoint(tmp_path):
+    """(model, path): a 1-layer GPT with GPT-2's vocabulary and a value head, weights N(0, 1) so
+    its tokens and scores depend strongly on its input, saved as this project's checkpoint."""
     from dataclasses import asdict
     from common import save_checkpoint
     from model import GPTConfig
@@ -271,6 +269,28 @@ def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
             p.normal_(0, 1.0)
     ckpt = str(tmp_path / 'ckpt.pt')
     save_checkpoint(ckpt, {'model': model.state_dict(), 'model_args': asdict(model.config)}, model)
+    return model.eval(), ckpt
+
+
+def test_sample_start_reads_a_literal_endoftext_as_the_eos_token(tmp_path):
+    """sample.py --start='<|endoftext|>' is GPT-2's EOS token (50256), as in nanoGPT's sample.py,
+    although data text keeps the literal as ordinary tokens: the greedy sample equals the model's
+    own continuation of [50256]."""
+    model, ckpt = random_value_head_checkpoint(tmp_path)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', '--start=<|endoftext|>',
+                        '--temperature=0', '--num_samples=1', '--max_new_tokens=6', '--device=cpu'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    expected = model.generate(torch.tensor([[50256]]), 6, temperature=0)[0].tolist()
+    assert p.stdout.split('\n---------------')[0] == GPT2Tokenizer().decode(expected)
+
+
+def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
+    """sample.py --chat renders start as an SFT prompt ("\\n\\nHuman: {start}\\n\\nAssistant:"; hh-rlhf's
+    human turns never end in whitespace): a prompt file's trailing newline must not reach the template
+    ("...?\\n\\n\\nAssistant:" is another prompt). Seen through --score, whose reward of the prompt +
+    answer (a random value-head model, sampled and scoring) changes with any token of the prompt."""
+    ckpt = random_value_head_checkpoint(tmp_path)[1]
     (tmp_path / 'prompt.txt').write_text("How do I make tea?\n")
     args = [os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', f'--score={ckpt}', '--chat=True',
             '--temperature=0', '--num_samples=1', '--max_new_tokens=4', '--device=cpu']
