@@ -111,6 +111,20 @@ def run_ppo(tiny, tmp_path, args):
                           capture_output=True, text=True, timeout=1800)
 
 
+
+def run_ppo_in_process(tmp_path, monkeypatch, init_from, *args):
+    """ppo_train.py in this process (runpy), so a test's monkeypatches reach it: 8 prompts, the
+    space_fraction reward, tmp_path as the working directory and out_dir=out; args override."""
+    import runpy
+    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
+    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, 'argv', ['ppo_train.py', f'--init_from={init_from}', '--prompt_data=prompts.jsonl',
+                                      '--reward_fn=rewards:space_fraction', '--device=cpu', '--block_size=64',
+                                      '--out_dir=out', *args])
+    runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+
 @pytest.mark.parametrize('algo', [['--advantage_estimator=gae'],
                                   ['--advantage_estimator=grpo', '--batch_size=2', '--group_size=4', '--kl_in_loss=True'],
                                   ['--advantage_estimator=rloo', '--batch_size=2', '--group_size=4']],
@@ -548,25 +562,17 @@ def test_an_iteration_whose_every_step_was_skipped_logs_nan_not_zero(tiny, tmp_p
     happened, so the update's metrics are NaN, not the 0.0 of an empty average: the fatal
     `nonfinite` alarm stops the run naming them, and `ratio_explosion` does not misread a mean
     ratio of 0 as a runaway policy."""
-    import runpy
     import losses
     from alarms import TrainingHealthError
-    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
-    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
     right = losses.ppo_policy_loss
 
     def inf_loss(*args, **kwargs):
         loss, stats = right(*args, **kwargs)
         return loss * float('inf'), stats
     monkeypatch.setattr(losses, 'ppo_policy_loss', inf_loss)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(sys, 'argv', ['ppo_train.py', f'--init_from={tiny / "hf"}', '--prompt_data=prompts.jsonl',
-                                      '--reward_fn=rewards:space_fraction', '--device=cpu', '--block_size=64',
-                                      '--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=2', '--max_iters=3',
-                                      '--out_dir=out'])
     with pytest.raises(TrainingHealthError) as e:
-        runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+        run_ppo_in_process(tmp_path, monkeypatch, tiny / 'hf', '--max_new_tokens=4', '--batch_size=4',
+                           '--mini_batch_size=2', '--max_iters=3')
     message = str(e.value)
     assert 'nonfinite' in message and 'val/ratio' in message and 'policy/clipfrac' in message, message
     assert 'ratio_explosion' not in message and 'at step 0' in message, message
@@ -616,11 +622,8 @@ def test_first_ratio_check_stops_log_probs_that_moved_between_rollout_and_update
     update pass's log-probs are shifted by 0.05 nats (response_forward patched: only with grad, so the
     rollout's own check, sampling vs training log-probs, still passes): float32 stops on the largest
     ratio (1.05 > 1 + 1e-4), bf16 (CUDA's autocast, here the CPU's) on the mean |log ratio| (0.05 > 1e-2)."""
-    import runpy
     import common
     from common import UserError
-    (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
-    (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(8)))
     if dtype == 'bfloat16':
         monkeypatch.setattr(common, 'setup_device',
                             lambda device, dt: ('cpu', 'cpu', 'bfloat16', torch.autocast('cpu', dtype=torch.bfloat16)))
@@ -630,11 +633,6 @@ def test_first_ratio_check_stops_log_probs_that_moved_between_rollout_and_update
         logp, entropy, values = right(*args)
         return (logp + 0.05 if torch.is_grad_enabled() else logp), entropy, values
     monkeypatch.setattr(common, 'response_forward', moved)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(sys, 'argv', ['ppo_train.py', f'--init_from={tiny / "hf"}', '--prompt_data=prompts.jsonl',
-                                      '--reward_fn=rewards:space_fraction', '--device=cpu', '--block_size=64',
-                                      '--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=2', '--max_iters=1',
-                                      '--out_dir=out'])
     with pytest.raises(UserError, match=rf'first PPO ratio is 1\.05\d* at most \(mean \|log ratio\| 5\.0\de-02, {dtype}\)'):
-        runpy.run_path(os.path.join(ROOT, 'ppo_train.py'), run_name='__main__')
+        run_ppo_in_process(tmp_path, monkeypatch, tiny / 'hf', '--max_new_tokens=4', '--batch_size=4',
+                           '--mini_batch_size=2', '--max_iters=1')
