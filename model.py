@@ -31,6 +31,7 @@ project's checkpoints.
 
 import contextlib
 import inspect
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -46,6 +47,39 @@ HF_GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 
 class ModelLoadError(ValueError):
     """A checkpoint or pretrained directory that cannot be loaded; the message names it."""
+
+
+# GPT2Config's defaults: transformers may leave a key out of config.json when it has its default
+_HF_GPT2_DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                         layer_norm_epsilon=1e-5, activation_function='gelu_new',
+                         scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)
+
+
+def _read_hf_gpt2_weights(path):
+    """The state dict of a directory saved by transformers' save_pretrained, read straight from
+    its safetensors file(s) (one model.safetensors, or shards listed in model.safetensors.index.json)
+    without importing transformers, which takes seconds and builds a second copy of the model.
+    None when the directory holds another layout (pytorch_model.bin, ...): transformers reads it."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        return None
+    index = os.path.join(path, 'model.safetensors.index.json')
+    if os.path.isfile(os.path.join(path, 'model.safetensors')):
+        files = ['model.safetensors']
+    elif os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)['weight_map'].values()))
+    else:
+        return None
+    sd = {}
+    for name in files:
+        try:
+            sd.update(load_file(os.path.join(path, name)))
+        except Exception as e:  # a truncated or foreign file: say which one
+            raise ModelLoadError(f"{os.path.join(path, name)} could not be read: {e}") from None
+    return sd
+
 
 
 @dataclass
@@ -452,21 +486,43 @@ class GPT(nn.Module):
             raise ModelLoadError(f"'{name_or_path}' is neither a directory nor one of {', '.join(HF_GPT2_NAMES)}")
         if is_dir and not os.path.isfile(os.path.join(name_or_path, 'config.json')):
             raise ModelLoadError(f"directory {name_or_path} has neither ckpt.pt nor a Hugging Face config.json")
-        from transformers import GPT2LMHeadModel  # heavy import, only when needed
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
-        c = hf.config
-        if c.activation_function not in ('gelu_new', 'gelu_pytorch_tanh'):
-            raise ModelLoadError(f"{name_or_path}: activation {c.activation_function} is not GPT-2's tanh GELU")
+        if is_dir:
+            try:
+                with open(os.path.join(name_or_path, 'config.json')) as f:
+                    c = json.load(f)
+            except ValueError as e:
+                raise ModelLoadError(f"{os.path.join(name_or_path, 'config.json')} is not valid JSON: {e}") from None
+            sd = _read_hf_gpt2_weights(name_or_path)  # None: a layout only transformers reads
+        else:
+            c, sd = None, None
+        if sd is None:
+            from transformers import GPT2LMHeadModel  # heavy import, only when needed
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+            c, sd = hf.config.to_dict(), hf.state_dict()
+        c = {**_HF_GPT2_DEFAULTS, **{k: v for k, v in c.items() if v is not None}}
+        if c.get('model_type', 'gpt2') != 'gpt2':
+            raise ModelLoadError(f"{name_or_path}: a {c['model_type']} model, not GPT-2")
+        if c['activation_function'] not in ('gelu_new', 'gelu_pytorch_tanh'):
+            raise ModelLoadError(f"{name_or_path}: activation {c['activation_function']} is not GPT-2's tanh GELU")
+        if not c['scale_attn_weights'] or c['scale_attn_by_inverse_layer_idx']:
+            raise ModelLoadError(f"{name_or_path}: attention scaled other than GPT-2's 1/sqrt(head_dim) "
+                                 "(scale_attn_weights=false or scale_attn_by_inverse_layer_idx=true)")
+        # HF keys: 'transformer.' prefix (GPT2LMHeadModel) or none (GPT2Model); lm_head tied to wte
+        sd = {k if k.startswith(('transformer.', 'lm_head.')) else 'transformer.' + k: v for k, v in sd.items()
+              if not k.endswith(('.attn.masked_bias', '.attn.bias'))}
+        wte = sd.get('transformer.wte.weight')
+        head = sd.setdefault('lm_head.weight', wte)
+        if wte is not None and head is not wte and not torch.equal(head, wte):
+            raise ModelLoadError(f"{name_or_path}: lm_head is not tied to the token embedding "
+                                 "(tie_word_embeddings=false); this GPT ties them, as GPT-2 does")
         block_size = overrides.pop('block_size', None)
-        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                           n_head=c.n_head, n_embd=c.n_embd, bias=True,
-                           layer_norm_epsilon=c.layer_norm_epsilon, **overrides)
+        config = GPTConfig(block_size=c['n_positions'], vocab_size=c['vocab_size'], n_layer=c['n_layer'],
+                           n_head=c['n_head'], n_embd=c['n_embd'], bias=True,
+                           layer_norm_epsilon=c['layer_norm_epsilon'], **overrides)
         model = cls(config)
-        sd_hf = hf.state_dict()
         # HF's Conv1D stores these weights as (in, out); our Linears want (out, in)
         transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-        sd = {k: (v.t() if k.endswith(transposed) else v) for k, v in sd_hf.items()
-              if not k.endswith(('.attn.masked_bias', '.attn.bias'))}
+        sd = {k: (v.t() if k.endswith(transposed) else v).float() for k, v in sd.items()}
         model.load_state_dict_checked(sd, name_or_path)
         if block_size is not None and block_size < config.block_size:
             model.crop_block_size(block_size)

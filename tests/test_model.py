@@ -1,8 +1,11 @@
 """model.py against Hugging Face GPT-2 on the same weights, and generate's contracts."""
 
+import os
+
 import pytest
 import torch
 
+from conftest import ROOT
 from model import GPT, GPTConfig, IGNORE_INDEX, ModelLoadError, positions_from_mask, sample_from_probs, top_k_top_p_filter
 
 VOCAB = 101  # tiny_hf's vocabulary (conftest.make_hf_gpt2)
@@ -241,6 +244,70 @@ def test_from_pretrained_bad_paths(tmp_path):
     with pytest.raises(ModelLoadError, match='neither a directory nor one of'):
         GPT.from_pretrained(str(tmp_path / 'nowhere'))
     with pytest.raises(ModelLoadError, match='neither ckpt.pt nor a Hugging Face config.json'):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_hf_directory_is_read_without_transformers(tiny_hf):
+    """A save_pretrained directory is read from its safetensors file directly: transformers is
+    never imported (it costs seconds at every start) and the logits are HF's."""
+    import subprocess, sys
+    code = ("import sys, torch; from model import GPT; m = GPT.from_pretrained(sys.argv[1]).eval(); "
+            "assert 'transformers' not in sys.modules, 'transformers was imported'; "
+            "torch.save(m(torch.arange(12).view(1, 12))[0], sys.argv[2])")
+    out = os.path.join(tiny_hf[0], '..', 'logits_no_transformers.pt')
+    subprocess.run([sys.executable, '-c', code, tiny_hf[0], out], check=True, cwd=ROOT)
+    torch.testing.assert_close(torch.load(out), tiny_hf[1](torch.arange(12).view(1, 12)).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('layout', ['float16', 'no_prefix', 'sharded', 'pytorch_bin'])
+def test_hf_directory_layouts_give_hfs_logits(tiny_hf, tmp_path, layout):
+    """Every layout transformers writes loads to the same float32 model: weights saved in float16
+    (upcast), a GPT2Model without the 'transformer.' prefix and lm_head, shards with an index
+    file, and the old pytorch_model.bin (read through transformers)."""
+    hf = tiny_hf[1]
+    if layout == 'float16':
+        from transformers import GPT2LMHeadModel
+        GPT2LMHeadModel.from_pretrained(tiny_hf[0], dtype=torch.float16).save_pretrained(tmp_path)
+        ref = GPT2LMHeadModel.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    elif layout == 'no_prefix':
+        hf.transformer.save_pretrained(tmp_path)
+        ref = hf
+    elif layout == 'sharded':
+        hf.save_pretrained(tmp_path, max_shard_size='20KB')
+        assert (tmp_path / 'model.safetensors.index.json').exists()
+        ref = hf
+    else:
+        torch.save(hf.state_dict(), tmp_path / 'pytorch_model.bin')
+        hf.config.save_pretrained(tmp_path)
+        ref = hf
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    assert next(model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(model(idx)[0], ref(idx).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'scale_attn_by_inverse_layer_idx': True}, 'attention scaled other than'),
+    ({'activation_function': 'relu'}, "activation relu is not GPT-2's tanh GELU"),
+    ({'model_type': 'gpt_neo'}, 'a gpt_neo model, not GPT-2'),
+    ({'tie_word_embeddings': False}, 'lm_head is not tied'),
+])
+def test_hf_directory_this_gpt_cannot_compute_is_refused(tiny_hf, tmp_path, change, message):
+    """A GPT-2 variant whose computation this model does not have is one clear error, not a
+    model that silently computes something else."""
+    import json, shutil
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(tiny_hf[0], tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    (tmp_path / 'config.json').write_text(json.dumps({**config, **change}))
+    if 'tie_word_embeddings' in change:  # a separate output matrix, as an untied model saves it
+        sd = load_file(tmp_path / 'model.safetensors')
+        sd['lm_head.weight'] = sd['transformer.wte.weight'] + 1
+        save_file(sd, tmp_path / 'model.safetensors')
+    with pytest.raises(ModelLoadError, match=message):
+        GPT.from_pretrained(str(tmp_path))
+    (tmp_path / 'config.json').write_text('{"n_layer": 2,')
+    with pytest.raises(ModelLoadError, match='config.json is not valid JSON'):
         GPT.from_pretrained(str(tmp_path))
 
 

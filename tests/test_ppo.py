@@ -282,13 +282,14 @@ WORDS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '</s>'] + 'once upon a time the cat
     + [str(i) for i in range(10)]
 
 
-def make_hf_classifier(path, arch='bert', num_labels=1, max_length=32):
-    """A tiny random sequence classifier saved with its own word-level tokenizer (not GPT-2's BPE):
-    'bert' (pair template [CLS] A [SEP] B [SEP], a pad token) or 'gpt2' (no pad token, only EOS)."""
+def make_hf_classifier(path, arch='bert', num_labels=1, max_length=32, words=WORDS):
+    """A tiny random sequence classifier saved with its own word-level tokenizer (not GPT-2's BPE)
+    over `words` (ids in order): 'bert' (pair template [CLS] A [SEP] B [SEP], a pad token) or 'gpt2'
+    (no pad token, only EOS '</s>')."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
                               PreTrainedTokenizerFast)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token='[UNK]'))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='[UNK]'))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     torch.manual_seed(0)
     if arch == 'bert':
@@ -296,12 +297,13 @@ def make_hf_classifier(path, arch='bert', num_labels=1, max_length=32):
                                                            special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
         specials = dict(unk_token='[UNK]', pad_token='[PAD]', cls_token='[CLS]', sep_token='[SEP]')
         model = BertForSequenceClassification(BertConfig(
-            vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=max_length, num_labels=num_labels))
     else:
         specials = dict(unk_token='[UNK]', eos_token='</s>')
-        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(WORDS), n_embd=16, n_layer=2, n_head=2,
-                                                         n_positions=max_length, num_labels=num_labels, bos_token_id=4, eos_token_id=4))
+        eos = words.index('</s>')
+        model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(words), n_embd=16, n_layer=2, n_head=2,
+                                                         n_positions=max_length, num_labels=num_labels, bos_token_id=eos, eos_token_id=eos))
     PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials).save_pretrained(path)
     with torch.no_grad():
         for p in model.parameters():
@@ -376,6 +378,30 @@ def test_hf_reward_model_scores_a_text_ending_in_eos_at_that_eos(hf_rm):
     for batch_size in (1, 3):
         got = HFRewardModel(str(hf_rm / 'gpt2'), batch_size=batch_size, template=template).score(prompts, responses)
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_hf_reward_model_without_a_free_pad_id_scores_one_text_at_a_time(tmp_path):
+    """A classifier with no pad id in its config is padded with an id no text of the batch uses; when
+    the batch uses every id of its (tiny) vocabulary there is none, and each text is scored alone, at
+    its own length (HF refuses a batch > 1 without a pad id)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from common import HFRewardModel
+    make_hf_classifier(str(tmp_path), arch='gpt2', words=['[UNK]', '</s>', 'a', 'b'])
+    template = '{prompt}{response}'
+    prompts, responses = ['a b a', 'b', 'a'], [' zzz </s>', ' a a b', ' b']  # zzz is [UNK]: ids 0-3 all used
+    tok, model = AutoTokenizer.from_pretrained(tmp_path), AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    with torch.no_grad():
+        alone = torch.tensor([model(**tok(template.format(prompt=p, response=r), return_tensors='pt')).logits[0, 0].item()
+                              for p, r in zip(prompts, responses)])
+    rm = HFRewardModel(str(tmp_path), batch_size=3, template=template)
+    rm.encode(prompts, responses)
+    assert rm.model.config.pad_token_id is None  # no free id in this batch: the one-at-a-time path
+    got = rm.score(prompts, responses)
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+    assert got.std() > 1e-3
+    rm.encode(prompts[1:], responses[1:])
+    assert rm.model.config.pad_token_id == 0  # without zzz, [UNK] is free again: a batch
+    torch.testing.assert_close(rm.score(prompts[1:], responses[1:]), alone[1:], atol=1e-5, rtol=0)
 
 
 def test_hf_reward_model_response_that_fills_the_max_length(hf_rm):
