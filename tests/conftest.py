@@ -1,9 +1,14 @@
 """Shared fixtures: tiny random GPT-2s saved the way transformers saves them (no downloads), and
 load_definitions, which takes functions out of a script without running it."""
 import ast
+import json
 import os
+import select
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 import types
 
 import pytest
@@ -21,6 +26,83 @@ if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))
     os.environ.setdefault('OMP_NUM_THREADS', str(_threads))
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
+
+# ----------------------------------------------------------------------------------------------
+# run_python: subprocess.run for `python script.py args`, forked from a process that has already
+# imported torch (tests/forkserver.py), so each of the suite's ~190 script runs skips ~2.7 s of start
+
+_forkserver = None
+_FORK_UNSAFE_ENV = ('OMP_', 'MKL_', 'OPENBLAS_', 'TORCH', 'PYTORCH', 'CUDA', 'PYTHON')  # read at import
+
+
+def _forkserver_process():
+    global _forkserver
+    if _forkserver is None or _forkserver[0].poll() is not None:
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'forkserver.py')],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        _forkserver = (proc, bytearray())
+        assert _read_message(_forkserver, None) == {'ready': True}
+    return _forkserver
+
+
+def _read_message(server, deadline):
+    """The fork server's next line of JSON; TimeoutError after `deadline` (time.monotonic)."""
+    proc, buffer = server
+    while b'\n' not in buffer:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([proc.stdout], [], [], wait)[0]:
+            raise TimeoutError
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            raise RuntimeError('the tests\' fork server (tests/forkserver.py) died')
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b'\n')
+    buffer[:] = rest
+    return json.loads(line)
+
+
+def run_python(cmd, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False):
+    """subprocess.run(cmd, ...) for cmd = [sys.executable, script.py, *args], with the same
+    CompletedProcess (returncode, stdout, stderr), TimeoutExpired and CalledProcessError, run by
+    tests/forkserver.py. A real subprocess where a fork cannot stand in: not Linux, another
+    command (`-c`, `-m`, torchrun), an environment that changes what torch reads at import, or
+    TESTS_FORKSERVER=0 (to compare)."""
+    env = dict(os.environ if env is None else env)
+    changed = {k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)}
+    if (sys.platform != 'linux' or os.environ.get('TESTS_FORKSERVER') == '0' or cmd[0] != sys.executable
+            or str(cmd[1]).startswith('-') or any(k.startswith(_FORK_UNSAFE_ENV) for k in changed)):
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=capture_output, text=text,
+                              timeout=timeout, check=check)
+    server = _forkserver_process()
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
+        request = {'argv': [str(c) for c in cmd[1:]], 'cwd': os.path.abspath(cwd or os.getcwd()), 'env': env,
+                   'stdout': out, 'stderr': err}
+        server[0].stdin.write((json.dumps(request) + '\n').encode())
+        server[0].stdin.flush()
+        pid = _read_message(server, None)['pid']
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            returncode = _read_message(server, deadline)['returncode']
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            _read_message(server, None)
+            returncode = None
+        outputs = []
+        for path in (out, err):
+            with open(path, 'rb') as f:
+                data = f.read()
+            outputs.append(data.decode(errors='replace') if text else data)
+    if not capture_output:  # what the script printed goes where pytest shows it, as a subprocess's would
+        for data, stream in zip(outputs, (sys.stdout, sys.stderr)):
+            stream.write(data if text else data.decode(errors='replace'))
+        outputs = [None, None]
+    if returncode is None:
+        raise subprocess.TimeoutExpired(cmd, timeout, output=outputs[0], stderr=outputs[1])
+    if check and returncode != 0:
+        raise subprocess.CalledProcessError(returncode, cmd, output=outputs[0], stderr=outputs[1])
+    return subprocess.CompletedProcess(cmd, returncode, outputs[0], outputs[1])
 
 
 @pytest.fixture(autouse=True)

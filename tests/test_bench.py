@@ -2,16 +2,15 @@
 synthetic data (nothing downloaded), read back into one table. (--plan is in test_memory.py.)"""
 import math
 import os
-import subprocess
 import sys
 
 from common import Logger
-from conftest import ROOT, load_definitions
+from conftest import ROOT, load_definitions, run_python
 
 
 def bench(*args):  # PyTorch's default threads: on 2 cores faster than one (27 -> 17 s here)
-    return subprocess.run([sys.executable, 'bench.py', '--scripts', *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return run_python([sys.executable, 'bench.py', '--scripts', *args], cwd=ROOT,
+                      capture_output=True, text=True, timeout=600)
 
 
 def test_scripts_table_on_cpu():
@@ -47,9 +46,9 @@ def test_default_mode_ours_vs_hf_runs():
     GPT.configure_optimizers(hf_model) raised AttributeError (no param_groups on HF's model), so
     `python bench.py` failed before printing anything."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    p = subprocess.run([sys.executable, 'bench.py', '--n_layer=1', '--n_head=2', '--n_embd=64', '--block_size=32',
+    p = run_python([sys.executable, 'bench.py', '--n_layer=1', '--n_head=2', '--n_embd=64', '--block_size=32',
                         '--repeats=1', '--gen_tokens=8', '--gen_prompt_len=16', '--threads=1'], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=env)
+                   capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     losses = next(line for line in p.stdout.splitlines() if line.startswith('train loss after the last step'))
     ours, hf = (float(x.split()[-1]) for x in losses.split(':', 1)[1].split(','))

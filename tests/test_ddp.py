@@ -17,7 +17,6 @@ import json
 import math
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from common import GPT2Tokenizer, load_preference_pairs, preference_logps, state_sha256
-from conftest import ROOT, SHARED, make_hf_gpt2
+from conftest import ROOT, SHARED, make_hf_gpt2, run_python
 from model import GPT, GPTConfig
 
 BLOCK, BATCH, SEED = 32, 4, 1337
@@ -70,8 +69,8 @@ def launch(script, args, cwd, nproc=2, check=True):
         sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', f'--nproc_per_node={nproc}',
         '--master_addr=127.0.0.1', f'--master_port={free_port()}']
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    p = subprocess.run([*launcher, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = run_python([*launcher, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
+                   capture_output=True, text=True, timeout=300)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
@@ -325,8 +324,8 @@ def test_accumulation_not_divisible_by_ranks_is_an_error(prefdir, script):
 def test_scripts_without_ddp_refuse_torchrun(workdir, script):
     """No DDP there: under torchrun every copy would train alone and write the same out_dir."""
     env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2')  # what torchrun sets
-    p = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=workdir, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = run_python([sys.executable, os.path.join(ROOT, script)], cwd=workdir, env=env,
+                   capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
     assert p.stderr.strip().splitlines() == [f'error: {script} runs in one process (only train.py, reward_train.py '
                                              'and dpo_train.py have DDP): start it with python, not torchrun']

@@ -7,13 +7,12 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 
 from common import Logger
-from conftest import ROOT, SHARED, load_definitions
+from conftest import ROOT, SHARED, load_definitions, run_python
 
 INPUT = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 demo = load_definitions(os.path.join(ROOT, 'demo.py'), 'POSITIVE', 'NEGATIVE', 'positivity', 'preference_pairs',
@@ -118,7 +117,7 @@ def test_mean_se():
 
 def test_demo_pipeline_end_to_end(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'demo.py'), '--quick=True', '--envelope_seeds=1', f'--input_txt={INPUT}']
-    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    p = run_python(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     out = tmp_path / 'out-demo'
     for path in ['pretrain/ckpt.pt', 'reward/best.pt', 'dpo_beta0.1/ckpt.pt', 'dpo_beta0.5/ckpt.pt',
@@ -136,7 +135,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
         assert rows and metric in rows[0] and (all if algo != 'dpo' else any)(r[metric] != '' for r in rows)
         # (DPO logs its train metrics every log_interval steps; its eval-only steps have them empty)
     # a second run: every stage is skipped, only the evaluation runs again
-    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    p = run_python(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count('exists, skipped') == 8, p.stdout  # data, pretrain, pairs, reward, 2 x DPO, PPO, GRPO
     assert p.stdout.count('$ ') == 0, p.stdout  # and the envelope's runs are not repeated

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from common import GPT2Tokenizer, load_preference_pairs, pad_right, preference_logps
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, make_hf_gpt2, run_python
 from losses import dpo_loss, sequence_logprobs
 from model import GPT
 
@@ -170,8 +169,8 @@ def dpo_dir(tmp_path_factory):
 
 def run_dpo(args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS='1')  # 2 shared cores: one thread is faster and steadier
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'dpo_train.py'), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=env)
+    return run_python([sys.executable, os.path.join(ROOT, 'dpo_train.py'), *args], cwd=cwd,
+                      capture_output=True, text=True, timeout=300, env=env)
 
 
 def log_rows(out_dir):

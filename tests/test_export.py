@@ -4,7 +4,6 @@ char-level models, the reward classifier's score at the last real token, the tok
 generation, and one-line errors."""
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from common import GPT2Tokenizer, save_checkpoint, score_texts
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, make_hf_gpt2, run_python
 from model import GPT, GPTConfig
 
 TEXTS = ["Hello world", " Hello  world!\n\n\tTabs  and   spaces ", "naïve café — 日本語 🤖 emoji",
@@ -29,8 +28,8 @@ def save_project_checkpoint(path, model, **extra):
 
 def export(*args):
     env = dict(os.environ, OMP_NUM_THREADS='1')  # 2 shared cores
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'export_hf.py'), *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return run_python([sys.executable, os.path.join(ROOT, 'export_hf.py'), *args],
+                      capture_output=True, text=True, timeout=300, env=env)
 
 
 def export_ok(ckpt, export_dir, *args):

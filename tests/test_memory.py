@@ -4,7 +4,6 @@ activation bytes match what autograd saves on CPU, it refuses a config that cann
 which flags would make it fit, and the gpt2-large configs are predicted to fit a 24 GB card."""
 import glob
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 from common import (GiB, UserError, activation_bytes, check_fits, make_optimizer, memory_plan, param_counts,
                     plan_config, plan_for_script, script_defaults)
+from conftest import run_python
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,11 +252,11 @@ def test_gpt2_large_configs_are_predicted_to_fit_24gb(path, monkeypatch):
 
 
 def test_bench_plan_prints_the_table_without_running_anything():
-    out = subprocess.run([sys.executable, 'bench.py', '--plan', 'config/dpo_gpt2large.py', '--batch_size=2'],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = run_python([sys.executable, 'bench.py', '--plan', 'config/dpo_gpt2large.py', '--batch_size=2'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 'dpo_train.py' in out.stdout and 'predicted peak' in out.stdout and 'activations' in out.stdout
-    bad = subprocess.run([sys.executable, 'bench.py', '--plan', 'config/finetune_shakespeare.py', '--batch_size=16',
+    bad = run_python([sys.executable, 'bench.py', '--plan', 'config/finetune_shakespeare.py', '--batch_size=16',
                           '--dtype=float32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith('error: ') and 'gradient_checkpointing' in bad.stderr
 

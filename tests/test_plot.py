@@ -3,13 +3,12 @@ overlaid runs, smoothing, and one-line errors (incl. matplotlib missing)."""
 import importlib.util
 import os
 import struct
-import subprocess
 import sys
 
 import pytest
 
 from common import Logger
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 # matplotlib is optional (requirements.txt); .ci/run installs it, so CI draws every PNG below
 needs_mpl = pytest.mark.skipif(importlib.util.find_spec('matplotlib') is None,
@@ -23,8 +22,8 @@ PPO_METRICS = ['objective/kl', 'objective/entropy', 'objective/scores', 'objecti
 
 def plot(*args, env=None):
     env = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg', **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'plot.py'), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return run_python([sys.executable, os.path.join(ROOT, 'plot.py'), *args],
+                      capture_output=True, text=True, timeout=120, env=env)
 
 
 def png_size(path):

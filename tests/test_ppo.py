@@ -4,7 +4,6 @@ each rollout's first ratio at 1."""
 import csv
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from common import response_forward
-from conftest import ROOT, load_definitions, make_hf_gpt2
+from conftest import ROOT, load_definitions, make_hf_gpt2, run_python
 from model import GPT
 
 EOS = 50256
@@ -107,8 +106,8 @@ def run_ppo(tiny, tmp_path, args):
     base = ([f'--init_from={tiny / "hf"}'] if tiny else []) + ['--prompt_data=prompts.jsonl', '--reward_fn=rewards:space_fraction',
             '--device=cpu', '--block_size=64', '--max_new_tokens=8', '--temperature=1.0', '--missing_eos_penalty=0.0',
             '--kl_coef=0.01', '--sample_interval=0', '--out_dir=out']
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), *base, *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=1800)
+    return run_python([sys.executable, os.path.join(ROOT, 'ppo_train.py'), *base, *args], cwd=tmp_path,
+                      capture_output=True, text=True, timeout=1800)
 
 
 
@@ -481,9 +480,9 @@ def test_ppo_tiny_config_runs_with_a_project_reward_checkpoint(tmp_path):
     os.makedirs(tmp_path / 'data' / 'hh_rlhf')
     (tmp_path / 'data' / 'hh_rlhf' / 'sft_train.jsonl').write_text('\n'.join(
         json.dumps({'prompt': f'\n\nHuman: what is {i}?\n\nAssistant:', 'response': ' no'}) for i in range(16)))
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
+    p = run_python([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
                         '--max_iters=2', '--max_new_tokens=8', '--ppo_epochs=1'], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600)
+                   text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'log.csv')))
     assert len(rows) == 2 and all(abs(float(r['objective/scores'])) < 1e3 for r in rows)
@@ -492,10 +491,10 @@ def test_ppo_tiny_config_runs_with_a_project_reward_checkpoint(tmp_path):
     assert len(list(csv.DictReader(open(tmp_path / 'out-ppo-tiny' / 'samples.csv')))) == 8  # iteration 0
     # the reward model in bf16 on the CPU (reward_dtype, reward_device): the same first rollout (same
     # seed), scored the same to bf16 precision
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
+    p = run_python([sys.executable, os.path.join(ROOT, 'ppo_train.py'), os.path.join(ROOT, 'config', 'ppo_tiny.py'),
                         '--max_iters=1', '--max_new_tokens=8', '--ppo_epochs=1', '--out_dir=out-bf16',
                         '--reward_dtype=bfloat16', '--reward_device=cpu'], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600)
+                   text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     fp32, bf16 = (list(csv.DictReader(open(tmp_path / d / 'samples.csv'))) for d in ('out-ppo-tiny', 'out-bf16'))
     assert [r['response'] for r in bf16] == [r['response'] for r in fp32[:len(bf16)]]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, run_python
 
 SHAKESPEARE = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 SCRIPTS = ['shakespeare_char', 'shakespeare', 'openwebtext']
@@ -18,8 +18,8 @@ EOT = 50256
 
 def run(dataset, *args):
     env = dict(os.environ, TIKTOKEN_CACHE_DIR=os.path.join(SHARED, 'tiktoken_cache'))
-    return subprocess.run([sys.executable, os.path.join('data', dataset, 'prepare.py'), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return run_python([sys.executable, os.path.join('data', dataset, 'prepare.py'), *args],
+                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def load(out_dir, split):

@@ -4,10 +4,9 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, run_python
 
 SCRIPT = os.path.join(ROOT, 'data', 'hh_rlhf', 'prepare.py')
 HH_FILE = os.path.join(SHARED, 'data', 'hh-rlhf', 'harmless-base-test.jsonl.gz')
@@ -19,7 +18,7 @@ spec.loader.exec_module(prepare_hh)  # main() only runs under __main__
 
 
 def run(*args):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return run_python([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def read(path):
@@ -150,9 +149,9 @@ def load_dataset(name, data_dir=None):
     return {{'train': Split(row(i) for i in range(30)), 'test': Split(row(100 + i) for i in range(5))}}
 ''', encoding='utf-8')
     env = dict(os.environ, PYTHONPATH=str(tmp_path / 'stub'))
-    r = subprocess.run([sys.executable, SCRIPT, '--subset', 'helpful-base', '--max_examples', '20',
+    r = run_python([sys.executable, SCRIPT, '--subset', 'helpful-base', '--max_examples', '20',
                         '--out_dir', str(tmp_path / 'out')],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / 'calls.json').read_text()) == ['Anthropic/hh-rlhf', 'helpful-base']
     train, val = read(tmp_path / 'out' / 'pref_train.jsonl'), read(tmp_path / 'out' / 'pref_val.jsonl')

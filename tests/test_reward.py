@@ -4,14 +4,13 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from common import GPT2Tokenizer, RewardModel, pad_right, score_texts, sft_batch, tokenize_pair
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, make_hf_gpt2, run_python
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -99,8 +98,8 @@ def test_reward_train_separable_task_and_normalisation(tmp_path):
             '--block_size=64', '--batch_size=16', '--gradient_accumulation_steps=1', '--learning_rate=3e-3',
             '--max_iters=40', '--lr_decay_iters=40', '--warmup_iters=5', '--eval_interval=20', '--eval_iters=10',
             '--norm_samples=64', '--chosen_lm_coef=0.1']
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    p = run_python([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert '3 pairs with chosen == rejected skipped' in p.stdout
     rows = [r for r in csv.DictReader(open(out / 'log.csv')) if r['val/accuracy']]
@@ -134,16 +133,16 @@ def test_reward_train_separable_task_and_normalisation(tmp_path):
 def test_reward_train_bad_inputs(tmp_path):
     data = tmp_path / 'pref.jsonl'
     data.write_text(json.dumps({'prompt': 'x', 'chosen': 'a'}) + '\n')
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'reward_train.py'), f'--pref_data={data}',
+    p = run_python([sys.executable, os.path.join(ROOT, 'reward_train.py'), f'--pref_data={data}',
                         '--pref_val_data=', '--device=cpu', f'--init_from={tmp_path / "none"}'],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                   cwd=tmp_path, capture_output=True, text=True, timeout=120)
     err = p.stderr.strip().splitlines()
     assert p.returncode != 0 and err[-1].startswith("error: ") and "record 0 needs 'chosen' and 'rejected'" in err[-1]
     # every script: a count or interval that must be positive is one error line naming the key
     for script, flag in [('reward_train.py', '--batch_size=0'), ('dpo_train.py', '--log_interval=0'),
                          ('train.py', '--gradient_accumulation_steps=0'), ('ppo_train.py', '--mini_batch_size=-1')]:
-        p = subprocess.run([sys.executable, os.path.join(ROOT, script), flag], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=120)
+        p = run_python([sys.executable, os.path.join(ROOT, script), flag], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
         err = p.stderr.strip().splitlines()
         assert p.returncode != 0 and err == [f"error: {flag[2:]} must be > 0"], (script, p.stderr[-500:])
 
@@ -161,8 +160,8 @@ def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
     args = [f'--init_from={hf}', f'--pref_data={data}', "--pref_val_data=", f'--out_dir={tmp_path / "out"}',
             '--device=cpu', '--block_size=64', '--batch_size=8', '--gradient_accumulation_steps=1',
             '--learning_rate=1e37', '--decay_lr=False', '--max_iters=30', '--eval_interval=100', '--eval_iters=2']
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    p = run_python([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=300)
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1].startswith('error: loss is nan at iteration'), p.stderr[-2000:]
     assert 'nonfinite (fatal): turned on 1x' in p.stdout and 'non-finite metrics train/loss' in p.stdout
@@ -188,8 +187,8 @@ def test_resume_keeps_the_health_monitor(tmp_path, script):
     column = 'val/accuracy' if script == 'reward_train.py' else 'val/rewards/accuracies'
 
     def run(out, *args):
-        p = subprocess.run([sys.executable, os.path.join(ROOT, script), *base, f'--out_dir={out}', *args],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        p = run_python([sys.executable, os.path.join(ROOT, script), *base, f'--out_dir={out}', *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         return [(int(float(r['step'])), r.get('alarm/accuracy_at_chance', '')) for r in csv.DictReader(open(out / 'log.csv'))
                 if r[column]]

@@ -3,7 +3,6 @@ learns to answer and stop."""
 import gzip
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from common import (EpochBatches, GPT2Tokenizer, UserError, read_records, render_chat, sft_batch, sft_pair,
                     token_budget_batches, tokenize_pair)
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, make_hf_gpt2, run_python
 from model import GPT, IGNORE_INDEX
 
 EOS = 9
@@ -150,8 +149,8 @@ def synthetic_records():
 
 
 def run_train(args, cwd):
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=cwd,
-                       capture_output=True, text=True, timeout=300)
+    p = run_python([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=cwd,
+                   capture_output=True, text=True, timeout=300)
     return p
 
 
@@ -277,9 +276,9 @@ def test_sample_start_reads_a_literal_endoftext_as_the_eos_token(tmp_path):
     although data text keeps the literal as ordinary tokens: the greedy sample equals the model's
     own continuation of [50256]."""
     model, ckpt = random_value_head_checkpoint(tmp_path)
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', '--start=<|endoftext|>',
+    p = run_python([sys.executable, os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', '--start=<|endoftext|>',
                         '--temperature=0', '--num_samples=1', '--max_new_tokens=6', '--device=cpu'],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                   cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     expected = model.generate(torch.tensor([[50256]]), 6, temperature=0)[0].tolist()
     assert p.stdout.split('\n---------------')[0] == GPT2Tokenizer().decode(expected)
@@ -294,8 +293,8 @@ def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
     (tmp_path / 'prompt.txt').write_text("How do I make tea?\n")
     args = [os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', f'--score={ckpt}', '--chat=True',
             '--temperature=0', '--num_samples=1', '--max_new_tokens=4', '--device=cpu']
-    typed, from_file = (subprocess.run([sys.executable, *args, start], cwd=tmp_path, capture_output=True, text=True,
-                                       timeout=300) for start in ('--start=How do I make tea?', '--start=FILE:prompt.txt'))
+    typed, from_file = (run_python([sys.executable, *args, start], cwd=tmp_path, capture_output=True, text=True,
+                                   timeout=300) for start in ('--start=How do I make tea?', '--start=FILE:prompt.txt'))
     assert typed.returncode == 0 and from_file.returncode == 0, typed.stderr[-2000:] + from_file.stderr[-2000:]
     assert 'reward: ' in typed.stdout and from_file.stdout == typed.stdout
     # 4 tokens of a random model end without EOS: the score says it read a cut answer

@@ -4,14 +4,13 @@ token by how many response tokens share its micro-batch."""
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from common import GPT2Tokenizer, sft_batch, tokenize_pair
-from conftest import ROOT, make_hf_gpt2
+from conftest import ROOT, make_hf_gpt2, run_python
 from model import GPT
 
 RECORDS = [{'prompt': 'Q: say yes\nA:', 'response': ' yes'},
@@ -35,8 +34,8 @@ def train_one_step(d, out, batch_size, accumulation, nproc=1):
         from test_ddp import launch
         launch('train.py', args, d, nproc)
     else:
-        p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=d, capture_output=True,
-                           text=True, timeout=300)
+        p = run_python([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=d, capture_output=True,
+                       text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
     rows = list(csv.DictReader(open(d / out / 'log.csv')))
     loss = [float(r['train/loss_step']) for r in rows if r['train/loss_step']]

@@ -3,14 +3,13 @@ import csv
 import hashlib
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, make_hf_gpt2
+from conftest import ROOT, SHARED, make_hf_gpt2, run_python
 from model import GPT, GPTConfig
 
 TINY = ['--dataset=tiny', '--device=cpu', '--compile=False', '--eval_iters=4', '--block_size=32',
@@ -36,8 +35,8 @@ def workdir(tmp_path_factory):
 
 
 def run(script, args, cwd, check=True):
-    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                       capture_output=True, text=True, timeout=300)
+    p = run_python([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                   capture_output=True, text=True, timeout=300)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     return p

@@ -1,0 +1,81 @@
+"""The tests' fork server: one process per pytest worker that imports what every script pays for
+at start (torch, and torch._dynamo, which torch.optim imports when the first optimizer is built:
+about 2.7 s of a tiny run's 4 s on the 2-core CI machine) and then, for each script run a test
+asks for, forks a child that runs the script as `python script.py args` would. Tests reach it
+through conftest.run_python, which falls back to a real subprocess where a fork cannot stand in.
+
+The child is a fresh copy of this process, so no state passes from one run to another. It gets
+the test's working directory and environment, /dev/null as stdin, its stdout and stderr written
+to the files the test names (at the file-descriptor level, so whatever the script itself launches
+writes there too), sys.argv and sys.path[0] as `python script.py` sets them, the script run as
+__main__, an uncaught exception shown by sys.excepthook (common.py's one-line errors included)
+with exit status 1, SystemExit's code as the exit status, and atexit handlers run at the end.
+No project module is imported here: a script imports its own common.py/model.py, as it would.
+
+Protocol (lines of JSON): this process prints {"ready": true} once; then for each request
+{"argv": [script, *args], "cwd", "env", "stdout", "stderr"} on stdin it prints {"pid": child}
+and, when the child has exited, {"returncode": n} (-signal if it was killed, as subprocess)."""
+import json
+import os
+import sys
+
+import numpy  # noqa: F401  (imported for the children)
+import torch  # noqa: F401
+import torch._dynamo  # noqa: F401  (torch.optim imports it when the first optimizer is built)
+import tqdm  # noqa: F401
+
+
+def run_child(request):
+    """In the forked child: become `python script.py args` and exit; never returns."""
+    import atexit
+    import runpy
+    import threading
+    code = 1
+    try:
+        os.chdir(request['cwd'])
+        os.environ.clear()
+        os.environ.update(request['env'])
+        for fd, path, flags in [(0, os.devnull, os.O_RDONLY),
+                                (1, request['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                (2, request['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)]:
+            new = os.open(path, flags, 0o644)
+            os.dup2(new, fd)
+            os.close(new)
+        sys.stdin = open(0, closefd=False)  # not the request pipe this process read from
+        # sys.stdout and sys.stderr stay: the same objects over the new files, buffered as Python
+        # buffers a pipe (this process's stdout is one), PYTHONUNBUFFERED included
+        script = request['argv'][0]
+        sys.argv = list(request['argv'])
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        try:
+            runpy.run_path(script, run_name='__main__')
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+        threading._shutdown()  # what interpreter exit does: wait for non-daemon threads, then atexit
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def main():
+    print(json.dumps({'ready': True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            run_child(request)
+        print(json.dumps({'pid': pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({'returncode': os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+if __name__ == '__main__':
+    main()

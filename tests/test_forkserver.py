@@ -1,0 +1,81 @@
+"""conftest.run_python (scripts forked from tests/forkserver.py) against subprocess.run: the same
+exit status, stdout and stderr for the same command, so the suite's script runs test what
+`python script.py args` does."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_python
+
+SCRIPT = r'''
+import json, os, sys
+print(json.dumps({'argv': sys.argv, 'path0': sys.path[0], 'cwd': os.getcwd(), 'name': __name__,
+                  'file': __file__, 'env': os.environ.get('FORK_TEST'), 'stdin': sys.stdin.read()}))
+import helper                     # from the script's own directory, as python puts it first on sys.path
+helper.COUNT += 1                 # a fresh process every run: always 1
+print('count', helper.COUNT)
+print('to stderr', file=sys.stderr)
+import subprocess                 # what the script itself launches writes to the same stdout
+subprocess.run([sys.executable, '-c', 'print("grandchild")'])
+mode = sys.argv[1]
+if mode == 'exit3':
+    sys.exit(3)
+if mode == 'exit_message':
+    sys.exit('a message')
+if mode == 'user_error':
+    sys.path.insert(0, os.environ['PROJECT_ROOT'])
+    from common import UserError  # common.py's excepthook: one line, exit status 1
+    raise UserError('bad key --foo')
+if mode == 'crash':
+    raise RuntimeError('boom')
+import atexit
+atexit.register(lambda: print('atexit ran'))
+'''
+
+
+@pytest.fixture
+def script(tmp_path):
+    d = tmp_path / 'scripts'
+    d.mkdir()
+    (d / 'probe.py').write_text(SCRIPT)
+    (d / 'helper.py').write_text('COUNT = 0\n')
+    (tmp_path / 'work').mkdir()
+    return str(d / 'probe.py'), str(tmp_path / 'work')
+
+
+@pytest.mark.parametrize('mode', ['ok', 'exit3', 'exit_message', 'user_error', 'crash'])
+def test_same_status_and_output_as_a_subprocess(script, mode):
+    path, cwd = script
+    env = dict(os.environ, FORK_TEST='set', PROJECT_ROOT=ROOT)
+    cmd = [sys.executable, path, mode]
+    forked = run_python(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    real = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert forked.returncode == real.returncode == {'ok': 0, 'exit3': 3, 'exit_message': 1, 'user_error': 1, 'crash': 1}[mode]
+    assert forked.stdout == real.stdout
+    assert 'count 1' in forked.stdout and 'grandchild' in forked.stdout and 'FORK_TEST' not in forked.stdout
+    assert ('atexit ran' in forked.stdout) == (mode == 'ok')
+    if mode == 'crash':  # a traceback through runpy has more frames; the error line is the same
+        assert forked.stderr.strip().splitlines()[-1] == real.stderr.strip().splitlines()[-1] == 'RuntimeError: boom'
+    else:
+        assert forked.stderr == real.stderr
+    if mode == 'user_error':
+        assert forked.stderr.splitlines() == ['to stderr', 'error: bad key --foo']
+
+
+def test_bytes_check_and_timeout(script):
+    path, cwd = script
+    p = run_python([sys.executable, path, 'ok'], cwd=cwd, capture_output=True)
+    assert isinstance(p.stdout, bytes) and b'count 1' in p.stdout
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        run_python([sys.executable, path, 'exit3'], cwd=cwd, capture_output=True, text=True, check=True)
+    assert e.value.returncode == 3 and 'count 1' in e.value.stdout
+    slow = os.path.join(cwd, 'slow.py')
+    with open(slow, 'w') as f:
+        f.write('import time\nprint("started", flush=True)\ntime.sleep(60)\n')
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        run_python([sys.executable, slow], cwd=cwd, capture_output=True, text=True, timeout=1)
+    assert e.value.output == 'started\n'
+    # the server goes on serving after a killed run
+    assert run_python([sys.executable, path, 'ok'], cwd=cwd, capture_output=True, text=True).returncode == 0
