@@ -220,8 +220,8 @@ def kl_negative(history, th):
         return None
     return (f"objective/kl below -{tol:g} nats for {n} iterations in a row ({_fmt(kl[-n:])}): the responses are "
             f"not sampled from the distribution the log-probs are computed for. Likely: top_k/top_p truncating "
-            f"the sampling, a temperature that differs between generation and the log-prob pass, dropout on, "
-            f"stale log-probs. Change: top_k=0, top_p=1.0, dropout=0.0 (one temperature for both passes)")
+            f"the sampling, a temperature that differs between generation and the log-prob pass, stale "
+            f"log-probs. Change: top_k=0, top_p=1.0 (one temperature for both passes)")
 
 
 def ratio_explosion(history, th):

@@ -1,14 +1,19 @@
 """Training health (alarms.py): each alarm on a crafted metric stream where it must fire (name and
 the key words of its message), healthy streams of every kind where none may fire, fire-once and
 re-arm, on_alarm='stop', the summary, and the metric helpers on hand-computed values. Pure Python."""
+import ast
 import math
+import os
+import re
 
 import pytest
 
 from alarms import (DEFAULTS, DISTINCT_2, DUPLICATE_FRAC, EXPLAINED_VARIANCE, NUM_SEQUENCES, RATIO_MAX, RULES,
                     ZERO_STD_GROUPS, HealthMonitor, TrainingHealthError, distinct_n, duplicate_fraction,
                     explained_variance, zero_std_fraction)
-from common import UserError
+import alarms
+from common import UserError, script_defaults
+from conftest import ROOT
 
 N = 40  # iterations of a crafted stream
 
@@ -102,7 +107,7 @@ def test_kl_negative_fires_after_n_iterations_below_noise():
     stream = with_tail(healthy_rl(), 3, objective__kl=-0.5)
     a = only(run('ppo', stream)[0], 'kl_negative')
     assert a.step == N - 1 and a.severity == 'warn'
-    for word in ('objective/kl', 'top_k', 'top_p', 'temperature', 'dropout'):
+    for word in ('objective/kl', 'top_k', 'top_p', 'temperature', 'stale log-probs'):
         assert word in a.message
     # two iterations are not enough, and a dip within noise (-0.05 > -0.1) never is
     assert run('ppo', with_tail(healthy_rl(), 2, objective__kl=-0.5))[0] == []
@@ -311,3 +316,25 @@ def test_readme_thresholds_are_the_defaults():
     for key, value in claims:
         assert DEFAULTS[key] == float(value), key
     assert set(re.findall(r"^\| `(\w+)` \(", section, re.M)) == set(RULES)  # one row per alarm
+
+
+def test_every_key_an_alarm_tells_to_change_is_a_config_key_of_its_scripts():
+    """The advice after 'Change:' names config keys (snake_case words); each must be a key of every
+    script the rule runs in (kl_negative once told PPO users to set dropout=0.0, a key ppo_train.py
+    does not have: the run would stop on 'unknown config key')."""
+    script = {'ppo': 'ppo_train.py', 'grpo': 'ppo_train.py', 'rloo': 'ppo_train.py', 'dpo': 'dpo_train.py',
+              'reward': 'reward_train.py'}
+    keys = {kind: set(script_defaults(os.path.join(ROOT, s))) for kind, s in script.items()}
+    tree = ast.parse(open(os.path.join(ROOT, 'alarms.py')).read())
+    checked = 0
+    for rule in [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name in alarms.RULES]:
+        for message in [j for j in ast.walk(rule) if isinstance(j, ast.JoinedStr)]:
+            text = ''.join(v.value if isinstance(v, ast.Constant) else '{}' for v in message.values)
+            if 'hange:' not in text:
+                continue
+            advice = text.split('hange:', 1)[1]  # snake_case words, and any word given a value (top_k=0, dropout=0.0)
+            words = set(re.findall(r"(?<![/\w.])([a-z][a-z0-9]*_[a-z0-9_]+)\b", advice) + re.findall(r"\b(\w+)=", advice))
+            for kind in [k for k, rules in alarms.KIND_RULES.items() if rule.name in rules]:
+                assert words <= keys[kind], f"{rule.name} tells {script[kind]} users to change {sorted(words - keys[kind])}"
+            checked += 1
+    assert checked == len(alarms.RULES)  # every rule's message has its advice
