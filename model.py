@@ -49,7 +49,10 @@ class ModelLoadError(ValueError):
     """A checkpoint or pretrained directory that cannot be loaded; the message names it."""
 
 
-# GPT2Config's defaults: transformers may leave a key out of config.json when it has its default
+# GPT2Config's defaults (for a hand-written config.json that leaves keys out) and the names
+# transformers also accepts for its keys
+_HF_GPT2_ALIASES = {'hidden_size': 'n_embd', 'num_hidden_layers': 'n_layer', 'num_attention_heads': 'n_head',
+                    'max_position_embeddings': 'n_positions'}
 _HF_GPT2_DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                          layer_norm_epsilon=1e-5, activation_function='gelu_new',
                          scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)
@@ -58,7 +61,7 @@ _HF_GPT2_DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer
 def _read_hf_gpt2_weights(path):
     """The state dict of a directory saved by transformers' save_pretrained, read straight from
     its safetensors file(s) (one model.safetensors, or shards listed in model.safetensors.index.json)
-    without importing transformers, which takes seconds and builds a second copy of the model.
+    without importing transformers (which takes seconds to import and builds its own model first).
     None when the directory holds another layout (pytorch_model.bin, ...): transformers reads it."""
     try:
         from safetensors.torch import load_file
@@ -68,8 +71,11 @@ def _read_hf_gpt2_weights(path):
     if os.path.isfile(os.path.join(path, 'model.safetensors')):
         files = ['model.safetensors']
     elif os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)['weight_map'].values()))
+        try:
+            with open(index) as f:
+                files = sorted(set(json.load(f)['weight_map'].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelLoadError(f"{index} is not a safetensors index (a JSON object with a weight_map): {e!r}") from None
     else:
         return None
     sd = {}
@@ -487,11 +493,14 @@ class GPT(nn.Module):
         if is_dir and not os.path.isfile(os.path.join(name_or_path, 'config.json')):
             raise ModelLoadError(f"directory {name_or_path} has neither ckpt.pt nor a Hugging Face config.json")
         if is_dir:
+            config_path = os.path.join(name_or_path, 'config.json')
             try:
-                with open(os.path.join(name_or_path, 'config.json')) as f:
+                with open(config_path) as f:
                     c = json.load(f)
             except ValueError as e:
-                raise ModelLoadError(f"{os.path.join(name_or_path, 'config.json')} is not valid JSON: {e}") from None
+                raise ModelLoadError(f"{config_path} is not valid JSON: {e}") from None
+            if not isinstance(c, dict):
+                raise ModelLoadError(f"{config_path} is not a model config (a JSON object)")
             sd = _read_hf_gpt2_weights(name_or_path)  # None: a layout only transformers reads
         else:
             c, sd = None, None
@@ -499,7 +508,8 @@ class GPT(nn.Module):
             from transformers import GPT2LMHeadModel  # heavy import, only when needed
             hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
             c, sd = hf.config.to_dict(), hf.state_dict()
-        c = {**_HF_GPT2_DEFAULTS, **{k: v for k, v in c.items() if v is not None}}
+        c = {_HF_GPT2_ALIASES.get(k, k): v for k, v in c.items() if v is not None}
+        c = {**_HF_GPT2_DEFAULTS, **c}
         if c.get('model_type', 'gpt2') != 'gpt2':
             raise ModelLoadError(f"{name_or_path}: a {c['model_type']} model, not GPT-2")
         if c['activation_function'] not in ('gelu_new', 'gelu_pytorch_tanh'):
@@ -507,22 +517,32 @@ class GPT(nn.Module):
         if not c['scale_attn_weights'] or c['scale_attn_by_inverse_layer_idx']:
             raise ModelLoadError(f"{name_or_path}: attention scaled other than GPT-2's 1/sqrt(head_dim) "
                                  "(scale_attn_weights=false or scale_attn_by_inverse_layer_idx=true)")
-        # HF keys: 'transformer.' prefix (GPT2LMHeadModel) or none (GPT2Model); lm_head tied to wte
-        sd = {k if k.startswith(('transformer.', 'lm_head.')) else 'transformer.' + k: v for k, v in sd.items()
+        if c.get('n_inner') not in (None, 4 * c['n_embd']):
+            raise ModelLoadError(f"{name_or_path}: MLP width n_inner={c['n_inner']}; this GPT's is 4 * n_embd = {4 * c['n_embd']}")
+        # HF keys: the trunk's with a 'transformer.' prefix (GPT2LMHeadModel) or without (GPT2Model);
+        # lm_head tied to wte (save_pretrained keeps wte, safetensors' save_model may keep lm_head).
+        # Other heads (a classifier's score.weight) keep their names: load_state_dict_checked names them
+        trunk = ('wte.', 'wpe.', 'h.', 'ln_f.')
+        sd = {'transformer.' + k if k.startswith(trunk) else k: v for k, v in sd.items()
               if not k.endswith(('.attn.masked_bias', '.attn.bias'))}
-        wte = sd.get('transformer.wte.weight')
-        head = sd.setdefault('lm_head.weight', wte)
-        if wte is not None and head is not wte and not torch.equal(head, wte):
+        # HF's Conv1D stores these weights as (in, out); our Linears want (out, in). Converted one
+        # tensor at a time, so a float16/bfloat16 file's tensors go as their float32 copies come
+        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        for k in list(sd):
+            sd[k] = (sd[k].t() if k.endswith(transposed) else sd[k]).float()
+        wte, head = sd.get('transformer.wte.weight'), sd.get('lm_head.weight')
+        if wte is not None and head is not None and head is not wte and not torch.equal(head, wte):
             raise ModelLoadError(f"{name_or_path}: lm_head is not tied to the token embedding "
                                  "(tie_word_embeddings=false); this GPT ties them, as GPT-2 does")
+        if wte is None and head is not None:
+            sd['transformer.wte.weight'] = head
+        elif wte is not None:
+            sd['lm_head.weight'] = wte
         block_size = overrides.pop('block_size', None)
         config = GPTConfig(block_size=c['n_positions'], vocab_size=c['vocab_size'], n_layer=c['n_layer'],
                            n_head=c['n_head'], n_embd=c['n_embd'], bias=True,
                            layer_norm_epsilon=c['layer_norm_epsilon'], **overrides)
         model = cls(config)
-        # HF's Conv1D stores these weights as (in, out); our Linears want (out, in)
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-        sd = {k: (v.t() if k.endswith(transposed) else v).float() for k, v in sd.items()}
         model.load_state_dict_checked(sd, name_or_path)
         if block_size is not None and block_size < config.block_size:
             model.crop_block_size(block_size)

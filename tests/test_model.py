@@ -309,6 +309,48 @@ def test_hf_directory_this_gpt_cannot_compute_is_refused(tiny_hf, tmp_path, chan
     (tmp_path / 'config.json').write_text('{"n_layer": 2,')
     with pytest.raises(ModelLoadError, match='config.json is not valid JSON'):
         GPT.from_pretrained(str(tmp_path))
+    (tmp_path / 'config.json').write_text('[2, 2]')
+    with pytest.raises(ModelLoadError, match='config.json is not a model config'):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_hf_directory_other_files_and_names(tiny_hf, tmp_path):
+    """A tied model saved with only lm_head.weight (safetensors' save_model keeps one name of a
+    shared tensor), a hand-written config.json with transformers' alias names and left-out
+    defaults, and the errors: a classifier's head named as it is, a wider MLP, a broken index."""
+    import json, shutil
+    from safetensors.torch import load_file, save_file
+    hf = tiny_hf[1]
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(4))
+    sd = load_file(os.path.join(tiny_hf[0], 'model.safetensors'))
+    (tmp_path / 'head_only').mkdir()
+    save_file({('lm_head.weight' if k == 'transformer.wte.weight' else k): v for k, v in sd.items()},
+              tmp_path / 'head_only' / 'model.safetensors')
+    c = hf.config
+    (tmp_path / 'head_only' / 'config.json').write_text(json.dumps(  # aliases; epsilon 1e-5 and activation left out
+        {'model_type': 'gpt2', 'hidden_size': c.n_embd, 'num_hidden_layers': c.n_layer, 'num_attention_heads': c.n_head,
+         'max_position_embeddings': c.n_positions, 'vocab_size': c.vocab_size}))
+    model = GPT.from_pretrained(str(tmp_path / 'head_only')).eval()
+    torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+
+    shutil.copytree(tiny_hf[0], tmp_path / 'classifier')
+    save_file({**sd, 'score.weight': torch.zeros(1, c.n_embd)}, tmp_path / 'classifier' / 'model.safetensors')
+    with pytest.raises(ModelLoadError, match=r'unexpected score\.weight'):
+        GPT.from_pretrained(str(tmp_path / 'classifier'))
+    shutil.copytree(tiny_hf[0], tmp_path / 'wide')
+    (tmp_path / 'wide' / 'config.json').write_text(json.dumps({**c.to_dict(), 'n_inner': 3 * c.n_embd}))
+    with pytest.raises(ModelLoadError, match='MLP width n_inner=96'):
+        GPT.from_pretrained(str(tmp_path / 'wide'))
+    (tmp_path / 'sharded').mkdir()
+    shutil.copy(os.path.join(tiny_hf[0], 'config.json'), tmp_path / 'sharded')
+    (tmp_path / 'sharded' / 'model.safetensors.index.json').write_text('{"metadata": {}}')
+    with pytest.raises(ModelLoadError, match='is not a safetensors index'):
+        GPT.from_pretrained(str(tmp_path / 'sharded'))
+    (tmp_path / 'lora_only').mkdir()
+    shutil.copy(os.path.join(tiny_hf[0], 'config.json'), tmp_path / 'lora_only')
+    save_file({'transformer.h.0.attn.c_attn.lora_A': torch.zeros(2, 32)}, tmp_path / 'lora_only' / 'model.safetensors')
+    with pytest.raises(ModelLoadError, match='does not fit this model'):
+        GPT.from_pretrained(str(tmp_path / 'lora_only'))
 
 
 def test_crop_block_size(ours, tiny_hf):
