@@ -32,23 +32,36 @@ if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
 # run_python: subprocess.run for `python script.py args`, forked from a process that has already
 # imported torch (tests/forkserver.py), so each of the suite's ~190 script runs skips ~2.7 s of start
 
-_forkserver = None
-_FORK_UNSAFE_ENV = ('OMP_', 'MKL_', 'OPENBLAS_', 'TORCH', 'PYTORCH', 'CUDA', 'PYTHON')  # read at import
+_forkserver = None  # (process, read buffer, the environment it imported torch under)
+# read at import by torch, OpenMP/BLAS, tqdm, tempfile, the dynamic loader, Python itself
+_FORK_UNSAFE_ENV = ('OMP_', 'MKL_', 'OPENBLAS_', 'KMP_', 'GOMP_', 'TORCH', 'PYTORCH', 'CUDA', 'PYTHON', 'TQDM_',
+                    'TMPDIR', 'TEMP', 'TMP', 'LD_', 'SYMPY_')
+_FORK_SAFE_ENV = {'TORCHINDUCTOR_CACHE_DIR'}  # torch sets it itself when it first computes its default
 
 
 def _forkserver_process():
     global _forkserver
     if _forkserver is None or _forkserver[0].poll() is not None:
+        env = dict(os.environ)
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'forkserver.py')],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
-        _forkserver = (proc, bytearray())
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env)
+        _forkserver = (proc, bytearray(), env)
         assert _read_message(_forkserver, None) == {'ready': True}
     return _forkserver
 
 
+def _stop_forkserver():
+    """After a broken exchange: the next run starts a new server."""
+    global _forkserver
+    if _forkserver is not None:
+        _forkserver[0].kill()
+        _forkserver[0].wait()
+        _forkserver = None
+
+
 def _read_message(server, deadline):
     """The fork server's next line of JSON; TimeoutError after `deadline` (time.monotonic)."""
-    proc, buffer = server
+    proc, buffer, _ = server
     while b'\n' not in buffer:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not select.select([proc.stdout], [], [], wait)[0]:
@@ -62,16 +75,24 @@ def _read_message(server, deadline):
     return json.loads(line)
 
 
-def run_python(cmd, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False):
+def _text(data):
+    """Bytes as subprocess.run(text=True) gives them: the locale's encoding, universal newlines."""
+    import locale
+    return data.decode(locale.getpreferredencoding(False)).replace('\r\n', '\n').replace('\r', '\n')
+
+
+def run_python(cmd, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False, fresh=False):
     """subprocess.run(cmd, ...) for cmd = [sys.executable, script.py, *args], with the same
     CompletedProcess (returncode, stdout, stderr), TimeoutExpired and CalledProcessError, run by
     tests/forkserver.py. A real subprocess where a fork cannot stand in: not Linux, another
-    command (`-c`, `-m`, torchrun), an environment that changes what torch reads at import, or
-    TESTS_FORKSERVER=0 (to compare)."""
+    command (`-c`, `-m`, torchrun), an environment that differs from the server's in what is read
+    at import (_FORK_UNSAFE_ENV), fresh=True (a new interpreter, e.g. a new hash seed for a test
+    that compares two runs for determinism), or TESTS_FORKSERVER=0 (to compare)."""
     env = dict(os.environ if env is None else env)
-    changed = {k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)}
-    if (sys.platform != 'linux' or os.environ.get('TESTS_FORKSERVER') == '0' or cmd[0] != sys.executable
-            or str(cmd[1]).startswith('-') or any(k.startswith(_FORK_UNSAFE_ENV) for k in changed)):
+    server_env = _forkserver[2] if _forkserver is not None else os.environ
+    changed = {k for k in set(env) | set(server_env) if env.get(k) != server_env.get(k)}
+    if (fresh or sys.platform != 'linux' or os.environ.get('TESTS_FORKSERVER') == '0' or cmd[0] != sys.executable
+            or str(cmd[1]).startswith('-') or any(k.startswith(_FORK_UNSAFE_ENV) for k in changed - _FORK_SAFE_ENV)):
         return subprocess.run(cmd, cwd=cwd, env=env, capture_output=capture_output, text=text,
                               timeout=timeout, check=check)
     server = _forkserver_process()
@@ -79,24 +100,31 @@ def run_python(cmd, cwd=None, env=None, capture_output=False, text=False, timeou
         out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
         request = {'argv': [str(c) for c in cmd[1:]], 'cwd': os.path.abspath(cwd or os.getcwd()), 'env': env,
                    'stdout': out, 'stderr': err}
-        server[0].stdin.write((json.dumps(request) + '\n').encode())
-        server[0].stdin.flush()
-        pid = _read_message(server, None)['pid']
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            returncode = _read_message(server, deadline)['returncode']
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            _read_message(server, None)
-            returncode = None
+            server[0].stdin.write((json.dumps(request) + '\n').encode())
+            server[0].stdin.flush()
+            pid = _read_message(server, None)['pid']
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                returncode = _read_message(server, deadline)['returncode']
+            except TimeoutError:
+                returncode = None
+                try:  # the server has not reaped the child (it reports as soon as it has): its pid
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # ... unless it ended in the last instant
+                    pass
+                _read_message(server, None)  # the server reaps it and reports; the exchange stays in step
+        except BaseException:
+            _stop_forkserver()
+            raise
         outputs = []
         for path in (out, err):
             with open(path, 'rb') as f:
                 data = f.read()
-            outputs.append(data.decode(errors='replace') if text else data)
+            outputs.append(_text(data) if text and returncode is not None else data)  # a timeout: bytes, as subprocess
     if not capture_output:  # what the script printed goes where pytest shows it, as a subprocess's would
         for data, stream in zip(outputs, (sys.stdout, sys.stderr)):
-            stream.write(data if text else data.decode(errors='replace'))
+            stream.write(data if isinstance(data, str) else data.decode(errors='replace'))
         outputs = [None, None]
     if returncode is None:
         raise subprocess.TimeoutExpired(cmd, timeout, output=outputs[0], stderr=outputs[1])

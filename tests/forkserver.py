@@ -7,9 +7,14 @@ through conftest.run_python, which falls back to a real subprocess where a fork 
 The child is a fresh copy of this process, so no state passes from one run to another. It gets
 the test's working directory and environment, /dev/null as stdin, its stdout and stderr written
 to the files the test names (at the file-descriptor level, so whatever the script itself launches
-writes there too), sys.argv and sys.path[0] as `python script.py` sets them, the script run as
-__main__, an uncaught exception shown by sys.excepthook (common.py's one-line errors included)
-with exit status 1, SystemExit's code as the exit status, and atexit handlers run at the end.
+writes there too), sys.argv, sys.path[0] and an absolute __file__ as `python script.py` sets them,
+the script run as __main__, an uncaught exception shown by sys.excepthook (common.py's one-line
+errors included) with exit status 1, SystemExit's code as the exit status (2 for a missing
+script), then, as at interpreter exit, non-daemon threads joined, atexit handlers run and the
+script's globals released (open files closed). numpy's global RNG and tempfile's directory are
+renewed. What stays the server's: the hash seed (conftest.run_python(fresh=True) runs a real
+subprocess where a test needs a new one) and what torch read from the environment at import
+(run_python falls back to a subprocess when those variables differ).
 No project module is imported here: a script imports its own common.py/model.py, as it would.
 
 Protocol (lines of JSON): this process prints {"ready": true} once; then for each request
@@ -19,7 +24,7 @@ import json
 import os
 import sys
 
-import numpy  # noqa: F401  (imported for the children)
+import numpy  # (imported for the children; each reseeds its global RNG)
 import torch  # noqa: F401
 import torch._dynamo  # noqa: F401  (torch.optim imports it when the first optimizer is built)
 import tqdm  # noqa: F401
@@ -28,8 +33,11 @@ import tqdm  # noqa: F401
 def run_child(request):
     """In the forked child: become `python script.py args` and exit; never returns."""
     import atexit
-    import runpy
+    import builtins
+    import gc
+    import tempfile
     import threading
+    import types
     code = 1
     try:
         os.chdir(request['cwd'])
@@ -44,11 +52,25 @@ def run_child(request):
         sys.stdin = open(0, closefd=False)  # not the request pipe this process read from
         # sys.stdout and sys.stderr stay: the same objects over the new files, buffered as Python
         # buffers a pipe (this process's stdout is one), PYTHONUNBUFFERED included
-        script = request['argv'][0]
+        numpy.random.seed()  # fresh entropy, as a new process has (Python's random is reseeded at fork)
+        tempfile.tempdir = None  # read TMPDIR again
+        if 'multiprocessing' in sys.modules:
+            sys.modules['multiprocessing'].process.ORIGINAL_DIR = os.getcwd()
+        script = os.path.join(os.getcwd(), request['argv'][0])  # __file__: absolute, not normalised; argv[0] as given
         sys.argv = list(request['argv'])
-        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        sys.path[0] = os.path.dirname(os.path.realpath(script))  # the script's directory, links resolved
         try:
-            runpy.run_path(script, run_name='__main__')
+            with open(script, 'rb') as f:
+                source = f.read()
+        except OSError as e:
+            print(f"{sys.executable}: can't open file {script!r}: [Errno {e.errno}] {e.strerror}", file=sys.stderr)
+            code = 2
+            raise SystemExit
+        main = types.ModuleType('__main__')  # the script's module stays __main__ through atexit, as in python
+        main.__dict__.update(__file__=script, __builtins__=builtins, __cached__=None)
+        sys.modules['__main__'] = main
+        try:
+            exec(compile(source, script, 'exec'), main.__dict__)
             code = 0
         except SystemExit as e:
             if e.code is None or isinstance(e.code, int):
@@ -57,12 +79,20 @@ def run_child(request):
                 print(e.code, file=sys.stderr)
         except BaseException:
             sys.excepthook(*sys.exc_info())
-        threading._shutdown()  # what interpreter exit does: wait for non-daemon threads, then atexit
-        atexit._run_exitfuncs()
+        threading._shutdown()  # what interpreter exit does: wait for non-daemon threads, atexit, then
+        atexit._run_exitfuncs()  # the modules' teardown (files left open are closed, so flushed)
+        main.__dict__.clear()
+        gc.collect()
         sys.stdout.flush()
         sys.stderr.flush()
+    except SystemExit:
+        pass
     finally:
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def main():

@@ -167,10 +167,10 @@ def dpo_dir(tmp_path_factory):
     return d
 
 
-def run_dpo(args, cwd):
+def run_dpo(args, cwd, fresh=False):
     env = dict(os.environ, OMP_NUM_THREADS='1')  # 2 shared cores: one thread is faster and steadier
     return run_python([sys.executable, os.path.join(ROOT, 'dpo_train.py'), *args], cwd=cwd,
-                      capture_output=True, text=True, timeout=300, env=env)
+                      capture_output=True, text=True, timeout=300, env=env, fresh=fresh)
 
 
 def log_rows(out_dir):
@@ -235,7 +235,7 @@ def test_resume_continues_the_identical_curve_and_reuses_the_cache(dpo_dir, lear
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'reference log-probs of 100 pairs loaded from' in p.stdout  # the cache of the first run
     assert 'reference: ' not in p.stdout  # no reference model built at all
-    p = run_dpo(args + ['--init_from=resume', '--max_iters=20'], dpo_dir)
+    p = run_dpo(args + ['--init_from=resume', '--max_iters=20'], dpo_dir, fresh=True)  # a new hash seed
     assert p.returncode == 0, p.stderr[-3000:]
     assert log_rows(out) == log_rows(learned[0])  # bit-identical, evals included
     sd_a = torch.load(learned[0] / 'ckpt.pt', weights_only=False)['model']

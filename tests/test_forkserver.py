@@ -11,8 +11,13 @@ from conftest import ROOT, run_python
 
 SCRIPT = r'''
 import json, os, sys
+import tempfile
 print(json.dumps({'argv': sys.argv, 'path0': sys.path[0], 'cwd': os.getcwd(), 'name': __name__,
-                  'file': __file__, 'env': os.environ.get('FORK_TEST'), 'stdin': sys.stdin.read()}))
+                  'file': __file__, 'env': os.environ.get('FORK_TEST'), 'stdin': sys.stdin.read(),
+                  'tmp': tempfile.gettempdir()}))
+sys.stderr.write('carriage\r\nreturns\r')
+log = open('left_open.txt', 'w')  # never closed: interpreter exit flushes it
+log.write('row1\n')
 import helper                     # from the script's own directory, as python puts it first on sys.path
 helper.COUNT += 1                 # a fresh process every run: always 1
 print('count', helper.COUNT)
@@ -49,8 +54,12 @@ def script(tmp_path):
 def test_same_status_and_output_as_a_subprocess(script, mode):
     path, cwd = script
     env = dict(os.environ, FORK_TEST='set', PROJECT_ROOT=ROOT)
+    path = os.path.relpath(path, cwd)  # a relative script path: argv[0] as given, __file__ absolute
     cmd = [sys.executable, path, mode]
     forked = run_python(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    with open(os.path.join(cwd, 'left_open.txt')) as f:
+        assert f.read() == 'row1\n'  # flushed at exit, as python does
+    os.remove(os.path.join(cwd, 'left_open.txt'))
     real = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     assert forked.returncode == real.returncode == {'ok': 0, 'exit3': 3, 'exit_message': 1, 'user_error': 1, 'crash': 1}[mode]
     assert forked.stdout == real.stdout
@@ -60,8 +69,9 @@ def test_same_status_and_output_as_a_subprocess(script, mode):
         assert forked.stderr.strip().splitlines()[-1] == real.stderr.strip().splitlines()[-1] == 'RuntimeError: boom'
     else:
         assert forked.stderr == real.stderr
+    assert 'carriage\nreturns\n' in forked.stderr  # universal newlines, as text=True decodes
     if mode == 'user_error':
-        assert forked.stderr.splitlines() == ['to stderr', 'error: bad key --foo']
+        assert forked.stderr.splitlines() == ['carriage', 'returns', 'to stderr', 'error: bad key --foo']
 
 
 def test_bytes_check_and_timeout(script):
@@ -76,6 +86,45 @@ def test_bytes_check_and_timeout(script):
         f.write('import time\nprint("started", flush=True)\ntime.sleep(60)\n')
     with pytest.raises(subprocess.TimeoutExpired) as e:
         run_python([sys.executable, slow], cwd=cwd, capture_output=True, text=True, timeout=1)
-    assert e.value.output == 'started\n'
+    assert e.value.output == b'started\n'  # bytes even with text=True, as subprocess.run gives them on a timeout
+    real = subprocess.run  # bytes on a timeout is subprocess's own behaviour:
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        real([sys.executable, slow], cwd=cwd, capture_output=True, text=True, timeout=1)
+    assert e.value.output == b'started\n'
     # the server goes on serving after a killed run
     assert run_python([sys.executable, path, 'ok'], cwd=cwd, capture_output=True, text=True).returncode == 0
+
+
+def test_runs_fork_unless_the_environment_or_the_test_asks_for_a_new_interpreter(tmp_path, monkeypatch):
+    """The suite's speed depends on runs really forking: a variable torch sets itself
+    (TORCHINDUCTOR_CACHE_DIR, on its first compile anywhere in the worker) keeps them forking; one read
+    at import (OMP_NUM_THREADS) changed since the server started, or fresh=True, does not."""
+    (tmp_path / 'probe.py').write_text("import sys\nprint('forkserver.py' in ' '.join(sys.orig_argv))\n")
+    forked = lambda **kw: run_python([sys.executable, str(tmp_path / 'probe.py')], cwd=tmp_path, capture_output=True,
+                                     text=True, **kw).stdout.strip() == 'True'
+    assert forked()
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'inductor'))
+    assert forked()
+    assert not forked(fresh=True)
+    monkeypatch.setenv('OMP_NUM_THREADS', str(int(os.environ.get('OMP_NUM_THREADS', '1')) + 1))
+    assert not forked()
+
+
+def test_a_missing_script_and_what_a_fork_renews_or_hands_to_a_subprocess(tmp_path, monkeypatch):
+    """A missing script is exit status 2, as python's; numpy's global RNG differs between runs;
+    TMPDIR is read again; a variable torch reads at import (OMP_NUM_THREADS), changed after the
+    server started, sends the run to a real subprocess (fresh=True too)."""
+    missing = [sys.executable, str(tmp_path / 'nowhere.py')]
+    forked, real = (f(missing, cwd=tmp_path, capture_output=True, text=True) for f in (run_python, subprocess.run))
+    assert forked.returncode == real.returncode == 2 and forked.stderr == real.stderr
+    (tmp_path / 'probe.py').write_text('import numpy, tempfile, torch\n'
+                                       'print(numpy.random.rand(), tempfile.gettempdir(), torch.get_num_threads())\n')
+    cmd = [sys.executable, str(tmp_path / 'probe.py')]
+    draws = [run_python(cmd, cwd=tmp_path, capture_output=True, text=True).stdout.split()[0] for _ in range(2)]
+    assert draws[0] != draws[1]
+    (tmp_path / 'tmp').mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp_path / 'tmp'))
+    assert run_python(cmd, cwd=tmp_path, env=env, capture_output=True, text=True).stdout.split()[1] == str(tmp_path / 'tmp')
+    threads = str(int(os.environ.get('OMP_NUM_THREADS', '1')) + 1)
+    monkeypatch.setenv('OMP_NUM_THREADS', threads)
+    assert run_python(cmd, cwd=tmp_path, capture_output=True, text=True).stdout.split()[2] == threads

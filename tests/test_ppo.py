@@ -100,14 +100,14 @@ def wrong_length(prompts, responses):
 '''
 
 
-def run_ppo(tiny, tmp_path, args):
+def run_ppo(tiny, tmp_path, args, fresh=False):
     (tmp_path / 'rewards.py').write_text(REWARD_MODULE)
     (tmp_path / 'prompts.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(64)))
     base = ([f'--init_from={tiny / "hf"}'] if tiny else []) + ['--prompt_data=prompts.jsonl', '--reward_fn=rewards:space_fraction',
             '--device=cpu', '--block_size=64', '--max_new_tokens=8', '--temperature=1.0', '--missing_eos_penalty=0.0',
             '--kl_coef=0.01', '--sample_interval=0', '--out_dir=out']
     return run_python([sys.executable, os.path.join(ROOT, 'ppo_train.py'), *base, *args], cwd=tmp_path,
-                      capture_output=True, text=True, timeout=1800)
+                      capture_output=True, text=True, timeout=1800, fresh=fresh)
 
 
 
@@ -258,7 +258,7 @@ def test_resume_continues_the_identical_run(tiny, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     p = run_ppo(tiny, tmp_path, args + ['--max_iters=2', '--out_dir=resumed'])
     assert p.returncode == 0, p.stderr[-3000:]
-    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=4', '--out_dir=resumed'])
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=4', '--out_dir=resumed'], fresh=True)  # new hash seed
     assert p.returncode == 0, p.stderr[-3000:]
 
     def rows(run, name):

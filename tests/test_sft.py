@@ -148,9 +148,9 @@ def synthetic_records():
             for t in TEMPLATES for i, k in enumerate(KEYS)]
 
 
-def run_train(args, cwd):
+def run_train(args, cwd, fresh=False):
     p = run_python([sys.executable, os.path.join(ROOT, 'train.py'), *args], cwd=cwd,
-                   capture_output=True, text=True, timeout=300)
+                   capture_output=True, text=True, timeout=300, fresh=fresh)
     return p
 
 
@@ -248,7 +248,7 @@ def test_sft_resume_continues_the_identical_curve(tmp_path):
                        '--dropout=0.1']
     for args in ([f'--out_dir={tmp_path / "a"}', '--max_iters=12'], [f'--out_dir={tmp_path / "b"}', '--max_iters=6'],
                  [f'--out_dir={tmp_path / "b"}', '--max_iters=12', '--init_from=resume']):
-        p = run_train(base + args, tmp_path)
+        p = run_train(base + args, tmp_path, fresh='resume' in args[-1])  # the resumed part: a new hash seed
         assert p.returncode == 0, p.stderr[-2000:]
     import csv
     curve = lambda d: [r['train/loss_step'] for r in csv.DictReader(open(tmp_path / d / 'log.csv')) if r['train/loss_step']]

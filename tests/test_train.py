@@ -34,9 +34,9 @@ def workdir(tmp_path_factory):
     return d
 
 
-def run(script, args, cwd, check=True):
+def run(script, args, cwd, check=True, fresh=False):
     p = run_python([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                   capture_output=True, text=True, timeout=300)
+                   capture_output=True, text=True, timeout=300, fresh=fresh)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     return p
@@ -74,7 +74,8 @@ def test_resume_continues_the_identical_loss_curve(workdir):
     straight, resumed = str(workdir / 'out-straight'), str(workdir / 'out-resumed')
     run('train.py', args + [f'--out_dir={straight}', '--max_iters=20'], workdir)
     run('train.py', args + [f'--out_dir={resumed}', '--max_iters=10'], workdir)  # "interrupted" at 10
-    run('train.py', args + [f'--out_dir={resumed}', '--max_iters=20', '--init_from=resume'], workdir)
+    # a new interpreter (a new hash seed) for the resumed part: forked runs would all share one
+    run('train.py', args + [f'--out_dir={resumed}', '--max_iters=20', '--init_from=resume'], workdir, fresh=True)
     a, b = losses(straight), losses(resumed)
     assert sorted(b) == list(range(20))  # the CSV holds one curve, not overlapping pieces
     assert a == b  # bit-identical, dropout included
