@@ -85,6 +85,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         'sigmoid': -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   DPO, Rafailov et al. 2023 eq. 7;
                    eps > 0 is conservative DPO (cDPO, Mitchell 2023): labels flipped with probability eps
         'ipo':     (h - 1 / (2 beta))^2                                        IPO, Azar et al. 2023 eq. 17
+                   (on summed log-probs, as eric-mitchell's and OpenRLHF's; TRL averages per token)
         'hinge':   relu(1 - beta h)                                            SLiC-HF (Zhao et al. 2023)
     Rewards are DPO's implicit rewards beta (log pi(y|x) - log pi_ref(y|x)) (eq. 5, without the
     beta log Z(x) that cancels in a pair), detached: diagnostics, never trained on.
@@ -226,8 +227,8 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, cliprange_low=0.2, clipran
     aggregation: 'token' = masked mean over all tokens of the batch; 'sequence' = each row's masked
     mean, then the mean over rows (every row needs at least one masked token). Unknown: ValueError.
     stats: 'clipfrac' (fraction of masked tokens where the clipped term is active, pg_clipped >
-    pg_unclipped), 'approxkl' (masked mean of 1/2 (logp - old_logp)^2, as TRL), 'ratio_mean' and
-    'ratio_max' (over masked tokens)."""
+    pg_unclipped), 'approxkl' (masked mean of 1/2 (logp - old_logp)^2; TRL's mean also counts
+    padding as 0, so it reads lower), 'ratio_mean' and 'ratio_max' (over masked tokens)."""
     if aggregation not in PG_AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; choose among {', '.join(PG_AGGREGATIONS)}")
     if cliprange_high is None:

@@ -75,8 +75,8 @@ advantage_estimator = 'gae'     # 'gae' (PPO with a critic) | 'grpo' | 'rloo' (n
 group_size = 4                  # grpo/rloo: responses sampled per prompt
 critic = 'shared'               # gae: 'shared' (value head on the policy trunk) | 'separate' (from reward_model)
 kl_coef = 0.05                  # beta: weight of the KL penalty to the reference
-kl_estimator = 'k1'             # 'k1' in the reward (PPO); 'k3' for the loss (GRPO)
-kl_in_loss = False              # grpo/rloo: add kl_coef * k3 to the loss instead of the reward
+kl_estimator = 'k1'             # the KL penalty in the reward: 'k1' (log pi - log pi_ref, as TRL) | 'k3' (>= 0, lower variance) | 'k2'
+kl_in_loss = False              # grpo/rloo: add kl_coef * k3 to the loss instead of the reward (kl_estimator then unused: keep 'k1')
 adaptive_kl = False             # Ziegler et al.'s controller: move kl_coef towards target_kl
 target_kl = 6.0                 # target KL (nats per sequence) for the adaptive controller
 kl_horizon = 10000
@@ -146,6 +146,11 @@ if n_seq % mini_batch_size != 0:
     raise UserError(f"{n_seq} sequences per rollout are not divisible by mini_batch_size={mini_batch_size}")
 if advantage_estimator != 'gae' and group_size < 2:
     raise UserError(f"{advantage_estimator} needs group_size >= 2")
+if kl_estimator not in ('k1', 'k2', 'k3'):
+    raise UserError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {kl_estimator!r}")
+if kl_in_loss and kl_estimator != 'k1':
+    raise UserError(f"kl_estimator={kl_estimator!r} sets the KL penalty in the reward; with kl_in_loss=True the loss "
+                    f"always takes k3 and there is none in the reward: leave kl_estimator='k1'")
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
@@ -350,19 +355,20 @@ while iter_num < max_iters:
             raise UserError(f"training log-probs differ from sampling log-probs by {gap_mean:.2e} on average "
                             f"({gap_max:.2e} at most, {dtype}): the sampling temperature, dropout or weights "
                             f"differ between generation and training")
-    kl = kl_estimate(old_logp, ref_logp, 'k1') * response_mask  # (B, n)
+    kl = kl_estimate(old_logp, ref_logp, 'k1') * response_mask  # (B, n): objective/kl (unbiased; < 0 by noise only)
     kl_seq = kl.sum(1)  # nats per sequence
+    penalty = kl if kl_estimator == 'k1' else kl_estimate(old_logp, ref_logp, kl_estimator) * response_mask  # in the reward
     if iter_num == start_iter == 0 and (reference is None or ref_dtype == 'float32') and kl.abs().max() > 1e-4:  # invariant
         raise UserError(f"KL to the reference is {kl.abs().max().item():.2e} before any update, not 0: "
                         f"the reference is not the initial policy")
 
     # 4./5. advantages
     if advantage_estimator == 'gae':
-        rewards = -kl_coef * kl  # per token
+        rewards = -kl_coef * penalty  # per token
         rewards[torch.arange(n_seq), first_eos] += scores  # the score lands on the last real token
         advantages, returns = gae(rewards, old_values, response_mask, gamma, lam)
     else:
-        seq_scores = scores if kl_in_loss else scores - kl_coef * kl_seq
+        seq_scores = scores if kl_in_loss else scores - kl_coef * penalty.sum(1)
         adv = grpo_advantages(seq_scores, group_size) if advantage_estimator == 'grpo' \
             else rloo_advantages(seq_scores, group_size)
         advantages, returns = adv[:, None] * response_mask, None
@@ -431,7 +437,7 @@ while iter_num < max_iters:
         none = 0.0 if n_steps else float('nan')  # no update happened (every step skipped): NaN, not an empty mean's 0
         metrics = {'objective/kl': mean_kl, 'objective/entropy': masked_mean(entropy, response_mask).item(),
                    'objective/scores': raw_scores.mean().item(),
-                   'objective/rlhf_reward': (scores - kl_coef * kl_seq).mean().item(),
+                   'objective/rlhf_reward': (scores - kl_coef * penalty.sum(1)).mean().item(),
                    'objective/kl_coef': kl_coef,
                    'policy/approxkl': avg.get('approxkl', none), 'policy/clipfrac': avg.get('clipfrac', none),
                    'loss/policy': avg.get('pg_loss', none), 'loss/value': avg.get('vf_loss', none),

@@ -242,6 +242,32 @@ def test_ppo_bad_inputs_fail_before_work(tiny, tmp_path):
     assert p.returncode != 0 and 'error: reward_model missing/best.pt not found' in p.stderr
     p = run_ppo(tiny, tmp_path, ['--max_new_tokens=64', '--max_iters=1'])
     assert p.returncode != 0 and 'leaves no room for a prompt' in p.stderr
+    p = run_ppo(tiny, tmp_path, ['--kl_estimator=k4', '--max_iters=1'])
+    assert p.returncode != 0 and "error: kl_estimator must be 'k1', 'k2' or 'k3', got 'k4'" in p.stderr
+    p = run_ppo(tiny, tmp_path, ['--advantage_estimator=grpo', '--batch_size=2', '--kl_in_loss=True',
+                                 '--kl_estimator=k3', '--max_iters=1'])
+    assert p.returncode != 0 and 'with kl_in_loss=True the loss always takes k3' in p.stderr
+
+
+def test_kl_estimator_sets_the_penalty_in_the_reward(tiny, tmp_path):
+    """kl_estimator='k3' puts k3 (r - 1 - log r, r = pi_ref/pi) in the reward where 'k1' puts
+    log pi - log pi_ref (the key once did nothing). Iteration 0's KL is 0 for both, so both runs
+    make the same first update and sample the same second rollout: its objective/kl (always k1) and
+    scores agree, and its rlhf_reward (score - kl_coef * the penalty) is the score minus each one's
+    KL sum, k3's >= 0 and different from k1's."""
+    rows = {}
+    for k in ('k1', 'k3'):
+        p = run_ppo(tiny, tmp_path, ['--batch_size=8', '--mini_batch_size=4', '--learning_rate=1e-2', '--max_iters=2',
+                                     '--eval_interval=100', '--kl_coef=1.0', f'--kl_estimator={k}', f'--out_dir={k}'])
+        assert p.returncode == 0, p.stderr[-3000:]
+        rows[k] = list(csv.DictReader(open(tmp_path / k / 'log.csv')))
+    a, b = rows['k1'][1], rows['k3'][1]
+    assert a['objective/kl'] == b['objective/kl'] and a['objective/scores'] == b['objective/scores']
+    kl, score = float(a['objective/kl']), float(a['objective/scores'])
+    assert abs(kl) > 1e-3
+    assert float(a['objective/rlhf_reward']) == pytest.approx(score - kl, abs=1e-5)  # k1: the logged KL
+    k3_sum = score - float(b['objective/rlhf_reward'])
+    assert k3_sum > 0 and abs(k3_sum - kl) > 1e-6
 
 
 TIMING = ('time_ms', 'tokens_per_s', 'mem/peak_gib', 'time/rollout', 'time/score', 'time/train')
