@@ -694,8 +694,10 @@ class EpochBatches:
     micro-batch, so the ranks split each epoch between them, as torch's DistributedSampler does;
     the last len(batches) % world_size micro-batches of an epoch are dropped to keep them in step."""
 
-    def __init__(self, items, batch_size, seed, collate, lengths=None, tokens_per_batch=0, rank=0, world_size=1):
+    def __init__(self, items, batch_size, seed, collate, lengths=None, tokens_per_batch=0, rank=0, world_size=1,
+                 drop_last=False):
         self.items, self.batch_size, self.seed, self.collate = items, batch_size, seed, collate
+        self.drop_last = drop_last  # fixed-size batches: leave out an epoch's short last one
         self.lengths, self.tokens_per_batch = lengths, tokens_per_batch
         self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
@@ -708,6 +710,8 @@ class EpochBatches:
         else:
             perm = torch.randperm(len(self.items), generator=gen).tolist()
             batches = [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+                batches = batches[:-1]
         n = len(batches) // self.world_size * self.world_size
         if n == 0:
             raise UserError(f"{len(batches)} micro-batches per epoch cannot be split across {self.world_size} "

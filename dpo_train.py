@@ -174,6 +174,9 @@ else:
     model = GPT.from_pretrained(init_from, dropout=dropout)
     if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
         model = model.with_new_adapters(**lora)
+    elif model.config.lora_rank:  # lora_rank=0 from a LoRA checkpoint: full finetuning of its merged weights
+        print0(f"{init_from} has LoRA adapters; lora_rank=0: merged into its weights, every weight trains")
+        model.merge_lora()
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
     ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
 if block_size < model.config.block_size:

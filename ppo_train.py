@@ -146,6 +146,8 @@ if n_seq % mini_batch_size != 0:
     raise UserError(f"{n_seq} sequences per rollout are not divisible by mini_batch_size={mini_batch_size}")
 if advantage_estimator != 'gae' and group_size < 2:
     raise UserError(f"{advantage_estimator} needs group_size >= 2")
+if temperature <= 0:
+    raise UserError(f"temperature={temperature}: PPO samples (temperature > 0) and computes log-probs at it")
 if kl_estimator not in ('k1', 'k2', 'k3'):
     raise UserError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {kl_estimator!r}")
 if kl_in_loss and kl_estimator != 'k1':
@@ -209,7 +211,9 @@ if not prompts:
 print(f"prompts: {len(prompts)} ({n_long} longer than block_size - max_new_tokens = {max_prompt} skipped)")
 
 
-prompt_loader = EpochBatches(prompts, batch_size, seed, collate=lambda batch: batch)
+if len(prompts) < batch_size:
+    raise UserError(f"{prompt_data}: {len(prompts)} usable prompts, fewer than batch_size={batch_size}")
+prompt_loader = EpochBatches(prompts, batch_size, seed, collate=lambda batch: batch, drop_last=True)  # full rollouts
 
 # -----------------------------------------------------------------------------
 # models: policy (+ value head when the critic is shared), reference, optional separate critic
@@ -226,6 +230,9 @@ else:
     policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic)
     if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
         policy = policy.with_new_adapters(**lora)
+    elif policy.config.lora_rank:  # lora_rank=0 from a LoRA checkpoint: full finetuning of its merged weights
+        print(f"{init_from} has LoRA adapters; lora_rank=0: merged into its weights, every weight trains")
+        policy.merge_lora()
     ref_source = init_from  # the reference is the initial policy, also after a resume
 if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")
@@ -249,6 +256,11 @@ if advantage_estimator == 'gae' and critic == 'separate':
     critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device).eval()  # its value head: the reward head
     if checkpoint is not None:
         critic_model.load_state_dict(checkpoint['critic'])
+    elif normalize_reward:  # the scores it predicts are (r - mean) / std: its head starts on that scale
+        with torch.no_grad():
+            head = critic_model.value_head
+            head.weight.div_(scorer.std)
+            head.bias.sub_(scorer.mean).div_(scorer.std)
 params = [p for p in policy.parameters() if p.requires_grad]
 if critic_model is not None:
     params += list(critic_model.parameters())
@@ -351,14 +363,15 @@ while iter_num < max_iters:
         # more over 36 layers), while a sampling temperature 20 % off moves the mean by ~0.24
         diff = (old_logp - sample_logp).abs()
         gap_max, gap_mean = (diff * response_mask).max().item(), masked_mean(diff, response_mask).item()
-        if (gap_max > 1e-3) if dtype == 'float32' else (gap_mean > 5e-2):
+        if not ((gap_max <= 1e-3) if dtype == 'float32' else (gap_mean <= 5e-2)):  # NaN fails too
             raise UserError(f"training log-probs differ from sampling log-probs by {gap_mean:.2e} on average "
                             f"({gap_max:.2e} at most, {dtype}): the sampling temperature, dropout or weights "
                             f"differ between generation and training")
     kl = kl_estimate(old_logp, ref_logp, 'k1') * response_mask  # (B, n): objective/kl (unbiased; < 0 by noise only)
     kl_seq = kl.sum(1)  # nats per sequence
-    penalty = kl if kl_estimator == 'k1' else kl_estimate(old_logp, ref_logp, kl_estimator) * response_mask  # in the reward
-    if iter_num == start_iter == 0 and (reference is None or ref_dtype == 'float32') and kl.abs().max() > 1e-4:  # invariant
+    penalty = kl if kl_estimator == 'k1' else torch.where(  # in the reward; where, not *: k3 may be inf after EOS
+        response_mask.bool(), kl_estimate(old_logp, ref_logp, kl_estimator), 0.0)
+    if iter_num == start_iter == 0 and (reference is None or ref_dtype == 'float32') and not kl.abs().max() <= 1e-4:  # invariant
         raise UserError(f"KL to the reference is {kl.abs().max().item():.2e} before any update, not 0: "
                         f"the reference is not the initial policy")
 
@@ -403,7 +416,7 @@ while iter_num < max_iters:
                 # float32: the largest ratio to 1e-4. 16-bit: the mean |log ratio| to 1e-2, since a mini-batch
                 # and the whole rollout may take GEMM kernels that round differently on a GPU
                 log_ratio = masked_mean((logp - old_logp[mb]).abs(), response_mask[mb]).item()
-                if (abs(pg_stats['ratio_max'].item() - 1) > 1e-4) if dtype == 'float32' else (log_ratio > 1e-2):
+                if not ((abs(pg_stats['ratio_max'].item() - 1) <= 1e-4) if dtype == 'float32' else (log_ratio <= 1e-2)):
                     raise UserError(f"first PPO ratio is {pg_stats['ratio_max'].item():.6f} at most (mean |log "
                                     f"ratio| {log_ratio:.2e}, {dtype}), not 1: training log-probs differ from "
                                     f"sampling ones (temperature, dropout, stale state)")
@@ -427,8 +440,6 @@ while iter_num < max_iters:
 
     # KL controller, logging, checkpoints
     mean_kl = kl_seq.mean().item()
-    if adaptive_kl:
-        kl_coef = adaptive_kl_coef(kl_coef, mean_kl, target_kl, kl_horizon, n_seq)
     iter_num += 1
     pbar.update(1)
     dt = time.time() - t0
@@ -457,6 +468,8 @@ while iter_num < max_iters:
             f"clipfrac {metrics['policy/clipfrac']:.3f}, eos {int(has_eos.sum())}/{n_seq}, "
             f"len {metrics['response_length']:.1f}, {dt:.2f}s")
         logger.log({**metrics, **monitor.check(metrics, iter_num - 1, say, logger=logger)}, iter_num - 1)
+    if adaptive_kl:  # after logging: the row shows the kl_coef this rollout's rewards used
+        kl_coef = adaptive_kl_coef(kl_coef, mean_kl, target_kl, kl_horizon, n_seq)
     if sample_interval and (iter_num - 1) % sample_interval == 0:  # 2 on stdout, all to samples.csv (+ wandb)
         samples = [{'prompt': p, 'response': r, 'score': s}
                    for p, r, s in zip(prompt_texts, response_texts, raw_scores.tolist())]

@@ -278,6 +278,16 @@ def test_lora_dpo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(dpo_dir):
     sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
     assert all(torch.equal(sd[k], merged[k]) for k in merged)  # the frozen base = init_from merged
     assert any(k.endswith('lora_B') and sd[k].abs().sum() > 0 for k in sd)
+    # lora_rank=0 (LoRA off) from it: merged, and every weight trains (before: only its old adapters did)
+    out = dpo_dir / 'out-full-from-lora'
+    p = run_dpo(DPO_TINY + ['--init_from=init-lora', '--pref_data=pref.jsonl', f'--out_dir={out}', '--max_iters=2',
+                            '--eval_interval=2'], dpo_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'has LoRA adapters; lora_rank=0: merged into its weights, every weight trains' in p.stdout
+    assert log_rows(out)[0]['loss'] == pytest.approx(math.log(2), abs=1e-6)
+    sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
+    assert not any(k.endswith(('lora_A', 'lora_B')) for k in sd)
+    assert not torch.equal(sd['transformer.h.0.mlp.c_fc.weight'], merged['transformer.h.0.mlp.c_fc.weight'])
 
 
 @pytest.mark.parametrize('args, message', [

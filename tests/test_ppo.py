@@ -270,6 +270,49 @@ def test_kl_estimator_sets_the_penalty_in_the_reward(tiny, tmp_path):
     assert k3_sum > 0 and abs(k3_sum - kl) > 1e-6
 
 
+def test_ppo_prompts_per_epoch_not_a_multiple_of_batch_size(tiny, tmp_path):
+    """10 prompts, batch_size 8: each epoch's short last batch is left out (a rollout of 2 prompts
+    crashed GAE with 'shape mismatch' and GRPO with 'index out of bounds'); fewer prompts than
+    batch_size is one error line. adaptive_kl's row shows the kl_coef its rewards used."""
+    (tmp_path / 'few.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(10)))
+    for algo in (['--advantage_estimator=gae', '--batch_size=8'], ['--advantage_estimator=grpo', '--batch_size=8']):
+        p = run_ppo(tiny, tmp_path, algo + ['--prompt_data=few.jsonl', '--mini_batch_size=8', '--max_iters=3',
+                                            '--eval_interval=100', '--adaptive_kl=True', '--target_kl=0.001'])
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+        assert len(rows) == 3
+        assert float(rows[0]['objective/kl_coef']) == 0.01  # the starting kl_coef, not the one updated after it
+        assert float(rows[1]['objective/kl_coef']) != 0.01
+    p = run_ppo(tiny, tmp_path, ['--prompt_data=few.jsonl', '--batch_size=16', '--max_iters=1'])
+    assert p.returncode != 0 and 'error: few.jsonl: 10 usable prompts, fewer than batch_size=16' in p.stderr
+    p = run_ppo(tiny, tmp_path, ['--temperature=0', '--max_iters=1'])
+    assert p.returncode != 0 and 'error: temperature=0.0: PPO samples (temperature > 0)' in p.stderr
+
+
+def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):
+    """critic='separate' starts from the reward model, whose head gives raw scores r; with
+    normalize_reward the values must predict (r - mean) / std, so its head is rescaled at the start
+    (before, every initial value was off by about the mean, and value clipping slowed the fix)."""
+    from dataclasses import asdict
+    from common import save_checkpoint
+    from model import GPTConfig
+    torch.manual_seed(0)
+    rm = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=64, value_head=True))
+    with torch.no_grad():
+        rm.value_head.weight.normal_(0, 1.0)
+        rm.value_head.bias.fill_(5.0)
+    save_checkpoint(str(tmp_path / 'rm.pt'), {'model': rm.state_dict(), 'model_args': asdict(rm.config),
+                                              'reward_mean': 5.0, 'reward_std': 2.0}, rm)
+    common = ['--reward_fn=', '--reward_model=rm.pt', '--critic=separate', '--batch_size=4', '--mini_batch_size=4',
+              '--learning_rate=0.0', '--max_iters=1', '--eval_interval=1']
+    for normalize, scale, shift in [(True, 2.0, 5.0), (False, 1.0, 0.0)]:
+        p = run_ppo(tiny, tmp_path, common + [f'--normalize_reward={normalize}'])
+        assert p.returncode == 0, p.stderr[-2000:]
+        head = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)['critic']  # learning_rate 0: as started
+        torch.testing.assert_close(head['value_head.weight'], rm.value_head.weight / scale)
+        torch.testing.assert_close(head['value_head.bias'], (rm.value_head.bias - shift) / scale)
+
+
 TIMING = ('time_ms', 'tokens_per_s', 'mem/peak_gib', 'time/rollout', 'time/score', 'time/train')
 
 
@@ -586,6 +629,21 @@ def test_lora_ppo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(tiny, tmp
     ids = torch.randint(50257, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), policy.disable_adapters():
         torch.testing.assert_close(policy.eval()(ids)[0], sft.eval()(ids)[0], atol=1e-4, rtol=0)
+
+
+def test_lora_rank_0_from_a_lora_checkpoint_trains_every_weight(tiny, tmp_path):
+    """lora_rank=0 (LoRA off) from a LoRA SFT checkpoint: its adapters are merged and every weight
+    trains. Before, the checkpoint's adapters came along with a frozen base, so only they trained."""
+    sft, path = lora_checkpoint(tiny, 'sft_lora_full')
+    p = run_ppo(None, tmp_path, ['--batch_size=8', f'--init_from={path}', '--mini_batch_size=4', '--learning_rate=1e-3',
+                                 '--max_iters=1', '--eval_interval=1'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 'has LoRA adapters; lora_rank=0: merged into its weights, every weight trains' in p.stdout
+    trained, _ = GPT.from_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))
+    assert trained.config.lora_rank == 0
+    merged = sft.merge_lora().state_dict()
+    moved = [k for k, v in trained.state_dict().items() if k in merged and not torch.equal(v, merged[k])]
+    assert 'transformer.wpe.weight' in moved and 'transformer.h.0.mlp.c_fc.weight' in moved  # not adapters only
 
 
 def test_ppo_update_has_no_dropout_so_each_rollouts_first_ratio_is_1(tiny, tmp_path):

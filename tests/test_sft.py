@@ -110,6 +110,18 @@ def test_sft_batches_epochs_and_resume():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_epoch_batches_drop_last_leaves_out_the_short_batch():
+    """drop_last=True (PPO's rollouts are all batch_size prompts): an epoch of 10 items in batches
+    of 3 is 3 full batches, the next epoch starts after them; without it, 4 with a last one of 1."""
+    a = EpochBatches(list(range(10)), 3, seed=5, collate=list, drop_last=True)
+    b = EpochBatches(list(range(10)), 3, seed=5, collate=list)
+    assert [len(x) for x in a.batches] == [3, 3, 3] and [len(x) for x in b.batches] == [3, 3, 3, 1]
+    first = [a.next() for _ in range(3)]
+    assert first == [b.next() for _ in range(3)] and len(set(sum(first, []))) == 9
+    a.next()
+    assert a.epoch == 1
+
+
 def test_epoch_batches_split_each_epoch_across_ddp_ranks():
     """Under DDP every rank plans the same epoch and takes every world_size-th micro-batch: the
     ranks' batches are disjoint, together they are the single process's epoch (less the tail that
