@@ -1037,6 +1037,12 @@ def response_forward(model, ids, attention_mask, n_prompt, temperature, with_val
     return logp, entropy, values
 
 
+def response_values(model, ids, attention_mask, n_prompt):
+    """The values of response_forward alone, (B, n), for a separate critic: the same positions
+    (n_prompt - 1 ... T - 2), without the (B, n, V) vocabulary projection the critic never uses."""
+    return model.value(model.trunk(ids, attention_mask)[:, n_prompt - 1:-1])
+
+
 def lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets):
     """The LoRA keys of a script's config as GPT.from_pretrained/GPTConfig overrides ({} when
     lora_rank is 0), with lora_targets checked so a typo is a one-line UserError."""

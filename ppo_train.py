@@ -35,7 +35,8 @@ from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_vari
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, configure, get_lr, get_rng_state,
                     get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left, plan_memory,
                     preference_triple, print_config, read_records, render_chat, require_positive, resolve_device,
-                    response_forward, save_checkpoint, set_rng_state, setup_device, single_process, step_metrics)
+                    response_forward, response_values, save_checkpoint, set_rng_state, setup_device, single_process,
+                    step_metrics)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -290,6 +291,11 @@ def forward(model, ids, attention_mask, n_prompt, with_values, with_entropy=Fals
         return logprob_pass(model, ids, attention_mask, n_prompt, temperature, with_values, with_entropy)
 
 
+def critic_forward(ids, attention_mask, n_prompt):  # a separate critic's values: no vocabulary projection
+    with ctx:
+        return response_values(critic_model, ids, attention_mask, n_prompt)
+
+
 def reference_logprobs(ids, attention_mask, n_prompt):
     with torch.no_grad():
         if reference is None:
@@ -355,7 +361,7 @@ while iter_num < max_iters:
     with torch.no_grad():
         old_logp, entropy, old_values = forward(policy, ids, attention_mask, n_prompt, shared_critic, True)
         if critic_model is not None:
-            old_values = forward(critic_model, ids, attention_mask, n_prompt, True)[2]
+            old_values = critic_forward(ids, attention_mask, n_prompt)
         ref_logp = reference_logprobs(ids, attention_mask, n_prompt)
     if iter_num == start_iter:  # invariant: training log-probs are the sampling log-probs
         # float32: every token to 1e-3. 16-bit: the mean over response tokens to 5e-2 nats, since bf16 rounding
@@ -397,7 +403,7 @@ while iter_num < max_iters:
             mb = perm[start:start + mini_batch_size]
             logp, _, values = forward(policy, ids[mb], attention_mask[mb], n_prompt, shared_critic)
             if critic_model is not None:
-                values = forward(critic_model, ids[mb], attention_mask[mb], n_prompt, True)[2]
+                values = critic_forward(ids[mb], attention_mask[mb], n_prompt)
             pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[mb], advantages[mb], response_mask[mb],
                                                 cliprange, cliprange_high, loss_aggregation)
             loss = pg_loss

@@ -10,7 +10,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from common import response_forward
+from common import response_forward, response_values
 from conftest import ROOT, load_definitions, make_hf_gpt2, run_python
 from model import GPT
 
@@ -81,6 +81,8 @@ def test_values_are_read_where_each_response_token_is_predicted(tiny):
         n_real_prompt = int(attention_mask[i, :n_prompt].sum())
         v = model.value(model.trunk(real[None]))[0]
         torch.testing.assert_close(values[i], v[n_real_prompt - 1:-1], atol=1e-5, rtol=0)
+    # a separate critic's values (common.response_values): the same, without the vocabulary projection
+    torch.testing.assert_close(response_values(model, ids, attention_mask, n_prompt), values, atol=0, rtol=0)
 
 
 REWARD_MODULE = '''
