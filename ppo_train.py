@@ -226,7 +226,11 @@ if init_from == 'resume':
     if 'ref_source' not in checkpoint:
         raise UserError(f"{out_dir}/ckpt.pt is not a ppo_train.py checkpoint; to start PPO from it, "
                         f"use --init_from={out_dir} and another out_dir")
-    iter_num, kl_coef, ref_source = checkpoint['iter_num'], checkpoint['kl_coef'], checkpoint['ref_source']
+    iter_num, ref_source = checkpoint['iter_num'], checkpoint['ref_source']
+    if adaptive_kl:  # the controller's state; a fixed kl_coef is the config's (--kl_coef on resume changes it)
+        kl_coef = checkpoint['kl_coef']
+    elif kl_coef != checkpoint['kl_coef']:
+        print(f"kl_coef {kl_coef} from the config (the checkpoint's run used {checkpoint['kl_coef']})")
 else:
     policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic)
     if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first

@@ -633,6 +633,18 @@ def test_lora_ppo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(tiny, tmp
         torch.testing.assert_close(policy.eval()(ids)[0], sft.eval()(ids)[0], atol=1e-4, rtol=0)
 
 
+def test_resume_takes_a_fixed_kl_coef_from_the_command_line(tiny, tmp_path):
+    """--kl_coef on resume applies when kl_coef is fixed (it was silently replaced by the
+    checkpoint's); with adaptive_kl the checkpoint's, the controller's state, carries on."""
+    args = ['--batch_size=8', '--mini_batch_size=8', '--eval_interval=1']
+    assert run_ppo(tiny, tmp_path, args + ['--max_iters=1']).returncode == 0
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=2', '--kl_coef=0.3'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 'kl_coef 0.3 from the config (the checkpoint\'s run used 0.01)' in p.stdout
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+    assert [float(r['objective/kl_coef']) for r in rows] == [0.01, 0.3]
+
+
 def test_lora_rank_0_from_a_lora_checkpoint_trains_every_weight(tiny, tmp_path):
     """lora_rank=0 (LoRA off) from a LoRA SFT checkpoint: its adapters are merged and every weight
     trains. Before, the checkpoint's adapters came along with a frozen base, so only they trained."""
