@@ -399,10 +399,12 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def value(self, h):
-        """Scalar value of each hidden state: (B, T, C) -> (B, T), in float32."""
+        """Scalar value of each hidden state: (B, T, C) -> (B, T), in float32: the head runs outside
+        autocast, in its weights' precision (bf16 would round a reward of 2-4 to steps of 1/64)."""
         if self.value_head is None:
             raise ValueError("this model has no value head: build it with value_head=True")
-        return self.value_head(h).squeeze(-1).float()
+        with torch.autocast(h.device.type, enabled=False):
+            return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def forward(self, idx, targets=None, attention_mask=None, position_ids=None, return_values=False):
         """idx (B, T) token ids -> logits (B, T, V) and, with targets (B, T), the mean

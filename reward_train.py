@@ -135,6 +135,8 @@ for split, c in counts.items():
     print0(f"{split} data: {c['identical']} pairs with chosen == rejected skipped, {c['truncated']} truncated "
            f"from the prompt's left, {c['dropped']} dropped (a response longer than block_size={block_size})")
 print0(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
+# norm_data is read now, so a missing or bad file stops the run before training, not after it
+norm_records = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))] if norm_data else None
 
 
 def collate(batch):
@@ -177,10 +179,11 @@ class PairLoss(nn.Module):
 
 
 lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
-iter_num, best_val_acc, checkpoint = 0, -1.0, None
+iter_num, best_val, checkpoint = 0, None, None  # best.pt's (val accuracy, -val loss): accuracy first, loss breaks ties
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)
-    iter_num, best_val_acc = checkpoint['iter_num'], checkpoint['best_val_acc']
+    iter_num = checkpoint['iter_num']
+    best_val = tuple(checkpoint['best_val']) if checkpoint.get('best_val') else None
 else:
     model = GPT.from_pretrained(init_from, value_head=True, dropout=dropout, **lora)
 if not model.config.value_head:
@@ -251,7 +254,8 @@ def rank_state():
 
 def checkpoint_state(rank_states=None):
     return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-            'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_acc': best_val_acc,
+            'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val': best_val,
+            'best_val_acc': best_val[0] if best_val else None,
             'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
             'monitor': monitor.state_dict()}
 
@@ -289,8 +293,10 @@ while True:
         repeated = resumed_monitor and iter_num == start_iter  # the checkpoint's own eval, checked before it was saved
         alarms = {} if repeated else monitor.check(metrics, iter_num, say, logger=logger)
         logger.log({**metrics, **alarms, 'lr': lr}, iter_num)
-        improved = metrics['val/accuracy'] > best_val_acc
-        best_val_acc = max(best_val_acc, metrics['val/accuracy'])
+        # the eval at the start is of a model this run did not train: best.pt is chosen among later ones
+        improved = iter_num > start_iter and (best_val is None or (metrics['val/accuracy'], -metrics['val/loss']) > best_val)
+        if improved:
+            best_val = (metrics['val/accuracy'], -metrics['val/loss'])
         if iter_num > start_iter and master_process:
             state = checkpoint_state(rank_states)
             if improved or always_save_checkpoint:
@@ -347,7 +353,7 @@ if ddp:  # the replicas must be bit-identical: check once, then leave the proces
 # (by rank 0 alone: the process group is gone, the other ranks are done)
 if master_process:
     if norm_data:
-        norm_pairs = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))]
+        norm_pairs = norm_records
     else:
         norm_pairs = [(tokenizer.decode(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
     norm_pairs = [norm_pairs[i] for i in torch.randperm(len(norm_pairs), generator=torch.Generator().manual_seed(seed))
@@ -359,6 +365,9 @@ if master_process:
         state = torch.load(path, map_location='cpu', weights_only=False)
         raw_model.load_state_dict(state['model'])
         mean, std = reward_stats(raw_model, tokenizer, norm_pairs, block_size, batch_size * 2, device, ctx)
+        if not std > 1e-6:  # every reference response scored alike: dividing by it would blow scores up
+            print(f"note: {path}: reward std {std:.2e} over the reference responses; normalisation keeps std 1")
+            std = 1.0
         state['reward_mean'], state['reward_std'] = mean, std
         save_checkpoint(path, state, raw_model)
         print(f"{path}: reward mean {mean:.4f}, std {std:.4f} over {len(norm_pairs)} reference responses")

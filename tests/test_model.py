@@ -80,6 +80,19 @@ def test_value_head_zero_init_and_shapes(tiny_hf):
         plain.value(h)
 
 
+def test_value_head_runs_in_its_weights_precision_under_autocast(tiny_hf):
+    """Under bf16 autocast the trunk runs in bf16, the value head in float32: a reward near 3 in
+    bf16 is rounded to steps of 1/64, enough to turn near-ties into ties."""
+    model = GPT.from_pretrained(tiny_hf[0], value_head=True).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.value_head.weight)
+        model.value_head.bias.fill_(3.0)
+    h = torch.randn(2, 5, model.config.n_embd, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        v = model.value(h)
+    torch.testing.assert_close(v, model.value_head(h).squeeze(-1).detach(), atol=1e-5, rtol=0)
+
+
 def test_value_head_survives_checkpoint(tmp_path):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16, value_head=True))
     torch.nn.init.normal_(model.value_head.weight)

@@ -170,6 +170,29 @@ def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
     assert last['train/loss'] == 'nan' and last['alarm/nonfinite'] == '1.0', last
 
 
+def test_best_pt_is_this_runs_and_the_stats_never_divide_by_zero(tmp_path):
+    """learning_rate=0: the zero-initialised head scores every text 0, so no eval beats the start's.
+    best.pt must still be written (the start's eval is of a model the run did not train; before, it
+    set the bar and best.pt never appeared, or an older run's stayed and got this run's stats), and
+    a reward std of 0 is stored as 1 with a note (scores / 0 in PPO). norm_data is read at start."""
+    hf = tmp_path / 'hf'
+    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
+    data = tmp_path / 'pref.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_pairs(40)))
+    base = [f'--init_from={hf}', f'--pref_data={data}', '--pref_val_data=', '--device=cpu', '--block_size=64',
+            '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=0', '--min_lr=0', '--warmup_iters=0',
+            '--max_iters=2', '--eval_interval=1', '--eval_iters=2', '--norm_samples=4', f'--out_dir={tmp_path / "out"}']
+    reward = os.path.join(ROOT, 'reward_train.py')
+    p = run_python([sys.executable, reward, *base], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    best = torch.load(tmp_path / 'out' / 'best.pt', weights_only=False)
+    assert best['iter_num'] == 1 and best['reward_std'] == 1.0 and best['reward_mean'] == 0.0
+    assert 'best.pt: reward std 0.00e+00 over the reference responses; normalisation keeps std 1' in p.stdout
+    p = run_python([sys.executable, reward, *base, '--norm_data=missing.jsonl'], cwd=tmp_path, capture_output=True,
+                   text=True, timeout=300)
+    assert p.returncode != 0 and 'missing.jsonl' in p.stderr.strip().splitlines()[-1] and 'step 1' not in p.stdout
+
+
 @pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
 def test_resume_keeps_the_health_monitor(tmp_path, script):
     """A resumed run alarms as the straight one: accuracy_at_chance fires at the 3rd val eval. With
