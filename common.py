@@ -988,6 +988,14 @@ def preference_logps(model, pairs, pad_id, device):
 # ----------------------------------------------------------------------------------------------
 # caches of computed values (e.g. DPO's reference log-probs), keyed by what they were computed from
 
+def check_source_unchanged(source, identity, what):
+    """A resumed run's `what` (its reference) must be the weights it started with: a UserError when
+    source_identity(source) differs from `identity`, recorded at the start (None: nothing recorded)."""
+    if identity is not None and source_identity(source) != identity:
+        raise UserError(f"{what} {source} changed since this run started (its files' sizes or times differ): "
+                        f"resuming would go on against other weights; restore it, or start a new run")
+
+
 def source_identity(source):
     """What identifies the weights or data behind `source` for a cache key: a file's absolute
     path, size and modification time; for a directory, those of ckpt.pt if it has one, else of

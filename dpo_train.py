@@ -52,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, configure, ddp_broadcast, ddp_device, ddp_gather,
+from common import (EpochBatches, Logger, PTDTYPE, UserError, check_source_unchanged, configure, ddp_broadcast, ddp_device, ddp_gather,
                     finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
                     lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
                     print_config, require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state,
@@ -170,6 +170,8 @@ if init_from == 'resume':
                         f"use --init_from={out_dir} and another out_dir")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base'] and not ref_from
+    if not ref_from and not ref_is_base:  # the reference is loaded again from its path: it must not have changed
+        check_source_unchanged(ref_source, checkpoint.get('ref_identity'), 'the reference')
 else:
     model = GPT.from_pretrained(init_from, dropout=dropout)
     if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
@@ -179,6 +181,7 @@ else:
         model.merge_lora()
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
     ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
+ref_identity = None if ref_is_base else source_identity(ref_source)  # checked when a resumed run reloads it
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)
 elif block_size > model.config.block_size:
@@ -372,7 +375,8 @@ def checkpoint_state(rank_states=None):
     return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
             'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
-            'ref_source': ref_source, 'ref_is_base': ref_is_base, 'monitor': monitor.state_dict()}
+            'ref_source': ref_source, 'ref_is_base': ref_is_base, 'ref_identity': ref_identity,
+            'monitor': monitor.state_dict()}
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
@@ -409,8 +413,10 @@ while True:
         repeated = resumed_monitor and iter_num == start_iter  # the checkpoint's own eval, checked before it was saved
         alarms = {} if repeated else monitor.check(metrics, iter_num, say, logger=logger)
         logger.log({**metrics, **alarms, 'lr': lr}, iter_num)
-        improved = metrics['val/loss'] < best_val_loss
-        best_val_loss = min(best_val_loss, metrics['val/loss'])
+        # the eval at the start is of a model this run did not train: best.pt is chosen among later ones
+        improved = iter_num > start_iter and metrics['val/loss'] < best_val_loss
+        if improved:
+            best_val_loss = metrics['val/loss']
         if iter_num > start_iter and master_process:
             state = checkpoint_state(rank_states)
             if improved or always_save_checkpoint:

@@ -290,6 +290,27 @@ def test_lora_dpo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(dpo_dir):
     assert not torch.equal(sd['transformer.h.0.mlp.c_fc.weight'], merged['transformer.h.0.mlp.c_fc.weight'])
 
 
+def test_resume_refuses_a_changed_reference_and_best_pt_is_this_runs(dpo_dir):
+    """A resumed run reloads its reference from init_from's path: if that checkpoint was replaced
+    meanwhile (an SFT run retrained into the same out_dir), DPO would go on against other weights
+    without a word; it is one error line. And with learning_rate=0 (val loss log 2 at every eval,
+    never below the start's) best.pt is still written: the start's eval no longer sets the bar."""
+    import shutil
+    shutil.copytree(dpo_dir / 'init', dpo_dir / 'init-moving')
+    out = dpo_dir / 'out-moving'
+    args = DPO_TINY + ['--init_from=init-moving', '--pref_data=pref.jsonl', f'--out_dir={out}', '--eval_interval=2',
+                       '--learning_rate=0', '--min_lr=0']
+    p = run_dpo(args + ['--max_iters=2'], dpo_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (out / 'best.pt').is_file() and torch.load(out / 'best.pt', weights_only=False)['iter_num'] == 2
+    ckpt = torch.load(dpo_dir / 'init-moving' / 'ckpt.pt', weights_only=False)
+    ckpt['model']['transformer.ln_f.bias'] += 1.0  # another model saved in its place
+    torch.save(ckpt, dpo_dir / 'init-moving' / 'ckpt.pt')
+    p = run_dpo([a for a in args if not a.startswith('--init_from')] + ['--init_from=resume', '--max_iters=4'], dpo_dir)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].startswith('error: the reference init-moving changed since this run started')
+
+
 @pytest.mark.parametrize('args, message', [
     (['--ref_from=ref-vocab'], 'error: reference ref-vocab has vocab_size 50304 but the policy has 50257'),
     (['--loss_type=kto'], "error: unknown DPO loss_type 'kto'; choose among sigmoid, ipo, hinge"),

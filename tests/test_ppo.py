@@ -633,6 +633,19 @@ def test_lora_ppo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(tiny, tmp
         torch.testing.assert_close(policy.eval()(ids)[0], sft.eval()(ids)[0], atol=1e-4, rtol=0)
 
 
+def test_resume_refuses_a_changed_reference(tiny, tmp_path):
+    """A resumed PPO run reloads its reference from init_from's path: replaced meanwhile, the KL would
+    silently be to other weights (the KL=0 check only runs at iteration 0); it is one error line."""
+    import shutil
+    shutil.copytree(tiny / 'hf', tmp_path / 'init')
+    args = ['--batch_size=8', '--mini_batch_size=8', '--eval_interval=1']
+    p = run_ppo(None, tmp_path, args + [f'--init_from={tmp_path / "init"}', '--max_iters=1'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    os.utime(tmp_path / 'init' / 'model.safetensors', ns=(1, 1))  # rewritten since (a new modification time)
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=2'])
+    assert p.returncode != 0 and 'changed since this run started' in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
+
+
 def test_resume_takes_a_fixed_kl_coef_from_the_command_line(tiny, tmp_path):
     """--kl_coef on resume applies when kl_coef is fixed (it was silently replaced by the
     checkpoint's); with adaptive_kl the checkpoint's, the controller's state, carries on."""
