@@ -641,8 +641,10 @@ def sft_pair(record, where):
 def tokenize_pair(prompt_ids, response_ids, eos_id, block_size, truncation):
     """ids = prompt + response + [EOS] for a model that sees block_size tokens (inputs are ids[:-1],
     targets ids[1:]). Too long: truncation='left' cuts the prompt's start (keeping at least one
-    prompt token and the whole response); 'drop', or a response that cannot fit, gives None.
-    Returns (ids, n_prompt) or None."""
+    prompt token and the whole response); 'drop', or a response that cannot fit, gives None. An
+    empty prompt is [EOS], GPT-2's <|endoftext|> as a start token, so the response's first token is
+    predicted from something (with no prompt it had no target at all). Returns (ids, n_prompt) or None."""
+    prompt_ids = list(prompt_ids) or [eos_id]
     response_ids = list(response_ids) + [eos_id]
     max_len = block_size + 1
     n_over = len(prompt_ids) + len(response_ids) - max_len
@@ -757,7 +759,9 @@ def preference_triple(record, where):
 def tokenize_preference(prompt_ids, chosen_ids, rejected_ids, eos_id, max_len, truncation):
     """Two sequences prompt + response + [EOS], each at most max_len tokens; too long: the shared
     prompt is cut from its left for both ('left') or the pair is dropped ('drop', or when a
-    response cannot fit). Returns ((chosen_ids, n_prompt), (rejected_ids, n_prompt)) or None."""
+    response cannot fit; an empty prompt is [EOS], as in tokenize_pair). Returns ((chosen_ids,
+    n_prompt), (rejected_ids, n_prompt)) or None."""
+    prompt_ids = list(prompt_ids) or [eos_id]
     longer = max(len(chosen_ids), len(rejected_ids)) + 1  # + EOS
     n_over = len(prompt_ids) + longer - max_len
     if n_over > 0:

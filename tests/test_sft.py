@@ -27,6 +27,23 @@ def test_targets_cover_exactly_response_and_eos():
     assert Y.tolist() == [[I, I, 4, 5, EOS], [8, EOS, I, I, I]]
 
 
+def test_an_empty_prompt_starts_with_eos_so_every_response_token_is_a_target():
+    """An empty prompt ({"prompt": "", ...}) is [EOS] (GPT-2's <|endoftext|> start token): SFT's
+    batch crashed on it (a -1 slice), and DPO never scored the response's first token."""
+    from common import tokenize_preference
+    from losses import sequence_logprobs
+    ids, n_prompt = tokenize_pair([], [5, 6, 7], 50256, 16, 'left')
+    assert (ids, n_prompt) == ([50256, 5, 6, 7, 50256], 1)
+    X, Y = sft_batch([(ids, n_prompt)], 0, 'cpu')
+    assert Y.tolist() == [[5, 6, 7, 50256]]
+    chosen, rejected = tokenize_preference([], [5], [6, 7], 50256, 16, 'left')
+    assert chosen == ([50256, 5, 50256], 1) and rejected == ([50256, 6, 7, 50256], 1)
+    logits = torch.randn(1, 3, 50257, generator=torch.Generator().manual_seed(0))
+    logp = torch.log_softmax(logits, -1)
+    got = sequence_logprobs(logits, torch.tensor([chosen[0]]), torch.tensor([[0, 1, 1]]))
+    torch.testing.assert_close(got, logp[0, 0, 5:6] + logp[0, 1, 50256:50257])  # ' yes' itself is scored
+
+
 def test_targets_in_real_text_with_gpt2_tokens():
     tok = GPT2Tokenizer()
     prompt, response = "\n\nHuman: Hi there\n\nAssistant:", " Hello! How can I help?"
