@@ -179,6 +179,9 @@ else:
     scorer = RewardModel(reward_model, **where) if reward_model.endswith('.pt') \
         else HFRewardModel(reward_model, template=reward_template, **where)
     score_fn = lambda prompts, responses: scorer.score(prompts, responses, normalize=normalize_reward).tolist()
+    if isinstance(scorer, RewardModel) and max_new_tokens + 2 > scorer.model.config.block_size:  # + EOS, + a prompt token
+        raise UserError(f"max_new_tokens={max_new_tokens}: a response and its EOS do not fit the reward model's "
+                        f"block_size={scorer.model.config.block_size} with a prompt token; lower max_new_tokens")
 
 
 def score(prompts, responses):

@@ -5,7 +5,7 @@ Sample from a trained model, a batch at a time, with the KV-cache `generate` of 
     python sample.py --init_from=gpt2-large --start="What is the answer to life?" --num_samples=4
     python sample.py --init_from=path/to/hf_dir --start=FILE:prompt.txt --temperature=0
     python sample.py --out_dir=out-sft-gpt2large --chat=True --start="How do I bake bread?"  # SFT model
-    python sample.py --out_dir=out-sft-gpt2large --chat=True --score=out-reward-gpt2large  # + reward
+    python sample.py --out_dir=out-sft-gpt2large --chat=True --score=out-reward-gpt2large/best.pt  # + reward
 
 init_from='resume' reads out_dir/<ckpt> (ckpt.pt, or best.pt), init_from=<checkpoint file or
 directory> that checkpoint; for either the tokenizer is the char-level one of the checkpoint's

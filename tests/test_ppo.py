@@ -307,6 +307,11 @@ def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):
                                               'reward_mean': 5.0, 'reward_std': 2.0}, rm)
     common = ['--reward_fn=', '--reward_model=rm.pt', '--critic=separate', '--batch_size=4', '--mini_batch_size=4',
               '--learning_rate=0.0', '--max_iters=1', '--eval_interval=1']
+    # a reward model whose block_size cannot hold a response (8 tokens + EOS + a prompt token): at start
+    small = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=9, value_head=True))
+    save_checkpoint(str(tmp_path / 'small.pt'), {'model': small.state_dict(), 'model_args': asdict(small.config)}, small)
+    p = run_ppo(tiny, tmp_path, common + ['--reward_model=small.pt', '--critic=shared'])
+    assert p.returncode != 0 and "do not fit the reward model's block_size=9" in p.stderr, p.stderr[-1000:]
     for normalize, scale, shift in [(True, 2.0, 5.0), (False, 1.0, 0.0)]:
         p = run_ppo(tiny, tmp_path, common + [f'--normalize_reward={normalize}'])
         assert p.returncode == 0, p.stderr[-2000:]
