@@ -266,6 +266,9 @@ if precompute_ref_logps:
             cache = torch.load(path, map_location='cpu', weights_only=True) if master_process else None
             cache = ddp_broadcast(cache) if ddp else cache
             check_reference_vocab(cache['vocab_size'])
+            if tuple(cache['logps'].shape) != (len(source_pairs[name]), 2):  # the key hashes the pairs: a foreign file
+                raise UserError(f"{path} holds {tuple(cache['logps'].shape)} reference log-probs for "
+                                f"{len(source_pairs[name])} pairs: not this data's cache; delete it")
             print0(f"reference log-probs of {len(source_pairs[name])} pairs loaded from {path}")
         else:
             if not loaded:

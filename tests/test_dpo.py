@@ -228,6 +228,21 @@ def test_cached_reference_logps_equal_online_ones(dpo_dir, learned):
             assert b[step][k] == pytest.approx(a[step][k], abs=1e-5), (step, k)
 
 
+def test_a_cache_file_of_other_pairs_is_refused(dpo_dir, tmp_path):
+    """A cache whose rows do not match the pairs (a file copied over, an older format) is one error
+    line, not reference log-probs silently misaligned with the pairs."""
+    import shutil
+    shutil.copy(dpo_dir / 'pref.jsonl', tmp_path / 'pref.jsonl')
+    args = DPO_TINY + [f'--init_from={dpo_dir / "init"}', '--pref_data=pref.jsonl', '--precompute_ref_logps=True',
+                       '--max_iters=1']
+    assert run_dpo(args + [f'--out_dir={tmp_path / "a"}'], tmp_path).returncode == 0
+    [path] = (tmp_path / '.cache').glob('pref.jsonl.ref_logps.*.pt')
+    cache = torch.load(path, weights_only=True)
+    torch.save({**cache, 'logps': cache['logps'][:50]}, path)
+    p = run_dpo(args + [f'--out_dir={tmp_path / "b"}'], tmp_path)
+    assert p.returncode != 0 and "holds (50, 2) reference log-probs for 100 pairs: not this data's cache" in p.stderr
+
+
 def test_resume_continues_the_identical_curve_and_reuses_the_cache(dpo_dir, learned):
     out = dpo_dir / 'out-resumed'
     args = DPO_TINY + ['--pref_data=pref.jsonl', f'--out_dir={out}', '--precompute_ref_logps=True']
