@@ -170,18 +170,25 @@ def test_reward_train_nan_loss_stops_with_the_health_report(tmp_path):
     assert last['train/loss'] == 'nan' and last['alarm/nonfinite'] == '1.0', last
 
 
+def frozen_run_args(tmp_path):
+    """A tiny GPT-2 and 40 synthetic pairs in tmp_path, and the flags of a run with learning_rate=0
+    (nothing moves: a zero value head ties every pair; DPO's policy stays its reference)."""
+    hf = tmp_path / 'hf'
+    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
+    data = tmp_path / 'pref.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_pairs(40)))
+    return [f'--init_from={hf}', f'--pref_data={data}', '--pref_val_data=', '--device=cpu', '--block_size=64',
+            '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=0', '--min_lr=0', '--warmup_iters=0',
+            '--eval_iters=2']
+
+
 def test_best_pt_is_this_runs_and_the_stats_never_divide_by_zero(tmp_path):
     """learning_rate=0: the zero-initialised head scores every text 0, so no eval beats the start's.
     best.pt must still be written (the start's eval is of a model the run did not train; before, it
     set the bar and best.pt never appeared, or an older run's stayed and got this run's stats), and
     a reward std of 0 is stored as 1 with a note (scores / 0 in PPO). norm_data is read at start."""
-    hf = tmp_path / 'hf'
-    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
-    data = tmp_path / 'pref.jsonl'
-    data.write_text('\n'.join(json.dumps(r) for r in synthetic_pairs(40)))
-    base = [f'--init_from={hf}', f'--pref_data={data}', '--pref_val_data=', '--device=cpu', '--block_size=64',
-            '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=0', '--min_lr=0', '--warmup_iters=0',
-            '--max_iters=2', '--eval_interval=1', '--eval_iters=2', '--norm_samples=4', f'--out_dir={tmp_path / "out"}']
+    base = frozen_run_args(tmp_path) + ['--max_iters=2', '--eval_interval=1', '--norm_samples=4',
+                                        f'--out_dir={tmp_path / "out"}']
     reward = os.path.join(ROOT, 'reward_train.py')
     p = run_python([sys.executable, reward, *base], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -200,13 +207,7 @@ def test_resume_keeps_the_health_monitor(tmp_path, script):
     implicit reward 0), val accuracy is at chance at every eval (steps 0, 2, 4): the straight run's
     alarm is at step 4. The monitor's history was not in the checkpoint (reward_train.py, dpo_train.py;
     ppo_train.py has it), so a run stopped at step 2 and resumed to 4 had seen 2 evals and never alarmed."""
-    hf = tmp_path / 'hf'
-    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
-    data = tmp_path / 'pref.jsonl'
-    data.write_text('\n'.join(json.dumps(r) for r in synthetic_pairs(40)))
-    base = [f'--init_from={hf}', f'--pref_data={data}', '--pref_val_data=', '--device=cpu', '--block_size=64',
-            '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=0', '--min_lr=0', '--warmup_iters=0',
-            '--eval_interval=2', '--eval_iters=2'] + (['--norm_samples=4'] if script == 'reward_train.py' else [])
+    base = frozen_run_args(tmp_path) + ['--eval_interval=2'] + (['--norm_samples=4'] if script == 'reward_train.py' else [])
     column = 'val/accuracy' if script == 'reward_train.py' else 'val/rewards/accuracies'
 
     def run(out, *args):
