@@ -992,12 +992,37 @@ def preference_logps(model, pairs, pad_id, device):
 # ----------------------------------------------------------------------------------------------
 # caches of computed values (e.g. DPO's reference log-probs), keyed by what they were computed from
 
-def check_source_unchanged(source, identity, what):
+def weights_fingerprint(source):
+    """What a resumed run checks its reference against: a file's size and the sha256 of its first
+    and last MiB (a copy or a move keeps them; other weights of the same shape change them); for a
+    directory, that of its ckpt.pt, else of every file in it by name; a gpt2* or hub name is itself."""
+    def file_fingerprint(path):
+        size, h = os.path.getsize(path), hashlib.sha256()
+        with open(path, 'rb') as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(1 << 20, size - (1 << 20)))
+            h.update(f.read())
+        return size, h.hexdigest()
+    if os.path.isfile(source):
+        return file_fingerprint(source)
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, 'ckpt.pt')):
+            return file_fingerprint(os.path.join(source, 'ckpt.pt'))
+        return tuple((f, file_fingerprint(os.path.join(source, f))) for f in sorted(os.listdir(source))
+                     if os.path.isfile(os.path.join(source, f)))
+    return source
+
+
+def check_source_unchanged(source, fingerprint, what):
     """A resumed run's `what` (its reference) must be the weights it started with: a UserError when
-    source_identity(source) differs from `identity`, recorded at the start (None: nothing recorded)."""
-    if identity is not None and source_identity(source) != identity:
-        raise UserError(f"{what} {source} changed since this run started (its files' sizes or times differ): "
-                        f"resuming would go on against other weights; restore it, or start a new run")
+    weights_fingerprint(source) differs from `fingerprint`, recorded at the start (None: not recorded)."""
+    if fingerprint is None:
+        return
+    if fingerprint != source and not os.path.exists(source):  # (a gpt2* name is its own fingerprint)
+        raise UserError(f"{what} {source} not found (from {os.getcwd()}): resume where the run started")
+    if weights_fingerprint(source) != fingerprint:
+        raise UserError(f"{what} {source} changed since this run started (other contents): resuming would go on "
+                        f"against other weights; restore it, or start a new run")
 
 
 def source_identity(source):
@@ -1464,6 +1489,8 @@ def plan_for_script(script, config, config_dir='config'):
         shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
     if c.get('lora_rank'):
         shape.update(lora_rank=c['lora_rank'], lora_targets=c['lora_targets'], lora_dropout=c.get('lora_dropout', 0.0))
+    elif script in ('dpo_train.py', 'ppo_train.py') and c['init_from'] != 'resume':
+        shape['lora_rank'] = 0  # a LoRA init_from's adapters are merged there: every weight trains
     dtype = 'bfloat16' if c['dtype'] == 'auto' else c['dtype']  # 'auto' is bf16 on any recent GPU
     T = shape['block_size']  # the sequence the run trains at (a model cannot take more than its own)
     common_args = dict(dtype=dtype, optimizer=c['optimizer'], gradient_checkpointing=c['gradient_checkpointing'],

@@ -56,7 +56,8 @@ from common import (EpochBatches, Logger, PTDTYPE, UserError, check_source_uncha
                     finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
                     lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
                     print_config, require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state,
-                    setup_ddp, setup_device, source_identity, split_accumulation, step_metrics)
+                    setup_ddp, setup_device, source_identity, split_accumulation, step_metrics,
+                    weights_fingerprint)
 from losses import dpo_loss
 from model import GPT
 
@@ -171,7 +172,7 @@ if init_from == 'resume':
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base'] and not ref_from
     if not ref_from and not ref_is_base:  # the reference is loaded again from its path: it must not have changed
-        check_source_unchanged(ref_source, checkpoint.get('ref_identity'), 'the reference')
+        check_source_unchanged(ref_source, checkpoint.get('ref_fingerprint'), 'the reference')
 else:
     model = GPT.from_pretrained(init_from, dropout=dropout)
     if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
@@ -181,7 +182,7 @@ else:
         model.merge_lora()
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
     ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
-ref_identity = None if ref_is_base else source_identity(ref_source)  # checked when a resumed run reloads it
+ref_fingerprint = None if ref_is_base else weights_fingerprint(ref_source)  # checked when a resumed run reloads it
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)
 elif block_size > model.config.block_size:
@@ -378,7 +379,7 @@ def checkpoint_state(rank_states=None):
     return {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
             'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
-            'ref_source': ref_source, 'ref_is_base': ref_is_base, 'ref_identity': ref_identity,
+            'ref_source': ref_source, 'ref_is_base': ref_is_base, 'ref_fingerprint': ref_fingerprint,
             'monitor': monitor.state_dict()}
 
 

@@ -36,7 +36,7 @@ from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left, plan_memory,
                     preference_triple, print_config, read_records, render_chat, require_positive, resolve_device,
                     response_forward, response_values, save_checkpoint, set_rng_state, setup_device, single_process,
-                    source_identity, step_metrics)
+                    step_metrics, weights_fingerprint)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -230,9 +230,9 @@ if init_from == 'resume':
         raise UserError(f"{out_dir}/ckpt.pt is not a ppo_train.py checkpoint; to start PPO from it, "
                         f"use --init_from={out_dir} and another out_dir")
     iter_num, ref_source = checkpoint['iter_num'], checkpoint['ref_source']
-    ref_identity = checkpoint.get('ref_identity')
+    ref_fingerprint = checkpoint.get('ref_fingerprint')
     if not lora_rank:  # the reference is loaded again from init_from's path: it must not have changed
-        check_source_unchanged(ref_source, ref_identity, 'the reference (init_from)')
+        check_source_unchanged(ref_source, ref_fingerprint, 'the reference (init_from)')
     if adaptive_kl:  # the controller's state; a fixed kl_coef is the config's (--kl_coef on resume changes it)
         kl_coef = checkpoint['kl_coef']
     elif kl_coef != checkpoint['kl_coef']:
@@ -245,7 +245,7 @@ else:
         print(f"{init_from} has LoRA adapters; lora_rank=0: merged into its weights, every weight trains")
         policy.merge_lora()
     ref_source = init_from  # the reference is the initial policy, also after a resume
-    ref_identity = None if lora_rank else source_identity(ref_source)  # checked when a resumed run reloads it
+    ref_fingerprint = None if lora_rank else weights_fingerprint(ref_source)  # checked when a resumed run reloads it
 if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")
 if block_size < policy.config.block_size:
@@ -319,7 +319,7 @@ def checkpoint_state():
     state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
              'model_args': asdict(policy.config), 'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config,
              'rng': get_rng_state(), 'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source,
-             'ref_identity': ref_identity,
+             'ref_fingerprint': ref_fingerprint,
              'monitor': monitor.state_dict()}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()

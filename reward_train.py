@@ -184,6 +184,8 @@ if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)
     iter_num = checkpoint['iter_num']
     best_val = tuple(checkpoint['best_val']) if checkpoint.get('best_val') else None
+    if best_val is None and (checkpoint.get('best_val_acc') or -1) >= 0:  # an older checkpoint: accuracy only
+        best_val = (checkpoint['best_val_acc'], float('-inf'))
 else:
     model = GPT.from_pretrained(init_from, value_head=True, dropout=dropout, **lora)
 if not model.config.value_head:
@@ -355,7 +357,9 @@ if master_process:
     if norm_data:
         norm_pairs = norm_records
     else:
-        norm_pairs = [(tokenizer.decode(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
+        # texts again (score_texts encodes them as PPO will); an empty prompt, tokenized as [EOS], is ''
+        prompt_text = lambda ids: '' if ids == [tokenizer.eot_token] else tokenizer.decode(ids)
+        norm_pairs = [(prompt_text(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
     norm_pairs = [norm_pairs[i] for i in torch.randperm(len(norm_pairs), generator=torch.Generator().manual_seed(seed))
                   .tolist()[:norm_samples]]
     for name in ('ckpt.pt', 'best.pt'):

@@ -214,6 +214,22 @@ def test_plan_of_a_resumed_train_run_uses_the_checkpoint_block_size(tmp_path):
         assert plan['total'] == memory_plan(plan['inputs']['cfg'], defaults['batch_size'], 64, dtype='bfloat16')['total']
 
 
+def test_plan_of_lora_rank_0_from_a_lora_checkpoint_trains_every_weight(tmp_path):
+    """dpo_train.py and ppo_train.py merge a LoRA init_from's adapters when lora_rank=0 and train
+    every weight (DPO/PPO also keep a full reference copy): the plan counts that, not the checkpoint's
+    adapters only (it predicted a fit, then the run ran out of memory)."""
+    from dataclasses import asdict
+    lora_cfg = GPTConfig(**TINY, lora_rank=4)
+    torch.save({'model_args': asdict(lora_cfg)}, tmp_path / 'ckpt.pt')
+    full = memory_plan(GPTConfig(**TINY), 1, 64, dtype='bfloat16')
+    for script, extra in [('dpo_train.py', {'precompute_ref_logps': False}), ('ppo_train.py', {'reward_fn': 'r:f'})]:
+        config = {**script_defaults(os.path.join(ROOT, script)), 'init_from': str(tmp_path), 'block_size': 64, **extra}
+        plan = plan_for_script(script, config)
+        assert plan['inputs']['cfg'].get('lora_rank', 0) == 0, script
+        assert plan['gradients'] >= full['gradients'] and plan['optimizer'] >= full['optimizer'], script  # (+ PPO's value head)
+        assert any(f[0] == 'reference' for f in plan['inputs']['frozen']), script
+
+
 def test_reward_plan_counts_lm_logits_of_the_chosen_rows_only(tmp_path):
     """reward_train.py's LM term (chosen_lm_coef > 0) runs lm_head on the chosen half of the 2B rows,
     while the value head scores all of them: the plan's logit rows are B x T and its activation bytes

@@ -646,8 +646,15 @@ def test_resume_refuses_a_changed_reference(tiny, tmp_path):
     args = ['--batch_size=8', '--mini_batch_size=8', '--eval_interval=1']
     p = run_ppo(None, tmp_path, args + [f'--init_from={tmp_path / "init"}', '--max_iters=1'])
     assert p.returncode == 0, p.stderr[-2000:]
-    os.utime(tmp_path / 'init' / 'model.safetensors', ns=(1, 1))  # rewritten since (a new modification time)
+    shutil.move(tmp_path / 'init', tmp_path / 'moved')
     p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=2'])
+    assert p.returncode != 0 and 'not found' in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
+    shutil.copytree(tmp_path / 'moved', tmp_path / 'init')  # a copy (new times) of the same weights: resumes
+    assert run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=2']).returncode == 0
+    from safetensors.torch import load_file, save_file
+    sd = load_file(tmp_path / 'init' / 'model.safetensors')
+    save_file({k: v + 0.01 if 'wte' in k else v for k, v in sd.items()}, tmp_path / 'init' / 'model.safetensors')
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=3'])  # other weights, same shapes
     assert p.returncode != 0 and 'changed since this run started' in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
 
 
