@@ -231,6 +231,9 @@ if init_from == 'resume':
                         f"use --init_from={out_dir} and another out_dir")
     iter_num, ref_source = checkpoint['iter_num'], checkpoint['ref_source']
     ref_fingerprint = checkpoint.get('ref_fingerprint')
+    if lora_rank != policy.config.lora_rank:  # the run's adapters (or none) decide what the reference is
+        print(f"lora_rank {policy.config.lora_rank} from the checkpoint (config says {lora_rank})")
+        lora_rank = policy.config.lora_rank
     if not lora_rank:  # the reference is loaded again from init_from's path: it must not have changed
         check_source_unchanged(ref_source, ref_fingerprint, 'the reference (init_from)')
     if adaptive_kl:  # the controller's state; a fixed kl_coef is the config's (--kl_coef on resume changes it)

@@ -658,9 +658,10 @@ def test_resume_refuses_a_changed_reference(tiny, tmp_path):
     assert p.returncode != 0 and 'changed since this run started' in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
 
 
-def test_resume_takes_a_fixed_kl_coef_from_the_command_line(tiny, tmp_path):
+def test_resume_takes_a_fixed_kl_coef_from_the_command_line_and_lora_rank_from_the_checkpoint(tiny, tmp_path):
     """--kl_coef on resume applies when kl_coef is fixed (it was silently replaced by the
-    checkpoint's); with adaptive_kl the checkpoint's, the controller's state, carries on."""
+    checkpoint's); with adaptive_kl the checkpoint's, the controller's state, carries on. lora_rank
+    is the checkpoint's (a --lora_rank on resume made the reference the adapters-off policy)."""
     args = ['--batch_size=8', '--mini_batch_size=8', '--eval_interval=1']
     assert run_ppo(tiny, tmp_path, args + ['--max_iters=1']).returncode == 0
     p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=2', '--kl_coef=0.3'])
@@ -668,6 +669,13 @@ def test_resume_takes_a_fixed_kl_coef_from_the_command_line(tiny, tmp_path):
     assert 'kl_coef 0.3 from the config (the checkpoint\'s run used 0.01)' in p.stdout
     rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
     assert [float(r['objective/kl_coef']) for r in rows] == [0.01, 0.3]
+    # --lora_rank on resuming a full finetune: the checkpoint's (none) decides; as LoRA, the reference
+    # would be the adapters-off policy, i.e. the trained policy itself, and the KL 0 forever
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=3', '--kl_coef=0.3', '--lora_rank=4'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 'lora_rank 0 from the checkpoint (config says 4)' in p.stdout
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+    assert float(rows[2]['objective/kl']) != 0.0
 
 
 def test_lora_rank_0_from_a_lora_checkpoint_trains_every_weight(tiny, tmp_path):
