@@ -1080,6 +1080,19 @@ def response_values(model, ids, attention_mask, n_prompt):
     return model.value(model.trunk(ids, attention_mask)[:, n_prompt - 1:-1])
 
 
+def policy_adapters(model, lora, source, log=print):
+    """DPO's and PPO's policy from `source`'s model, whose reference is `source` itself: with `lora`
+    (lora_overrides, lora_rank > 0) fresh adapters on top of its own merged ones, so the adapters-off
+    model is `source`; without, any adapters `source` has (a LoRA SFT) merged in, so every weight
+    trains (kept as they were, only they would train, under a frozen base). Returns the model."""
+    if lora:
+        return model.with_new_adapters(**lora)
+    if model.config.lora_rank:
+        log(f"{source} has LoRA adapters; lora_rank=0: merged into its weights, every weight trains")
+        model.merge_lora()
+    return model
+
+
 def lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets):
     """The LoRA keys of a script's config as GPT.from_pretrained/GPTConfig overrides ({} when
     lora_rank is 0), with lora_targets checked so a typo is a one-line UserError."""

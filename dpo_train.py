@@ -52,12 +52,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, check_source_unchanged, configure, ddp_broadcast, ddp_device, ddp_gather,
-                    finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
-                    lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, preference_logps, print0,
-                    print_config, require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state,
-                    setup_ddp, setup_device, source_identity, split_accumulation, step_metrics,
-                    weights_fingerprint)
+from common import (EpochBatches, Logger, PTDTYPE, UserError, check_source_unchanged, configure, ddp_broadcast,
+                    ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
+                    load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory,
+                    policy_adapters, preference_logps, print0, print_config, require_positive, save_atomic,
+                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, source_identity,
+                    split_accumulation, step_metrics, weights_fingerprint)
 from losses import dpo_loss
 from model import GPT
 
@@ -174,12 +174,7 @@ if init_from == 'resume':
     if not ref_from and not ref_is_base:  # the reference is loaded again from its path: it must not have changed
         check_source_unchanged(ref_source, checkpoint.get('ref_fingerprint'), 'the reference')
 else:
-    model = GPT.from_pretrained(init_from, dropout=dropout)
-    if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
-        model = model.with_new_adapters(**lora)
-    elif model.config.lora_rank:  # lora_rank=0 from a LoRA checkpoint: full finetuning of its merged weights
-        print0(f"{init_from} has LoRA adapters; lora_rank=0: merged into its weights, every weight trains")
-        model.merge_lora()
+    model = policy_adapters(GPT.from_pretrained(init_from, dropout=dropout), lora, init_from, print0)
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
     ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
 ref_fingerprint = None if ref_is_base else weights_fingerprint(ref_source)  # checked when a resumed run reloads it

@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, check_source_unchanged, configure,
-                    get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left, plan_memory,
-                    preference_triple, print_config, read_records, render_chat, require_positive, resolve_device,
-                    response_forward, response_values, save_checkpoint, set_rng_state, setup_device, single_process,
-                    step_metrics, weights_fingerprint)
+                    get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left,
+                    plan_memory, policy_adapters, preference_triple, print_config, read_records, render_chat,
+                    require_positive, resolve_device, response_forward, response_values, save_checkpoint,
+                    set_rng_state, setup_device, single_process, step_metrics, weights_fingerprint)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -241,12 +241,7 @@ if init_from == 'resume':
     elif kl_coef != checkpoint['kl_coef']:
         print(f"kl_coef {kl_coef} from the config (the checkpoint's run used {checkpoint['kl_coef']})")
 else:
-    policy = GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic)
-    if lora_rank:  # the adapters-off reference must BE init_from: its own adapters (a LoRA SFT) are merged first
-        policy = policy.with_new_adapters(**lora)
-    elif policy.config.lora_rank:  # lora_rank=0 from a LoRA checkpoint: full finetuning of its merged weights
-        print(f"{init_from} has LoRA adapters; lora_rank=0: merged into its weights, every weight trains")
-        policy.merge_lora()
+    policy = policy_adapters(GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic), lora, init_from)
     ref_source = init_from  # the reference is the initial policy, also after a resume
     ref_fingerprint = None if lora_rank else weights_fingerprint(ref_source)  # checked when a resumed run reloads it
 if policy.config.vocab_size < tokenizer.n_vocab:

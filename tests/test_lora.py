@@ -256,3 +256,33 @@ def test_with_new_adapters_keeps_the_trained_model_as_the_adapters_off_reference
             torch.testing.assert_close(new(idx)[0], want, atol=1e-5, rtol=0)
     assert new.config.lora_rank == 2 and new.transformer.h[0].mlp.c_fc.lora_A.shape == (2, TINY['n_embd'])
     assert all(p.requires_grad == is_adapter(n) for n, p in new.named_parameters())
+
+
+def test_policy_adapters_for_dpo_and_ppo(tiny_hf):
+    """common.policy_adapters, DPO's and PPO's policy from a LoRA SFT model: with lora_rank > 0 fresh
+    adapters whose adapters-off model is the SFT model itself; with lora_rank 0 its adapters merged
+    and every weight trainable (before, its adapters came along under a frozen base)."""
+    from common import lora_overrides, policy_adapters
+    idx = random_batch()[0]
+
+    def sft_model():
+        torch.manual_seed(1)  # the same lora_A init and trained lora_B at every call
+        m = GPT.from_pretrained(tiny_hf[0], lora_rank=4, lora_alpha=8.0)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if n.endswith('lora_B'):
+                    p.normal_(0, 0.3)  # trained adapters: the SFT model differs from its base
+        return m.eval()
+
+    expected = sft_model()(idx)[0]
+    notes = []
+    full = policy_adapters(sft_model(), {}, 'sft', notes.append).eval()
+    assert full.config.lora_rank == 0 and all(p.requires_grad for p in full.parameters())
+    assert notes == ['sft has LoRA adapters; lora_rank=0: merged into its weights, every weight trains']
+    torch.testing.assert_close(full(idx)[0], expected, atol=1e-5, rtol=0)
+    lora = policy_adapters(sft_model(), lora_overrides(2, 4.0, 0.0, 'attn'), 'sft', notes.append).eval()
+    assert lora.config.lora_rank == 2 and len(notes) == 1
+    with torch.no_grad(), lora.disable_adapters():
+        torch.testing.assert_close(lora(idx)[0], expected, atol=1e-5, rtol=0)
+    plain = GPT.from_pretrained(tiny_hf[0])
+    assert policy_adapters(plain, {}, 'gpt2', notes.append) is plain and len(notes) == 1

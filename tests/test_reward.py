@@ -200,6 +200,43 @@ def test_best_pt_is_this_runs_and_the_stats_never_divide_by_zero(tmp_path):
     assert p.returncode != 0 and 'missing.jsonl' in p.stderr.strip().splitlines()[-1] and 'step 1' not in p.stdout
 
 
+def test_resume_from_an_older_checkpoint_keeps_its_best_accuracy_as_the_bar(tmp_path):
+    """A checkpoint written before best_val (accuracy, -loss) was kept has only best_val_acc: a
+    resumed run must not overwrite best.pt with a worse model (it took None as 'no best yet')."""
+    base = frozen_run_args(tmp_path) + ['--eval_interval=1', '--norm_samples=4', f'--out_dir={tmp_path / "out"}']
+    reward = os.path.join(ROOT, 'reward_train.py')
+    assert run_python([sys.executable, reward, *base, '--max_iters=1'], cwd=tmp_path, timeout=300).returncode == 0
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)
+    del ckpt['best_val']
+    ckpt['best_val_acc'] = 0.9  # the frozen model's val accuracy is 0.5 at every eval
+    torch.save(ckpt, tmp_path / 'out' / 'ckpt.pt')
+    p = run_python([sys.executable, reward, *base, '--max_iters=3', '--init_from=resume'], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert torch.load(tmp_path / 'out' / 'best.pt', weights_only=False)['iter_num'] == 1  # not overwritten
+
+
+def test_normalisation_scores_an_empty_prompt_as_ppo_does(tmp_path):
+    """Pairs with an empty prompt (tokenized as [EOS]) are scored for the normalisation stats with the
+    prompt '' (before: the text '<|endoftext|>', 7 ordinary tokens the model never saw), so the stored
+    mean is the mean of RewardModel's scores of those responses, as PPO will compute them."""
+    hf = tmp_path / 'hf'
+    make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
+    pairs = [{'prompt': '', 'chosen': r['chosen'], 'rejected': r['rejected']} for r in synthetic_pairs(24)]
+    for name, part in (('train', pairs[:16]), ('val', pairs[16:])):
+        (tmp_path / f'{name}.jsonl').write_text('\n'.join(json.dumps(r) for r in part))
+    args = [f'--init_from={hf}', '--pref_data=train.jsonl', '--pref_val_data=val.jsonl', '--device=cpu',
+            '--block_size=64', '--batch_size=4', '--gradient_accumulation_steps=1', '--learning_rate=3e-3',
+            '--max_iters=4', '--eval_interval=4', '--eval_iters=2', '--norm_samples=16', '--out_dir=out']
+    p = run_python([sys.executable, os.path.join(ROOT, 'reward_train.py'), *args], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rm = RewardModel(str(tmp_path / 'out' / 'ckpt.pt'))
+    scores = rm.score([''] * 16, [r['chosen'] for r in pairs[:16]])
+    assert scores.std() > 1e-4  # the head has moved: the texts score differently
+    assert rm.mean == pytest.approx(scores.mean().item(), abs=1e-5)
+
+
 @pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
 def test_resume_keeps_the_health_monitor(tmp_path, script):
     """A resumed run alarms as the straight one: accuracy_at_chance fires at the 3rd val eval. With
