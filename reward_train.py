@@ -157,7 +157,8 @@ def pair_batches(split, seed, rank=0, world_size=1):
 
 class PairLoss(nn.Module):
     """The reward model's whole computation on a micro-batch of pairs, chosen rows then rejected:
-    (loss (), per-pair Bradley-Terry losses (B,), rewards (2B,)). It is one module so that DDP can
+    (loss (), per-pair Bradley-Terry losses (B,), rewards (2B,), the chosen responses' LM loss ()
+    or None when chosen_lm_coef is 0). It is one module so that DDP can
     wrap it: DDP synchronises gradients only for what runs inside its wrapped forward(), and the
     reward needs the trunk, the value head and (optionally) the LM head, not GPT.forward's logits
     of every row."""
@@ -171,11 +172,11 @@ class PairLoss(nn.Module):
         h = self.gpt.trunk(ids)  # right padding: no attention mask needed (causal)
         rewards = gather_last(self.gpt.value(h), attention_mask)  # (2B,) at each row's EOS
         losses = bradley_terry_loss(rewards[:B], rewards[B:], margins)  # (B,)
-        loss = losses.mean()
+        loss, lm = losses.mean(), None
         if self.chosen_lm_coef > 0:  # mean NLL per chosen response token
-            logits = self.gpt.lm_head(h[:B])
-            loss = loss + self.chosen_lm_coef * lm_loss(logits, ids[:B], response_mask[:B])
-        return loss, losses, rewards
+            lm = lm_loss(self.gpt.lm_head(h[:B]), ids[:B], response_mask[:B])
+            loss = loss + self.chosen_lm_coef * lm
+        return loss, losses, rewards, lm
 
 
 lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
@@ -220,16 +221,19 @@ if ddp:
 
 
 def forward(ids, attention_mask, response_mask, margins):
-    """Per-pair losses and rewards of one micro-batch: (loss (), metrics dict of (B,) tensors)."""
+    """One micro-batch: (the loss to minimise (), metrics dict: the per-pair Bradley-Terry 'loss',
+    'accuracy', 'margin' (B,), 'reward' (2B,), and with chosen_lm_coef > 0 'lm_loss' (1,))."""
     B = ids.size(0) // 2
     with ctx:
-        loss, losses, rewards = model(ids, attention_mask, response_mask, margins)
+        loss, losses, rewards, lm = model(ids, attention_mask, response_mask, margins)
     chosen_rewards, rejected_rewards = rewards[:B], rewards[B:]
     # accuracy: chosen scored higher; a tie counts half (a fresh zero head ties everything: 0.5, chance)
     accuracy = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
-    return loss, {'loss': losses.detach(), 'accuracy': accuracy.detach(),
-                  'margin': (chosen_rewards - rejected_rewards).detach(),
-                  'reward': rewards.detach()}
+    m = {'loss': losses.detach(), 'accuracy': accuracy.detach(), 'margin': (chosen_rewards - rejected_rewards).detach(),
+         'reward': rewards.detach()}
+    if lm is not None:
+        m['lm_loss'] = lm.detach().float().reshape(1)
+    return loss, m
 
 
 @torch.no_grad()
@@ -244,9 +248,12 @@ def evaluate():
             parts.setdefault(k, []).append(v)
     model.train()
     m = {k: torch.cat(v) for k, v in parts.items()}
-    return {'val/loss': m['loss'].mean().item(), 'val/accuracy': m['accuracy'].mean().item(),
-            'val/margin': m['margin'].mean().item(), 'val/reward_mean': m['reward'].mean().item(),
-            'val/reward_std': m['reward'].std().item()}
+    out = {'val/loss': m['loss'].mean().item(), 'val/accuracy': m['accuracy'].mean().item(),
+           'val/margin': m['margin'].mean().item(), 'val/reward_mean': m['reward'].mean().item(),
+           'val/reward_std': m['reward'].std().item()}
+    if 'lm_loss' in m:  # mean over the micro-batches, as train/lm_loss
+        out['val/lm_loss'] = m['lm_loss'].mean().item()
+    return out
 
 
 def rank_state():
@@ -317,15 +324,18 @@ while True:
         n_tokens += batch[0].numel() * ddp_world_size  # 2 right-padded rows a pair, on every rank
         loss, m = forward(*batch)
         scaler.scale(loss / gradient_accumulation_steps).backward()
-        sums['loss'] = sums.get('loss', 0.0) + loss.detach() / gradient_accumulation_steps
-        for k in ('accuracy', 'margin'):
-            sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
+        sums['objective'] = sums.get('objective', 0.0) + loss.detach().float() / gradient_accumulation_steps
+        for k in ('loss', 'accuracy', 'margin', 'lm_loss'):  # loss: Bradley-Terry alone, as val/loss
+            if k in m:
+                sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
     if ddp:  # means over every rank's micro-batches: the figures logged, checked and stopped on
-        sums = dict(zip(sums, ddp_mean(torch.stack(list(sums.values())))))  # one all-reduce for all three
-    lossf = sums['loss'].item()
+        sums = dict(zip(sums, ddp_mean(torch.stack(list(sums.values())))))  # one all-reduce for all
+    lossf = sums.pop('objective').item()  # Bradley-Terry + chosen_lm_coef * LM: what the step minimises
+    metrics = {f'train/{k}': v.item() for k, v in sums.items()}
     if not math.isfinite(lossf):  # every rank sees the same lossf, so all stop here together
         with contextlib.suppress(TrainingHealthError):  # the health report, the non-finite loss in it
-            monitor.check({'train/loss': lossf}, iter_num, say, logger=logger)
+            monitor.check({k: metrics[k] for k in ('train/loss', 'train/lm_loss') if k in metrics}, iter_num, say,
+                          logger=logger)  # the objective is their weighted sum: one of them is non-finite
         raise nonfinite_loss_error(lossf, iter_num, out_dir)
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -337,9 +347,9 @@ while True:
     t1 = time.time()
     dt, t0 = t1 - t0, t1
     if iter_num % log_interval == 0:
-        say(f"iter {iter_num}: loss {lossf:.4f}, accuracy {sums['accuracy'].item():.3f}, "
-            f"margin {sums['margin'].item():.3f}")
-        metrics = {'train/loss': lossf, 'train/accuracy': sums['accuracy'].item(), 'train/margin': sums['margin'].item()}
+        say(f"iter {iter_num}: loss {metrics['train/loss']:.4f}, accuracy {metrics['train/accuracy']:.3f}, "
+            f"margin {metrics['train/margin']:.3f}"
+            + (f", lm_loss {metrics['train/lm_loss']:.4f}" if 'train/lm_loss' in metrics else ""))
         logger.log({**metrics, **monitor.check(metrics, iter_num, say, logger=logger), 'lr': lr,
                     **step_metrics(dt, n_tokens, device_type)}, iter_num)
     iter_num += 1

@@ -104,6 +104,12 @@ def test_reward_train_separable_task_and_normalisation(tmp_path):
     assert '3 pairs with chosen == rejected skipped' in p.stdout
     rows = [r for r in csv.DictReader(open(out / 'log.csv')) if r['val/accuracy']]
     assert float(rows[0]['val/accuracy']) == 0.5  # zero-initialised head: every pair a tie
+    # train/loss is the Bradley-Terry loss alone, as val/loss (a zero head: log 2 on every pair at
+    # step 0), and the chosen responses' LM loss is logged on its own, in train and val
+    first = next(r for r in csv.DictReader(open(out / 'log.csv')) if r['train/loss'])
+    assert abs(float(first['train/loss']) - math.log(2)) < 1e-5, first
+    assert abs(float(rows[0]['val/loss']) - math.log(2)) < 1e-5
+    assert float(first['train/lm_loss']) > 5 and float(rows[0]['val/lm_loss']) > 5  # random weights: ~log(50257)
     assert float(rows[-1]['val/accuracy']) > 0.95
     # normalisation stats are stored, and they are the mean/std over the chosen responses
     rm = RewardModel(str(out / 'best.pt'))
