@@ -370,6 +370,13 @@ def load_checkpoint(path, device='cpu'):
     return torch.load(path, map_location=device, weights_only=False)
 
 
+def checkpoint_model_args(path):
+    """A checkpoint's model_args without reading its tensors (mmap): the shape a resume must keep."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} not found")
+    return dict(torch.load(path, map_location='cpu', mmap=True, weights_only=False)['model_args'])
+
+
 def unwrap(model):
     """The plain GPT under DDP and/or torch.compile wrappers."""
     model = getattr(model, 'module', model)
@@ -1436,8 +1443,7 @@ def model_shape(source, config_dir='config', _seen=()):
         return {**GPT2_SHAPES[source], **vocab}
     ckpt = os.path.join(source, 'ckpt.pt') if os.path.isdir(source) else source
     if os.path.isfile(ckpt):
-        model_args = torch.load(ckpt, map_location='cpu', mmap=True, weights_only=False)['model_args']
-        return dict(model_args)
+        return checkpoint_model_args(ckpt)
     if os.path.isfile(os.path.join(source, 'config.json')):
         with open(os.path.join(source, 'config.json')) as f:
             c = json.load(f)

@@ -37,9 +37,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, configure, ddp_device, ddp_gather, ddp_mean,
-                    finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides, make_optimizer,
-                    nonfinite_loss_error, plan_memory, print_config, read_records, require_positive,
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, checkpoint_model_args, configure, ddp_device,
+                    ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides,
+                    make_optimizer, nonfinite_loss_error, plan_memory, print_config, read_records, require_positive,
                     save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
                     split_accumulation, step_metrics, tokenize_pair, unwrap)
 from model import GPT, GPTConfig, IGNORE_INDEX
@@ -117,6 +117,8 @@ if ddp:
     gradient_accumulation_steps = split_accumulation(gradient_accumulation_steps, ddp_world_size)
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
+if init_from == 'resume':  # a resumed run keeps the checkpoint's block_size: its data is read at it too
+    block_size = checkpoint_model_args(os.path.join(out_dir, 'ckpt.pt'))['block_size']
 if master_process:
     print_config(config)
     os.makedirs(out_dir, exist_ok=True)

@@ -274,11 +274,14 @@ def test_sft_resume_continues_the_identical_curve(tmp_path):
     data = tmp_path / 'sft.jsonl'
     data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
     base = SFT_TINY + [f'--sft_data={data}', '--lr_decay_iters=12', '--eval_interval=6', '--tokens_per_batch=256',
-                       '--dropout=0.1']
+                       '--dropout=0.1', '--block_size=12']  # 12: most prompts are cut, so block_size matters
+    # the resumed part gives another block_size: the run goes on at the checkpoint's, its data read at it too
     for args in ([f'--out_dir={tmp_path / "a"}', '--max_iters=12'], [f'--out_dir={tmp_path / "b"}', '--max_iters=6'],
-                 [f'--out_dir={tmp_path / "b"}', '--max_iters=12', '--init_from=resume']):
+                 [f'--out_dir={tmp_path / "b"}', '--max_iters=12', '--block_size=32', '--init_from=resume']):
         p = run_train(base + args, tmp_path, fresh='resume' in args[-1])  # the resumed part: a new hash seed
         assert p.returncode == 0, p.stderr[-2000:]
+        assert 'SFT examples: 180 train, 20 val; 200 truncated' in p.stdout, p.stdout[-2000:]
+    assert 'note: block_size=12 from the checkpoint (config says 32)' in p.stdout
     import csv
     curve = lambda d: [r['train/loss_step'] for r in csv.DictReader(open(tmp_path / d / 'log.csv')) if r['train/loss_step']]
     assert len(curve('a')) == 12 and curve('a') == curve('b')  # the batch order resumed mid-epoch, exactly
