@@ -208,11 +208,13 @@ def prompt_text(record, where):
 max_prompt = block_size - max_new_tokens
 prompts = [tokenizer.encode(prompt_text(r, f"{prompt_data}: record {i}"))
            for i, r in enumerate(read_records(prompt_data, prompt_split))]
-n_long = sum(len(p) > max_prompt for p in prompts)
+n_long, n_empty = sum(len(p) > max_prompt for p in prompts), sum(len(p) == 0 for p in prompts)
 prompts = [p for p in prompts if 0 < len(p) <= max_prompt]
 if not prompts:
-    raise UserError(f"{prompt_data}: no prompt fits block_size - max_new_tokens = {max_prompt} tokens")
-print(f"prompts: {len(prompts)} ({n_long} longer than block_size - max_new_tokens = {max_prompt} skipped)")
+    raise UserError(f"{prompt_data}: no prompt fits block_size - max_new_tokens = {max_prompt} tokens"
+                    + (f" ({n_empty} empty)" if n_empty else ""))
+print(f"prompts: {len(prompts)} ({n_long} longer than block_size - max_new_tokens = {max_prompt} skipped"
+      + (f", {n_empty} empty skipped" if n_empty else "") + ")")
 
 
 if len(prompts) < batch_size:

@@ -276,11 +276,13 @@ def test_ppo_prompts_per_epoch_not_a_multiple_of_batch_size(tiny, tmp_path):
     """10 prompts, batch_size 8: each epoch's short last batch is left out (a rollout of 2 prompts
     crashed GAE with 'shape mismatch' and GRPO with 'index out of bounds'); fewer prompts than
     batch_size is one error line. adaptive_kl's row shows the kl_coef its rewards used."""
-    (tmp_path / 'few.jsonl').write_text('\n'.join(json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(10)))
+    (tmp_path / 'few.jsonl').write_text('\n'.join([json.dumps({'prompt': f'Once upon a time {i}'}) for i in range(10)]
+                                                  + [json.dumps({'prompt': ''})] * 2))  # empty: skipped, counted
     for algo in (['--advantage_estimator=gae', '--batch_size=8'], ['--advantage_estimator=grpo', '--batch_size=8']):
         p = run_ppo(tiny, tmp_path, algo + ['--prompt_data=few.jsonl', '--mini_batch_size=8', '--max_iters=3',
                                             '--eval_interval=100', '--adaptive_kl=True', '--target_kl=0.001'])
         assert p.returncode == 0, p.stderr[-2000:]
+        assert 'prompts: 10 (0 longer than block_size - max_new_tokens = ' in p.stdout and ', 2 empty skipped)' in p.stdout
         rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
         assert len(rows) == 3
         assert float(rows[0]['objective/kl_coef']) == 0.01  # the starting kl_coef, not the one updated after it
