@@ -316,6 +316,14 @@ def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr=Tru
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
+def stream_seed(seed, *keys):
+    """The seed of one random stream of a run, e.g. stream_seed(seed, 'epoch', 3): 63 bits of the
+    sha256 of (seed, *keys). Streams of different seeds are unrelated; with seed + k instead, seed
+    s's k-th epoch or rollout would draw exactly what seed s + 1 draws one epoch or rollout earlier,
+    so a sweep over seeds 1, 2, 3 would repeat its random numbers, shifted."""
+    return int.from_bytes(hashlib.sha256(repr((int(seed), *keys)).encode()).digest()[:8], 'little') >> 1
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -697,7 +705,7 @@ def token_budget_batches(lengths, tokens_per_batch, generator):
 class EpochBatches:
     """Micro-batches over a list of items, epoch after epoch: `batch_size` items at a time or, with
     tokens_per_batch > 0, token-budget batches over `lengths`. collate(list of items) makes the
-    tensors. The order of epoch e comes from seed + e and the position is (epoch, index), so
+    tensors. The order of epoch e comes from stream_seed(seed, 'epoch', e) and the position is (epoch, index), so
     state_dict() is all an exact resume needs. Used for SFT examples and preference pairs.
     Under DDP (rank, world_size) every rank plans the same epoch and takes every world_size-th
     micro-batch, so the ranks split each epoch between them, as torch's DistributedSampler does;
@@ -713,7 +721,7 @@ class EpochBatches:
         self.batches = self._plan()
 
     def _plan(self):
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, 'epoch', self.epoch))
         if self.tokens_per_batch > 0:
             batches = token_budget_batches(self.lengths, self.tokens_per_batch, gen)
         else:

@@ -36,7 +36,7 @@ from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left,
                     plan_memory, policy_adapters, preference_triple, print_config, read_records, render_chat,
                     require_positive, resolve_device, response_forward, response_values, save_checkpoint,
-                    set_rng_state, setup_device, single_process, step_metrics, weights_fingerprint)
+                    set_rng_state, setup_device, single_process, step_metrics, stream_seed, weights_fingerprint)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -288,7 +288,7 @@ if checkpoint is not None:
     monitor.load_state_dict(checkpoint['monitor'])
     set_rng_state(checkpoint['rng'])
     checkpoint = None
-generator = torch.Generator(device=device)  # sampling: reseeded with seed + iter_num every rollout (exact resume)
+generator = torch.Generator(device=device)  # sampling: reseeded every rollout (exact resume), see stream_seed
 start_iter = iter_num
 
 
@@ -345,7 +345,7 @@ while iter_num < max_iters:
     batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
     prompt_ids, prompt_mask = pad_left(batch_prompts, eos, device)
     n_prompt = prompt_ids.size(1)
-    generator.manual_seed(seed + iter_num)
+    generator.manual_seed(stream_seed(seed, 'rollout', iter_num))
     with torch.no_grad(), ctx:
         ids, sample_logp = policy.generate(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                            top_p=top_p, attention_mask=prompt_mask, eos_token_id=eos,

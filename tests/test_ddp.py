@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import GPT2Tokenizer, load_preference_pairs, preference_logps, state_sha256
+from common import GPT2Tokenizer, load_preference_pairs, preference_logps, state_sha256, stream_seed
 from conftest import ROOT, SHARED, make_hf_gpt2, run_python
 from model import GPT, GPTConfig
 
@@ -230,7 +230,7 @@ def test_reward_train_ddp(prefdir):
 def test_dpo_train_ddp_cached_reference(prefdir):
     """The ranks share the reference's forward passes and rank 0 writes the cache: it equals the
     log-probs of one process. The ranks split each epoch (rank r takes micro-batches r, r + 2, ...
-    of one seed-1337 order) and the logged metrics are means over both ranks' pairs: at iteration 0
+    of seed 1337's epoch-0 order) and the logged metrics are means over both ranks' pairs: at iteration 0
     logps/chosen is the initial policy's mean over the order's first 8 pairs, 4 from each rank."""
     out = prefdir / 'out-dpo'
     p = launch('dpo_train.py', PREF_ARGS + [f'--out_dir={out}', '--precompute_ref_logps=True', '--batch_size=4'],
@@ -252,7 +252,7 @@ def test_dpo_train_ddp_cached_reference(prefdir):
     # dpo_train's split (val: the first 20 of a seed-1337 permutation) and each rank's first micro-batch
     perm = torch.randperm(100, generator=torch.Generator().manual_seed(1337)).tolist()
     train_logps = online[perm[20:], 0]
-    order = torch.randperm(80, generator=torch.Generator().manual_seed(1337))
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(stream_seed(1337, 'epoch', 0)))
     first = [order[:4], order[4:8]]  # rank 0's first micro-batch, rank 1's
     assert rows[0]['logps/chosen'] == pytest.approx(train_logps[torch.cat(first)].mean().item(), abs=1e-5)
     assert abs(rows[0]['logps/chosen'] - train_logps[first[0]].mean().item()) > 1e-4  # not rank 0's alone

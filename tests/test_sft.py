@@ -127,6 +127,20 @@ def test_sft_batches_epochs_and_resume():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_epoch_orders_of_consecutive_seeds_are_unrelated():
+    """Seed 2's first epoch is not seed 1's second (it was, with the order drawn from seed + epoch),
+    and stream_seed is a fixed function of its arguments (a resume in a new process gets the same)."""
+    from common import stream_seed
+    def orders(seed, epochs):  # each epoch's order of 50 items in one batch
+        loader = EpochBatches(list(range(50)), 50, seed, collate=list)
+        return [loader.next() for _ in range(epochs)]
+    s1, s2 = orders(1, 3), orders(2, 3)
+    assert s1[1] != s2[0] and s1[2] != s2[1] and s1[0] != s1[1]
+    assert stream_seed(1, 'epoch', 1) == 6608109454576381758  # sha256 of repr((1, 'epoch', 1)), 63 bits
+    assert len({stream_seed(s, k, i) for s in range(5) for k in ('epoch', 'rollout') for i in range(5)}) == 50
+    assert all(0 <= stream_seed(s, 'epoch', 0) < 2 ** 63 for s in range(-3, 3))
+
+
 def test_epoch_batches_drop_last_leaves_out_the_short_batch():
     """drop_last=True (PPO's rollouts are all batch_size prompts): an epoch of 10 items in batches
     of 3 is 3 full batches, the next epoch starts after them; without it, 4 with a last one of 1."""
