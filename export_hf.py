@@ -28,7 +28,8 @@ Departures from a plain weight copy, each exact (the export computes the same nu
    ln_f's bias: beta' = beta + b * w / (w . w), giving w . h' = w . h + b exactly (so the exported
    classifier's ln_f differs from the policy's; do not use its trunk as a language model).
 4. The reward is read at the last real token, the EOS that ends the response (as reward_train.py
-   trains it: score `prompt + response + "<|endoftext|>"`). HF finds the last token that is not
+   trains it: score `prompt + response + "<|endoftext|>"`): the classifier's tokenizer appends
+   that EOS to every text (or text pair) itself, so tok(prompt + response) is scored right. HF finds the last token that is not
    pad_token_id, so pad cannot be EOS: the classifier gets one more token row, `<|pad|>` (id =
    vocabulary size, a zero embedding), as its pad_token_id, and its tokenizer pads on the right
    and truncates on the left (truncation=True cuts the prompt's start, as score_texts does, not the EOS).
@@ -186,10 +187,15 @@ def gpt2_vocab_and_merges():
 if gpt2_bpe:
     from transformers import GPT2Tokenizer as HFGPT2Tokenizer
     vocab, merges = gpt2_vocab_and_merges()
-    if kind == 'reward':  # point 4: a pad distinct from EOS, right padding
+    if kind == 'reward':  # point 4: a pad distinct from EOS, right padding, EOS appended to every text
+        from tokenizers.processors import TemplateProcessing
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token=PAD_TOKEN, padding_side='right',
                                     truncation_side='left', model_max_length=cfg.block_size)
         assert tokenizer.pad_token_id == pad_id, (tokenizer.pad_token_id, pad_id)
+        # tok(prompt + response) and tok(prompt, response) both end in the EOS the reward is read at
+        # (truncation keeps it: it cuts the text, then adds the EOS), so any tool scores as we do
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single='$A <|endoftext|>', pair='$A $B:0 <|endoftext|>', special_tokens=[('<|endoftext|>', EOT)])
     else:  # generation: pad with EOS on the left
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token='<|endoftext|>', padding_side='left',
                                     model_max_length=cfg.block_size)

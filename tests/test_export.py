@@ -10,7 +10,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from common import GPT2Tokenizer, save_checkpoint, score_texts
+from common import GPT2Tokenizer, HFRewardModel, save_checkpoint, score_texts
 from conftest import ROOT, make_hf_gpt2, run_python
 from model import GPT, GPTConfig
 
@@ -189,13 +189,20 @@ def test_reward_score_equals_value_head_at_last_real_token(reward_export):
     assert tok.pad_token_id == hf.config.pad_token_id and tok.padding_side == 'right'
     pairs = [("\n\nHuman: hi\n\nAssistant:", " hello there, how are you?"), ("Q: 2+2?", " 4"),
              ("A long prompt with many words in it, to make rows of different lengths", " ok")]
-    batch = tok([p + r + tok.eos_token for p, r in pairs], padding=True, return_tensors='pt')
+    batch = tok([p + r for p, r in pairs], padding=True, return_tensors='pt')  # the tokenizer appends the EOS
     assert (batch['attention_mask'] == 0).any()  # really right-padded
+    lengths = batch['attention_mask'].sum(1)
+    assert (batch['input_ids'][torch.arange(3), lengths - 1] == 50256).all()  # each text ends in one EOS
+    assert (batch['input_ids'][torch.arange(3), lengths - 2] != 50256).all()
     with torch.no_grad():
         theirs = hf(**batch).logits[:, 0]
     ours = score_texts(model, GPT2Tokenizer(), pairs, block_size=64, batch_size=8, device='cpu')
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     assert ours.std() > 1e-3  # distinct scores: the test would notice a wrong position
+    # as ppo_train.py's reward_model: the text pair (the default) and a one-text template score the same
+    for template in ('', '{prompt}{response}'):
+        rm = HFRewardModel(path, template=template)
+        torch.testing.assert_close(rm.score([p for p, _ in pairs], [r for _, r in pairs]), ours, atol=1e-4, rtol=0)
 
 
 def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):
@@ -206,7 +213,7 @@ def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):
     hf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path)
     pairs = [("\n\nHuman: " + " ".join(f"word{i}" for i in range(80)) + "\n\nAssistant:", " fine, thanks")]
-    batch = tok([p + r + tok.eos_token for p, r in pairs], truncation=True, return_tensors='pt')
+    batch = tok([p + r for p, r in pairs], truncation=True, return_tensors='pt')
     assert batch['input_ids'].shape[1] == 64 and batch['input_ids'][0, -1] == 50256  # cut to block_size, EOS kept
     with torch.no_grad():
         theirs = hf(**batch).logits[:, 0]
