@@ -641,6 +641,10 @@ class GPT(nn.Module):
         log softmax(logits / temperature) of each new token under the full distribution (before
         top-k/top-p filtering), the quantity PPO recomputes in training; 0 after a row's EOS."""
         B, T = idx.size()
+        if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 0) \
+                or (top_p is not None and not 0 <= top_p <= 1):
+            raise ValueError(f"generate needs max_new_tokens >= 0, temperature >= 0, top_k >= 0 and top_p in "
+                             f"[0, 1]; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
         if T + max_new_tokens > self.config.block_size:
             use_cache = False  # then crop the context to the last block_size tokens each step (nanoGPT)
         if pad_token_id is None:
@@ -685,5 +689,5 @@ class GPT(nn.Module):
             if eos_token_id is not None and bool(finished.all()):
                 break
         if return_logprobs:
-            return idx, torch.stack(logprobs, dim=1)
+            return idx, torch.stack(logprobs, dim=1) if logprobs else torch.zeros(B, 0, device=idx.device)
         return idx

@@ -149,6 +149,8 @@ if advantage_estimator != 'gae' and group_size < 2:
     raise UserError(f"{advantage_estimator} needs group_size >= 2")
 if temperature <= 0:
     raise UserError(f"temperature={temperature}: PPO samples (temperature > 0) and computes log-probs at it")
+if top_k < 0 or not 0 < top_p <= 1:
+    raise UserError(f"top_k={top_k}, top_p={top_p}: top_k must be >= 0 (0 = off) and top_p in (0, 1] (1 = off)")
 if kl_estimator not in ('k1', 'k2', 'k3'):
     raise UserError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {kl_estimator!r}")
 if kl_in_loss and kl_estimator != 'k1':

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from common import (CHAT_TAGS, GPT2Tokenizer, RewardModel, UserError, configure, get_tokenizer, print_config,
-                    seed_everything, setup_device)
+                    require_positive, seed_everything, setup_device)
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -42,6 +42,12 @@ compile = False             # torch.compile the model (CUDA only)
 # -----------------------------------------------------------------------------
 config = configure(globals())
 print_config(config, file=sys.stderr)  # stdout holds only the samples
+require_positive(config, 'num_samples', 'batch_size')
+for name, ok in (('max_new_tokens', max_new_tokens >= 0), ('temperature', temperature >= 0),
+                 ('top_k', top_k is None or top_k >= 0), ('top_p', top_p is None or 0 <= top_p <= 1)):
+    if not ok:  # e.g. temperature=-0.01 would otherwise sample at 1.0
+        raise UserError(f"{name}={config[name]!r}: max_new_tokens, temperature and top_k must be >= 0 "
+                        f"(temperature 0 = greedy, top_k 0 = off), top_p in [0, 1]")
 # -----------------------------------------------------------------------------
 
 device, device_type, dtype, ctx = setup_device(device, dtype)

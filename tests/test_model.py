@@ -154,6 +154,19 @@ def test_generate_stops_early_when_all_rows_finish(ours):
     assert out.size(1) == 5 + stop
 
 
+def test_generate_zero_new_tokens_and_bad_sampling_arguments(ours):
+    """max_new_tokens=0 returns the prompt (and (B, 0) log-probs); a negative temperature or top_k
+    and a top_p outside [0, 1] are errors (temperature=-0.01 sampled at 1.0 before)."""
+    idx, mask = left_padded_batch(seed=6)
+    out, lp = ours.generate(idx, 0, attention_mask=mask, return_logprobs=True)
+    assert torch.equal(out, idx) and lp.shape == (idx.size(0), 0) and lp.dtype == torch.float32
+    for kw in (dict(temperature=-0.01), dict(top_k=-1), dict(top_p=1.5), dict(top_p=-0.1)):
+        with pytest.raises(ValueError, match='generate needs'):
+            ours.generate(idx, 2, attention_mask=mask, **kw)
+    with pytest.raises(ValueError, match='generate needs'):
+        ours.generate(idx, -1, attention_mask=mask)
+
+
 def test_sampling_is_reproducible_and_cache_consistent(ours):
     idx, mask = left_padded_batch(seed=5)
     kw = dict(temperature=0.9, top_k=20, top_p=0.9, attention_mask=mask)

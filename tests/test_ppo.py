@@ -291,6 +291,8 @@ def test_ppo_prompts_per_epoch_not_a_multiple_of_batch_size(tiny, tmp_path):
     assert p.returncode != 0 and 'error: few.jsonl: 10 usable prompts, fewer than batch_size=16' in p.stderr
     p = run_ppo(tiny, tmp_path, ['--temperature=0', '--max_iters=1'])
     assert p.returncode != 0 and 'error: temperature=0.0: PPO samples (temperature > 0)' in p.stderr
+    p = run_ppo(tiny, tmp_path, ['--top_p=0', '--max_iters=1'])
+    assert p.returncode != 0 and 'error: top_k=0, top_p=0.0: top_k must be >= 0' in p.stderr
 
 
 def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):

@@ -97,6 +97,24 @@ def test_missing_input_is_one_line_error(dataset, tmp_path):
 
 
 @pytest.mark.parametrize('dataset', SCRIPTS)
+def test_too_little_input_is_one_line_error_and_keeps_the_dataset(dataset, tmp_path):
+    """An empty file (or one document for openwebtext) would make an empty split: the script stops
+    in one line before writing, so a good dataset already in out_dir is kept."""
+    (tmp_path / 'train.bin').write_bytes(b'good')
+    for content in ('', 'one document only'):
+        (tmp_path / 'small.txt').write_text(content)
+        r = run(dataset, '--input', str(tmp_path / 'small.txt'), '--out_dir', str(tmp_path))
+        if content and dataset != 'openwebtext':  # 17 characters: a train and a val split
+            assert r.returncode == 0, r.stderr
+            (tmp_path / 'train.bin').write_bytes(b'good')
+            continue
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith(f"error: {tmp_path / 'small.txt'}: ")
+        assert ('too few' if dataset != 'openwebtext' else 'at least 2') in r.stderr, r.stderr
+        assert (tmp_path / 'train.bin').read_bytes() == b'good'
+
+
+@pytest.mark.parametrize('dataset', SCRIPTS)
 def test_bad_flag_is_one_line_error(dataset):
     r = run(dataset, '--inptu', 'x')
     assert r.returncode != 0

@@ -166,6 +166,10 @@ def test_sample_from_checkpoint(workdir):
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith("error: the model's vocabulary"), p.stdout
     p = run('sample.py', args + ['--start=\u2603'], workdir, check=False)  # not in the char vocabulary
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith('error: characters')
+    for bad, message in (('--batch_size=0', 'batch_size=0 must be > 0'), ('--temperature=-0.01', 'temperature=-0.01'),
+                         ('--top_p=1.5', 'top_p=1.5'), ('--max_new_tokens=-1', 'max_new_tokens=-1')):
+        p = run('sample.py', args + [bad], workdir, check=False)
+        assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(f'error: {message}'), p.stderr[-500:]
 
 
 def test_memory_keys_are_wired(workdir):

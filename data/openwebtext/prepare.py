@@ -38,8 +38,10 @@ else:
             docs = [json.loads(line)['text'] for line in f if line.strip()]
         else:
             docs = [d.strip() for d in f.read().split('\n\n') if d.strip()]
+    if len(docs) < 2:
+        sys.exit(f"error: {args.input}: {len(docs)} document(s); a train and a val split need at least 2")
     dataset = Dataset.from_dict({'text': docs})
-# owt has only a train split; test_size rounds up, so even a tiny file gets one val document
+# owt has only a train split; test_size rounds up, so a file of 2+ documents gets one val document
 split_dataset = dataset.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
 split_dataset['val'] = split_dataset.pop('test')
 

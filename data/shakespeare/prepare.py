@@ -49,6 +49,8 @@ train_ids = np.array(enc.encode_ordinary(data[:int(n * 0.9)]), dtype=np.uint16) 
 val_ids = np.array(enc.encode_ordinary(data[int(n * 0.9):]), dtype=np.uint16)
 print(f"train has {len(train_ids):,} tokens")
 print(f"val has {len(val_ids):,} tokens")
+if len(train_ids) == 0 or len(val_ids) == 0:  # nothing written: a good dataset in out_dir stays
+    sys.exit(f"error: {path}: {n:,} characters are too few for a train and a val split")
 os.makedirs(args.out_dir, exist_ok=True)
 train_ids.tofile(os.path.join(args.out_dir, 'train.bin'))
 val_ids.tofile(os.path.join(args.out_dir, 'val.bin'))
