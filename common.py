@@ -736,7 +736,7 @@ class EpochBatches:
         return batches[self.rank:n:self.world_size]
 
     def next(self):
-        if self.index == len(self.batches):
+        if self.index >= len(self.batches):
             self.epoch, self.index = self.epoch + 1, 0
             self.batches = self._plan()
         batch = self.batches[self.index]
@@ -744,11 +744,17 @@ class EpochBatches:
         return self.collate([self.items[i] for i in batch])
 
     def state_dict(self):
-        return {'epoch': self.epoch, 'index': self.index}
+        return {'epoch': self.epoch, 'index': self.index, 'n_batches': len(self.batches)}
 
     def load_state_dict(self, state):
         self.epoch, self.index = state['epoch'], state['index']
         self.batches = self._plan()
+        saved = state.get('n_batches', len(self.batches))
+        if saved != len(self.batches):  # another batch_size, tokens_per_batch or world size: same share of the epoch
+            self.index = min(len(self.batches), round(self.index * len(self.batches) / max(saved, 1)))
+            if self.rank == 0:
+                print(f"note: {len(self.batches)} micro-batches per epoch (per rank) where the checkpoint had "
+                      f"{saved}: resuming {self.index}/{len(self.batches)} into epoch {self.epoch} (not exact)")
 
 
 # ----------------------------------------------------------------------------------------------

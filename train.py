@@ -319,7 +319,8 @@ def checkpoint_state(rank_states=None):
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,
-                resume_step=iter_num if init_from == 'resume' else None, enabled=master_process)
+                resume_step=iter_num if init_from == 'resume' else None,
+                enabled=master_process and not eval_only)  # eval_only prints; the run's log.csv is left as it is
 
 # -----------------------------------------------------------------------------
 # training loop

@@ -127,6 +127,24 @@ def test_sft_batches_epochs_and_resume():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_epoch_batches_resume_under_another_plan_goes_on_at_the_same_share_of_the_epoch(capsys):
+    """A resume with another batch_size (or tokens_per_batch, or DDP world size) plans another number
+    of micro-batches per epoch: the saved index (28 of 48) becomes the same share of the new plan
+    (14 of 24) with a note, instead of an IndexError past the end; an older state past the end (no
+    n_batches) starts the next epoch."""
+    a = EpochBatches(list(range(95)), 2, 1337, collate=list)
+    for _ in range(28):
+        a.next()
+    b = EpochBatches(list(range(95)), 4, 1337, collate=list)
+    b.load_state_dict(a.state_dict())
+    assert b.index == 14 and len(b.next()) == 4 and 'resuming 14/24 into epoch 0 (not exact)' in capsys.readouterr().out
+    b.load_state_dict({'epoch': 0, 'index': 28})  # a checkpoint from before n_batches was saved
+    assert len(b.next()) == 4 and b.epoch == 1 and b.index == 1
+    c = EpochBatches(list(range(95)), 2, 1337, collate=list)  # the same plan: exact, no note
+    c.load_state_dict(a.state_dict())
+    assert c.next() == a.next() and capsys.readouterr().out == ''
+
+
 def test_epoch_orders_of_consecutive_seeds_are_unrelated():
     """Seed 2's first epoch is not seed 1's second (it was, with the order drawn from seed + epoch),
     and stream_seed is a fixed function of its arguments (a resume in a new process gets the same)."""

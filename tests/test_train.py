@@ -96,6 +96,11 @@ def test_eval_only_of_a_resumed_checkpoint_evaluates_once_and_trains_nothing(wor
     assert 'step 4: train loss' in p.stdout and 'iter 4:' not in p.stdout, p.stdout
     assert sha(os.path.join(out, 'ckpt.pt')) == before
     assert max(losses(out)) == 3  # no training step was logged after the resume
+    # eval_only leaves the run's log.csv alone (it rewrote it: from the resumed step on, or all of it)
+    log_before = sha(os.path.join(out, 'log.csv'))
+    for args in (['--init_from=resume'], ['--init_from=scratch']):
+        p = run('train.py', TINY + [f'--out_dir={out}', '--eval_only=True', *args], workdir)
+        assert 'train loss' in p.stdout and sha(os.path.join(out, 'log.csv')) == log_before, args
 
 
 def test_nan_loss_stops_and_keeps_the_checkpoint(workdir):
