@@ -260,7 +260,8 @@ def resolve_dtype(dtype, device_type):
     Autocast is used on CUDA only: on CPU and MPS the run is float32 whatever dtype says."""
     if dtype == 'auto':
         if device_type == 'cuda':
-            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+            # native bf16 only: T4/V100/RTX 20xx answer True by default (emulated, slow), and need fp16
+            return 'bfloat16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'float16'
         return 'float32'
     if dtype not in ('float32', 'bfloat16', 'float16'):
         raise UserError(f"dtype must be float32, bfloat16, float16 or auto, got {dtype!r}")
@@ -342,8 +343,9 @@ def set_rng_state(state):
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and torch.cuda.is_available():  # saved per visible GPU; a resume may see fewer
+        for i, gpu_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, i)
 
 
 # ----------------------------------------------------------------------------------------------

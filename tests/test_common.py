@@ -204,3 +204,42 @@ def test_pad_left_masks_padding_even_when_it_is_a_real_token():
     ids, mask = pad_left([[5, 6, 7], [9], [0, 8]], 0, 'cpu')  # pad 0 is also the third prompt's first token
     assert ids.tolist() == [[5, 6, 7], [0, 0, 9], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+
+
+def test_auto_dtype_is_float16_on_a_gpu_without_native_bf16(monkeypatch):
+    """dtype='auto' on CUDA: bf16 where the GPU computes it natively (compute capability 8+),
+    float16 + GradScaler on a T4/V100/RTX 20xx, which torch.cuda.is_bf16_supported() answers True
+    for by default (emulation)."""
+    from common import resolve_dtype
+    seen = []
+
+    def fake_is_bf16_supported(including_emulation=True):
+        seen.append(including_emulation)
+        return including_emulation or native  # an sm_75 card: emulated only
+
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', fake_is_bf16_supported)
+    for native, expected in ((False, 'float16'), (True, 'bfloat16')):
+        assert resolve_dtype('auto', 'cuda') == expected
+    assert seen == [False, False]
+    assert resolve_dtype('auto', 'cpu') == 'float32'
+
+
+def test_rng_state_saved_on_more_gpus_restores_on_fewer(monkeypatch):
+    """A checkpoint saved where 2 GPUs were visible resumes where 1 is: that GPU's generator is
+    restored (torch.cuda.set_rng_state_all indexed past the visible devices)."""
+    from common import get_rng_state, set_rng_state
+    state, restored = get_rng_state(), []
+    state['cuda'] = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda s, device: restored.append((int(s[0]), device)))
+
+    def set_all(states):  # as torch's: one set_rng_state per saved state, by index
+        for i, s in enumerate(states):
+            if i >= torch.cuda.device_count():
+                raise IndexError('list index out of range')  # torch.cuda.default_generators[i]
+            torch.cuda.set_rng_state(s, i)
+
+    monkeypatch.setattr(torch.cuda, 'set_rng_state_all', set_all)
+    set_rng_state(state)
+    assert restored == [(1, 0)]
