@@ -63,9 +63,14 @@ def config_keys(scope):
 
 
 def _check_type(key, new, old, where):
-    """Accept `new` for a key whose default is `old`: same type, int where float is expected,
-    anything where the default is None, and None anywhere (it means 'off')."""
-    if old is None or new is None or type(new) is type(old):
+    """Accept `new` for a key whose default is `old`: same type, int where float is expected, a
+    list for a tuple, and any plain value where the default is None. None is not 'off' for a key
+    whose default is something else (0 and '' are; a None there crashed later, in a traceback)."""
+    if isinstance(new, np.generic):  # a numpy scalar from a config file's arithmetic: the Python value
+        new = new.item()
+    if not isinstance(new, CONFIG_TYPES):
+        raise UserError(f"{where}: {key} must be a number, string, bool, tuple or list, got {new!r}")
+    if old is None or type(new) is type(old):
         return new
     if isinstance(old, float) and type(new) is int:
         return float(new)
@@ -97,6 +102,7 @@ def configure(scope, argv=None):
     Every key must exist and keep its type. Returns the effective config dict."""
     argv = sys.argv[1:] if argv is None else argv
     keys = config_keys(scope)
+    default = {k: scope[k] for k in keys}  # types are checked against the script's own defaults
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
@@ -108,18 +114,17 @@ def configure(scope, argv=None):
             except SyntaxError as e:
                 raise UserError(f"{arg}, line {e.lineno}: syntax error: {e.msg}") from None
             for k, v in file_scope.items():
-                if k.startswith('_') or k == '__builtins__' or not isinstance(v, CONFIG_TYPES):
-                    continue  # imports, helper functions and _private names are not config
-                if k not in keys:
-                    raise _unknown(k, keys, arg)
-                scope[k] = _check_type(k, v, scope[k], arg)
+                if k in keys:  # a config key: its value is checked whatever its type (a numpy int was skipped)
+                    scope[k] = _check_type(k, v, default[k], arg)
+                elif not (k.startswith('_') or not isinstance(v, CONFIG_TYPES + (np.generic,))):
+                    raise _unknown(k, keys, arg)  # imports, helper functions and _private names are not config
         else:
             if '=' not in arg:
                 raise UserError(f"{arg}: flags are written --key=value")
             k, text = arg[2:].split('=', 1)
             if k not in keys:
                 raise _unknown(k, keys, 'command line')
-            scope[k] = _check_type(k, parse_value(text), scope[k], 'command line')
+            scope[k] = _check_type(k, parse_value(text), default[k], 'command line')
     return {k: scope[k] for k in keys}
 
 
@@ -156,8 +161,12 @@ def ddp_device(device, local_rank):
     """This DDP rank's device: device='cpu' keeps every process on the CPU (the gloo backend),
     anything else is the rank's own GPU, cuda:local_rank, made the current device (NCCL and
     all_gather_object use the current device)."""
+    if device == 'auto':  # a machine without CUDA (gloo on CPU) stays on the CPU
+        device = resolve_device(device)
     if device == 'cpu':
         return device
+    if device == 'mps':
+        raise UserError("DDP runs on CUDA GPUs or CPU processes (--device=cpu --backend=gloo), not on mps")
     device = f'cuda:{local_rank}'
     torch.cuda.set_device(device)
     return device

@@ -30,7 +30,7 @@ num_samples = 10            # how many samples to draw
 batch_size = 10             # samples generated together in one batch
 max_new_tokens = 500        # tokens generated per sample
 temperature = 0.8           # 1.0 = the model's distribution, < 1 sharper, 0 = greedy
-top_k = 200                 # keep only the top_k most likely tokens (None: all)
+top_k = 200                 # keep only the top_k most likely tokens (0: all)
 top_p = 1.0                 # nucleus sampling: keep the smallest set with this much probability
 chat = False                # wrap start in the chat format ("\n\nHuman: {start}\n\nAssistant:"), stop at EOS
 score = ''                  # a reward checkpoint (reward_train.py): print each sample's reward after it

@@ -242,6 +242,9 @@ if lora_rank and master_process:
     print(f"LoRA rank {lora_rank} on {lora_targets}: {n_train:,} trainable parameters of {model.get_num_params():,}")
 if meta_vocab_size is not None and meta_vocab_size > model.config.vocab_size:
     raise UserError(f"{meta_path} has {meta_vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}")
+if sft_data and tokenizer.n_vocab > model.config.vocab_size:  # SFT records are GPT-2 BPE tokens
+    raise UserError(f"sft_data is GPT-2 tokens ({tokenizer.n_vocab}) but {init_from}'s vocab_size is "
+                    f"{model.config.vocab_size} (a char-level model?): SFT needs a GPT-2-vocabulary model")
 model.to(device)
 start_iter = iter_num
 

@@ -81,6 +81,26 @@ def test_config_file_errors(tmp_path):
         configure(defaults(), ['nope.py'])
 
 
+def test_config_file_numpy_values_apply_and_other_types_are_errors(tmp_path):
+    """A numpy scalar assigned to a config key is its Python value (np.int64 was skipped silently,
+    np.float64 refused); a set or dict for a config key is an error, not skipped; None is an error
+    for a key whose default is not None (it crashed later), and fine where the default is None."""
+    cfg = tmp_path / 'np.py'
+    cfg.write_text("import numpy as np\nmax_iters = np.int64(3)\nlearning_rate = np.float64(2e-3)\n")
+    scope = defaults()
+    configure(scope, [str(cfg)])
+    assert scope['max_iters'] == 3 and type(scope['max_iters']) is int
+    assert scope['learning_rate'] == 2e-3 and type(scope['learning_rate']) is float
+    cfg.write_text("out_dir = {'a', 'b'}\n")
+    with pytest.raises(UserError, match=rf"{cfg}: out_dir must be a number, string, bool, tuple or list"):
+        configure(defaults(), [str(cfg)])
+    with pytest.raises(UserError, match=r"command line: max_iters must be int \(default 100\), got None"):
+        configure(defaults(), ['--max_iters=None'])
+    scope = defaults()
+    configure(scope, ['--top_k=5', '--top_k=None'])  # its default is None (not the 5 set before)
+    assert scope['top_k'] is None
+
+
 def test_parse_value():
     assert parse_value('true') is True and parse_value('False') is False
     assert parse_value('None') is None and parse_value('1e-3') == 1e-3
@@ -243,3 +263,14 @@ def test_rng_state_saved_on_more_gpus_restores_on_fewer(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'set_rng_state_all', set_all)
     set_rng_state(state)
     assert restored == [(1, 0)]
+
+
+def test_ddp_device_auto_without_cuda_is_the_cpu(monkeypatch):
+    """torchrun --backend=gloo with the default device='auto' on a machine without CUDA runs the
+    ranks on the CPU (it called torch.cuda.set_device and crashed); mps is a one-line error."""
+    from common import ddp_device
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)
+    assert ddp_device('auto', 1) == 'cpu' and ddp_device('cpu', 1) == 'cpu'
+    with pytest.raises(UserError, match='not on mps'):
+        ddp_device('mps', 0)

@@ -295,6 +295,24 @@ def test_bad_sft_data_is_one_clear_line(tmp_path, content, message):
     assert err[0].startswith('error: ') and re.search(message, err[0])
 
 
+def test_sft_from_a_char_level_model_is_one_clear_line(tmp_path):
+    """SFT records are GPT-2 BPE tokens: a model of a 65-character vocabulary is refused in one
+    line (an IndexError inside the embedding on CPU, a device-side assert on CUDA)."""
+    from dataclasses import asdict
+    from common import save_checkpoint
+    from model import GPTConfig
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=65, block_size=32))
+    save_checkpoint(str(tmp_path / 'char' / 'ckpt.pt'), {'model': model.state_dict(), 'model_args': asdict(model.config)},
+                    model)
+    data = tmp_path / 'sft.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    p = run_train(SFT_TINY + [f'--sft_data={data}', f'--out_dir={tmp_path / "out"}', f'--init_from={tmp_path / "char"}',
+                              '--max_iters=2'], tmp_path)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
+    assert err[0].startswith("error: sft_data is GPT-2 tokens (50257) but") and "vocab_size is 65" in err[0]
+
+
 def test_bad_lora_target_is_one_clear_line(tmp_path):
     data = tmp_path / 'sft.jsonl'
     data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
