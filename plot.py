@@ -47,13 +47,18 @@ PPO_COLUMNS = ['objective/scores', 'objective/rlhf_reward', 'objective/kl', 'obj
 LOSS_LIKE = ('loss', 'acc', 'margin')  # substrings of the metrics plotted for non-PPO logs
 
 
-def ema(values, weight):
-    """Exponential moving average s_t = weight * s_{t-1} + (1 - weight) * x_t, debiased (divided by
-    1 - weight^t, as TensorBoard's smoothing) so the curve starts at the first value."""
-    out, s = [], 0.0
-    for t, x in enumerate(values, 1):
-        s = weight * s + (1 - weight) * x
-        out.append(s / (1 - weight ** t))
+def ema(steps, values, weight, unit=1):
+    """Exponential moving average over steps, not over logged points: s_t = w_t s_{t-1} + (1 - w_t) x_t
+    with w_t = weight ** ((step_t - step_{t-1}) / unit) (weight for the first point), from s_0 = 0 and
+    debiased by the same average of ones, so the curve starts at the first value; with a point every
+    unit steps this is TensorBoard's smoothing. A series logged every step and one logged every
+    eval_interval steps then lag alike: per point, identical train and val curves were drawn apart
+    (the sparse one smoothed over 10 evals, hundreds of steps)."""
+    out, s, norm, prev = [], 0.0, 0.0, None
+    for step, x in zip(steps, values):
+        w = weight if prev is None else weight ** ((step - prev) / unit)
+        s, norm, prev = w * s + (1 - w) * x, w * norm + (1 - w), step
+        out.append(s / norm)
     return out
 
 
@@ -132,10 +137,16 @@ n_rows = math.ceil(len(panels) / n_cols)
 fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * panel_width, n_rows * panel_height),
                          dpi=dpi, squeeze=False)
 colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+# the smoothing's step unit: the smallest gap between logged points of any plotted series (1 for a
+# log written every iteration; log_interval otherwise), so the densest series smooths as per point
+gaps = [b - a for _, series in runs for c in wanted if c in series for a, b in zip(series[c][0], series[c][0][1:])]
+unit = max(min((g for g in gaps if g > 0), default=1), 1e-12)
 for ax, (title, cols) in zip(axes.flat, panels.items()):
     for c in cols:
         if c in band:
             steps, lo, mid, hi = band[c]
+            if smooth > 0 and len(steps) > 1:  # the band smoothed as the runs drawn over it
+                lo, mid, hi = (ema(steps, q, smooth, unit) for q in (lo, mid, hi))
             ax.fill_between(steps, lo, hi, color='0.5', alpha=0.25, linewidth=0, label='healthy runs (min-max)')
             ax.plot(steps, mid, color='0.4', linestyle='--', linewidth=1, label='healthy runs (median)')
     for i, (name, (_, series)) in enumerate(zip(names, runs)):
@@ -147,7 +158,7 @@ for ax, (title, cols) in zip(axes.flat, panels.items()):
             kw = dict(color=colors[i % len(colors)], **style_of(c, ppo))
             if smooth > 0 and len(values) > 1:
                 ax.plot(steps, values, color=kw['color'], alpha=0.2, linewidth=0.8)  # raw, faint
-                values = ema(values, smooth)
+                values = ema(steps, values, smooth, unit)
             ax.plot(steps, values, label=label, **kw)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel('step')

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from common import Logger
-from conftest import ROOT, run_python
+from conftest import ROOT, load_definitions, run_python
 
 # matplotlib is optional (requirements.txt); .ci/run installs it, so CI draws every PNG below
 needs_mpl = pytest.mark.skipif(importlib.util.find_spec('matplotlib') is None,
@@ -151,3 +151,50 @@ def test_missing_matplotlib_is_one_line_error(tmp_path):
     r = plot(f'--logs={a}', env={'PYTHONPATH': str(tmp_path / 'block')})
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip() == 'error: plot.py needs matplotlib, an optional dependency: pip install matplotlib'
+
+
+def test_ema_smooths_over_steps_so_sparse_and_dense_series_lag_alike():
+    """Hand values: weight 0.5, unit 1. A series logged every 2 steps decays by 0.5**2 per point;
+    a constant stays constant and the first point is the first value (debiased). The same curve
+    logged every step and every 50 steps ends in the same place (per point, the sparse one lagged
+    by 10 evals: 0.49 against 0.30 where the curve was 0.29)."""
+    ema = load_definitions(os.path.join(ROOT, 'plot.py'), 'ema').ema
+    assert ema([0, 1], [1.0, 3.0], 0.5) == pytest.approx([1.0, 1.75 / 0.75])  # s 0.5, 1.75; norm 0.5, 0.75
+    assert ema([0, 2], [1.0, 3.0], 0.5) == pytest.approx([1.0, 2.375 / 0.875])  # w 0.25: s 0.125 + 2.25
+    assert ema([10, 20], [1.0, 3.0], 0.5, unit=10) == ema([0, 1], [1.0, 3.0], 0.5)
+    assert ema([0, 5, 7], [4.0] * 3, 0.9) == pytest.approx([4.0] * 3)
+    curve = lambda t: 0.25 + 2.0 * 0.98 ** t
+    dense = ema(list(range(201)), [curve(t) for t in range(201)], 0.9)
+    sparse = ema(list(range(0, 201, 50)), [curve(t) for t in range(0, 201, 50)], 0.9)
+    assert abs(dense[-1] - curve(200)) < 0.02 and abs(sparse[-1] - curve(200)) < 0.02
+
+
+@needs_mpl
+def test_smoothed_run_and_envelope_band_use_the_same_filter(tmp_path, monkeypatch):
+    """With --smooth and --envelope, the band is smoothed as the run is: a run that is the envelope's
+    median is drawn exactly on the band's median (the raw band left 24 of 60 smoothed points of
+    such a run outside it)."""
+    import runpy
+    from common import read_log
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.axes import Axes
+    env_path = os.path.join(ROOT, 'assets', 'healthy_envelope_ppo.csv')
+    _, env = read_log(env_path)
+    logger = Logger(str(tmp_path / 'run' / 'log.csv'))
+    steps, median = env['objective/scores/median']
+    for s, v in zip(steps, median):
+        logger.log({'objective/scores': v}, int(s))
+    drawn = {}
+    plot_line = Axes.plot
+
+    def record(self, x, y, *args, **kw):
+        drawn[kw.get('label')] = list(y)
+        return plot_line(self, x, y, *args, **kw)
+
+    monkeypatch.setattr(Axes, 'plot', record)
+    monkeypatch.setattr(sys, 'argv', ['plot.py', f'--logs={tmp_path / "run"}', '--smooth=0.9', f'--envelope={env_path}',
+                                      '--columns=objective/scores', f'--out={tmp_path / "c.png"}'])
+    runpy.run_path(os.path.join(ROOT, 'plot.py'), run_name='__main__')
+    assert drawn['objective/scores'] == pytest.approx(drawn['healthy runs (median)'], abs=1e-9)
+    assert drawn['objective/scores'] != pytest.approx(list(median), abs=1e-3)  # it was smoothed
