@@ -243,6 +243,14 @@ def mean_se(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1) / len(xs))
 
 
+def paired_z(xs, base):
+    """The mean of xs - base in standard errors of that mean, pairing xs[i] with base[i] (both
+    policies answer the same prompts, with the same random numbers, so their rewards correlate:
+    treating them as independent samples understates z). 0 where every difference is 0."""
+    d_mean, d_se = mean_se([x - b for x, b in zip(xs, base)])
+    return d_mean / d_se if d_se > 0 else 0.0
+
+
 @torch.no_grad()
 def sequence_kl(model, prompts, responses, batch_size=128):
     """log pi(y|x) - log pi_ref(y|x) summed over the response tokens (EOS included) of each sample:
@@ -260,19 +268,18 @@ def sequence_kl(model, prompts, responses, batch_size=128):
     return kls
 
 
-rows, examples = [], {}
+rows, examples, true_rewards = [], {}, {}
 for name, path in policies:
     model = reference if name == 'pretrained' else GPT.from_checkpoint(path, device=device)[0].eval()
     ids, texts, ended = sample(model, eval_prompts, torch.Generator(device=device).manual_seed(seed + 1))
-    r_mean, r_se = mean_se(positivity(None, texts))
+    true_rewards[name] = positivity(None, texts)
+    r_mean, r_se = mean_se(true_rewards[name])
     kl_mean, kl_se = mean_se(sequence_kl(model, eval_prompts, ids))
     rows.append({'policy': name, 'true_reward': r_mean, 'true_reward_se': r_se, 'kl': kl_mean, 'kl_se': kl_se,
                  'eos_rate': sum(ended) / len(ended), 'length': sum(map(len, texts)) / len(texts), 'n': len(texts)})
     examples[name] = texts
-base = rows[0]
-for r in rows:
-    r['z_vs_pretrained'] = (r['true_reward'] - base['true_reward']) / max(1e-12, math.hypot(r['true_reward_se'],
-                                                                                            base['true_reward_se']))
+for r in rows:  # paired over the 400 prompts
+    r['z_vs_pretrained'] = paired_z(true_rewards[r['policy']], true_rewards['pretrained'])
 with open(os.path.join(out_dir, 'eval.csv'), 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()

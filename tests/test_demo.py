@@ -16,7 +16,7 @@ from conftest import ROOT, SHARED, load_definitions, run_python
 
 INPUT = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 demo = load_definitions(os.path.join(ROOT, 'demo.py'), 'POSITIVE', 'NEGATIVE', 'positivity', 'preference_pairs',
-                        'log_by_step', 'envelope_table', 'mean_se')
+                        'log_by_step', 'envelope_table', 'mean_se', 'paired_z')
 
 
 def test_load_definitions_runs_nothing_of_the_script(capsys):
@@ -113,6 +113,15 @@ def test_mean_se():
     m, se = demo.mean_se([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and se == pytest.approx(math.sqrt(5 / 3 / 4))  # sample variance (n - 1), over n
     assert demo.mean_se([3.0]) == (3.0, 0.0)  # one sample: no spread, no division by zero
+
+
+def test_paired_z_uses_the_differences_of_the_same_prompts():
+    """Differences 1, 1, 2, 0: mean 1, sample sd sqrt(2/3), se sqrt(2/3)/2, z = 2.449. As if the
+    samples were independent, z would be 1 / hypot(se(xs), se(base)) = 0.926: the shared prompts'
+    correlation (here strong) is what the paired test sees."""
+    xs, base = [3.0, 1.0, 4.0, 0.0], [2.0, 0.0, 2.0, 0.0]
+    assert demo.paired_z(xs, base) == pytest.approx(1 / (math.sqrt(2 / 3) / 2))
+    assert demo.paired_z(base, base) == 0.0  # the pretrained model against itself
 
 
 def test_demo_pipeline_end_to_end(tmp_path):
