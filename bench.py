@@ -79,10 +79,14 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def print_plan(argv):
     """bench.py --plan config/X.py [--plan_gb=24] [--key=value ...]: the memory plan, nothing run."""
-    from common import GiB, check_fits, format_plan, plan_config
-    path = argv[1] if argv[0] == '--plan' and len(argv) > 1 else argv[0].split('=', 1)[1]
+    from common import GiB, UserError, check_fits, format_plan, parse_value, plan_config
+    path = argv[1] if argv[0] == '--plan' and len(argv) > 1 else argv[0].split('=', 1)[1] if '=' in argv[0] else ''
+    if not path or path.startswith('--'):
+        raise UserError("--plan needs a config file: python bench.py --plan config/X.py [--plan_gb=24] [--key=value]")
     rest = argv[2:] if argv[0] == '--plan' else argv[1:]
-    gb = [float(a.split('=', 1)[1]) for a in rest if a.startswith('--plan_gb=')]
+    gb = [parse_value(a.split('=', 1)[1]) for a in rest if a.startswith('--plan_gb=')]
+    if any(isinstance(g, bool) or not isinstance(g, (int, float)) or g <= 0 for g in gb):
+        raise UserError(f"--plan_gb must be a positive number of GiB, got {gb}")
     device_bytes = (gb[-1] if gb else 24.0) * GiB
     script, config, plan = plan_config(path, [a for a in rest if not a.startswith('--plan_gb=')])
     i = plan['inputs']
@@ -475,6 +479,8 @@ train_goal = 1.15      # ours/HF speed ratios we aim for
 sample_goal = 1.2
 # -----------------------------------------------------------------------------
 configure(globals())
+if gen_prompt_len + gen_tokens > block_size:  # HF's generate would index past its positions; ours drops its cache
+    raise UserError(f"gen_prompt_len + gen_tokens = {gen_prompt_len + gen_tokens} must fit block_size={block_size}")
 device, device_type, dtype, ctx = setup_device(device, dtype)
 cuda = device_type == 'cuda'
 transformers.logging.set_verbosity_error()

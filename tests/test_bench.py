@@ -41,6 +41,15 @@ def test_scripts_unknown_entry_is_one_clear_line():
                                 "pretrain, sft, reward, dpo, dpo_cached, ppo, trl")
 
 
+def test_default_mode_refuses_sampling_longer_than_block_size():
+    """A prompt plus new tokens past block_size: one line before any work (HF's generate crashed
+    after the training timing, and ours would have timed its no-cache path)."""
+    p = run_python([sys.executable, 'bench.py', '--block_size=128'], cwd=ROOT, capture_output=True, text=True,
+                   timeout=120)
+    assert p.returncode == 1 and p.stderr.strip() == ('error: gen_prompt_len + gen_tokens = 192 must fit '
+                                                      'block_size=128'), p.stderr[-2000:]
+
+
 def test_default_mode_ours_vs_hf_runs():
     """The default mode on a 1-layer model: both rows and the same training loss. Regression:
     GPT.configure_optimizers(hf_model) raised AttributeError (no param_groups on HF's model), so

@@ -275,6 +275,11 @@ def test_bench_plan_prints_the_table_without_running_anything():
     bad = run_python([sys.executable, 'bench.py', '--plan', 'config/finetune_shakespeare.py', '--batch_size=16',
                           '--dtype=float32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith('error: ') and 'gradient_checkpointing' in bad.stderr
+    for args, message in ((['--plan'], '--plan needs a config file'),
+                          (['--plan', 'config/dpo_gpt2large.py', '--plan_gb=abc'], '--plan_gb must be a positive number')):
+        p = run_python([sys.executable, 'bench.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr
+        assert p.stderr.startswith(f'error: {message}'), p.stderr
 
 
 # ----------------------------------------------------------------------------------------------
