@@ -478,7 +478,7 @@ while iter_num < max_iters:
                    'time/rollout': t_rollout, 'time/score': t_score, 'time/train': dt - t_rollout - t_score, 'lr': lr,
                    # for the health alarms (alarms.py)
                    'policy/ratio_max': ratio_max if n_steps else none, 'val/num_sequences': n_seq,
-                   'objective/distinct_2': distinct_n(response_tokens, 2),
+                   'objective/distinct_2': distinct_n(response_tokens, 2, max_len=16),
                    'objective/duplicate_frac': duplicate_fraction(response_texts, prompt_texts)}
         if advantage_estimator == 'gae':
             metrics['val/explained_variance'] = explained_variance(old_values, returns, response_mask)

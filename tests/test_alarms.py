@@ -266,6 +266,26 @@ def test_distinct_n_hand_values():
     assert distinct_n([[1, 2, 3], [1, 2, 4]], 1) == 4 / 6
     assert distinct_n([[5, 5, 5, 5]], 2) == 1 / 3                  # degenerate repetition
     assert distinct_n([[1], []], 2) == 0.0                          # no bigrams at all
+    assert distinct_n([[1, 2, 3, 9, 9], [1, 2, 4]], 2, max_len=3) == 3 / 4  # each cut to its first 3 tokens
+
+
+def test_distinct_2_over_the_first_16_tokens_does_not_fall_with_length_alone():
+    """32 different Shakespeare lines a batch, char-level, growing from 10 to 50 characters: pooled
+    over whole responses distinct_2 fell from 0.52 to 0.21 and the collapse alarm fired on healthy,
+    longer answers; over the first 16 tokens (what ppo_train.py logs) it stays within 0.5x of its
+    start, and one answer for every prompt still fires it."""
+    import random
+    from conftest import SHARED
+    text = open(os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')).read()
+    lines = [line for line in text.split('\n') if len(line) >= 50]
+    rng = random.Random(0)
+    monitor = HealthMonitor('ppo')
+    for it, length in enumerate([10, 10, 10, 30, 50, 50, 50]):
+        batch = [list(line[:length]) for line in rng.sample(lines, 32)]
+        assert not monitor.update({DISTINCT_2: distinct_n(batch, 2, max_len=16), DUPLICATE_FRAC: 0.0}, it), it
+    one = [list(rng.choice(lines)[:50])] * 32
+    fired = [monitor.update({DISTINCT_2: distinct_n(one, 2, max_len=16), DUPLICATE_FRAC: 0.0}, it) for it in (7, 8)]
+    assert [a.name for a in fired[-1]] == ["collapse"]
 
 
 def test_duplicate_fraction_counts_repeats_across_prompts_only():
