@@ -367,7 +367,8 @@ def dpo_logps_falling(history, th):
 def accuracy_at_chance(history, th):
     """Reward model or DPO: the latest val accuracy ('val/accuracy', or DPO's
     'val/rewards/accuracies') is <= 0.5 + chance_margin from the chance_after_evals-th eval on
-    (the first eval, at step 0, is before any training and sits at 0.5 by construction)."""
+    (the first eval, at step 0, is before any training: a zero reward head ties every pair, 0.5;
+    DPO's policy equals its reference, every margin is 0 and its accuracy reads 0.0, as TRL's)."""
     for key in ('val/accuracy', 'val/rewards/accuracies'):
         acc = _series(history, key)
         if len(acc) >= th['chance_after_evals'] and acc[-1] <= 0.5 + th['chance_margin']:
