@@ -475,7 +475,7 @@ class HealthMonitor:
 
     def summary(self):
         """The alarms of the run so far, for the end of the run: one line each with its counts."""
-        head = f"training health ({self.kind}, {len(self.history)} updates)"
+        head = f"training health ({self.kind}, {len(self.history)} logged rows checked)"
         if not self.fired:
             return f"{head}: no alarms"
         lines = [f"{head}: {len(self.fired)} alarm{'s' if len(self.fired) > 1 else ''}"]

@@ -334,6 +334,9 @@ def run_scripts(argv):
             raise UserError(f"--cap_gb={opts['cap_gb']:g} is more than this GPU's {total / _GiB:.1f} GiB")
         torch.cuda.set_per_process_memory_fraction(cap / total, device)
     jobs = [e for e in SCRIPT if e in only]
+    if only == ['trl']:
+        raise UserError("--only=trl times TRL's DPOTrainer next to dpo_train.py: add dpo and/or dpo_cached "
+                        "(--only=dpo,dpo_cached,trl)")
     if 'trl' in only and ('dpo' in jobs or 'dpo_cached' in jobs):
         if importlib.util.find_spec('trl') is None:
             print("trl not installed: skipped (pip install trl to compare with trl.DPOTrainer)")

@@ -103,6 +103,9 @@ def configure(scope, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     keys = config_keys(scope)
     default = {k: scope[k] for k in keys}  # types are checked against the script's own defaults
+    if '-h' in argv or '--help' in argv:
+        print(config_help(scope, keys))
+        sys.exit(0)
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
@@ -126,6 +129,20 @@ def configure(scope, argv=None):
                 raise _unknown(k, keys, 'command line')
             scope[k] = _check_type(k, parse_value(text), default[k], 'command line')
     return {k: scope[k] for k in keys}
+
+
+def config_help(scope, keys):
+    """--help: the usage line and every config key as its script defines it (default and comment)."""
+    script = scope.get('__file__') or 'script.py'
+    lines = {}
+    if os.path.isfile(script):
+        with open(script, encoding='utf-8') as f:
+            for line in f:
+                name = line.split('=', 1)[0].strip()
+                if '=' in line and name in keys and not line[0].isspace() and name not in lines:
+                    lines[name] = line.rstrip()
+    return (f"usage: python {os.path.basename(script)} [config/file.py ...] [--key=value ...]  (applied in order)\n"
+            f"config keys (defaults):\n" + "\n".join('  ' + lines.get(k, f"{k} = {scope[k]!r}") for k in keys))
 
 
 def print_config(config, file=None):

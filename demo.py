@@ -113,6 +113,8 @@ QUICK = {  # --quick=True: a few iterations of each stage, to check the pipeline
 }
 if quick:
     samples_per_prompt, n_pair_prompts, n_eval_prompts = 2, 64, 16
+    if out_dir == 'out-demo':  # never mix a pipeline check's models into a real run's directory
+        out_dir = 'out-demo-quick'
 
 # -----------------------------------------------------------------------------
 # data: tiny Shakespeare, char level (its first 90% train, the rest held out, as prepare.py splits)
@@ -122,6 +124,9 @@ if stage('data', os.path.join('data', DATASET, 'meta.pkl')):
     if subprocess.run(cmd + (['--input', input_txt] if input_txt else [])).returncode != 0:
         raise UserError("could not prepare tiny Shakespeare (offline? pass --input_txt=path/to/input.txt)")
 text_path = input_txt or os.path.join(ROOT, 'data', DATASET, 'input.txt')
+if not os.path.isfile(text_path):  # the token files exist, made by prepare.py --input from a local copy
+    raise UserError(f"{text_path} not found: data/{DATASET} was prepared from a local file; pass "
+                    f"--input_txt=path/to/input.txt again (the demo reads its prompts' lines from it)")
 with open(text_path, encoding='utf-8') as f:
     text = f.read()
 split_at = int(len(text) * 0.9)

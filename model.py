@@ -508,7 +508,13 @@ class GPT(nn.Module):
             c, sd = None, None
         if sd is None:
             from transformers import GPT2LMHeadModel  # heavy import, only when needed
-            hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+            try:
+                hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+            except OSError as e:  # no network, a hub error, a mirror without the files
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelLoadError(f"could not load {name_or_path} from the Hugging Face hub ({first[:160]}); "
+                                     f"offline, pass a local directory saved with save_pretrained, or set "
+                                     f"HF_ENDPOINT to a mirror") from None
             c, sd = hf.config.to_dict(), hf.state_dict()
         c = {_HF_GPT2_ALIASES.get(k, k): v for k, v in c.items() if v is not None}
         c = {**_HF_GPT2_DEFAULTS, **c}

@@ -104,7 +104,7 @@ if columns:
 elif ppo:
     wanted = [c for c in PPO_COLUMNS if c in available]
 else:
-    wanted = [c for c in available if any(s in c.lower() for s in LOSS_LIKE)]
+    wanted = [c for c in available if any(s in c.lower() for s in LOSS_LIKE) and not c.startswith('alarm/')]
 if not wanted:
     raise UserError(f"nothing to plot by default; choose --columns among: {', '.join(available)}")
 panels = {}  # panel title -> its columns, in order

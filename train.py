@@ -406,8 +406,8 @@ while True:
             mfu = raw_model.estimate_mfu(n_tokens / raw_model.config.block_size, dt)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
-        logger.log({'train/loss_step': lossf, 'lr': lr, 'mfu': running_mfu,
-                    **step_metrics(dt, n_tokens * ddp_world_size, device_type)}, iter_num)
+        logger.log({'train/loss_step': lossf, 'lr': lr, **({'mfu': running_mfu} if running_mfu >= 0 else {}),
+                    **step_metrics(dt, n_tokens * ddp_world_size, device_type)}, iter_num)  # mfu: from the 6th on
         pbar.set_postfix(loss=f"{lossf:.4f}")
     iter_num += 1
     local_iter_num += 1

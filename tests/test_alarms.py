@@ -87,7 +87,7 @@ def only(alarms, name):
 def test_healthy_stream_raises_no_alarm(kind, stream):
     alarms, monitor = run(kind, stream, on_alarm='stop', kl_ceiling=5.0)  # stop: any alarm would raise
     assert alarms == []
-    assert monitor.summary() == f"training health ({kind}, {len(stream)} updates): no alarms"
+    assert monitor.summary() == f"training health ({kind}, {len(stream)} logged rows checked): no alarms"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_alarm_fires_once_while_on_and_again_after_it_turned_off():
     assert [(a.name, a.step) for a in alarms] == [('kl_negative', 12), ('kl_negative', 32)]
     assert monitor.fired == {'kl_negative': 2} and monitor.updates_on == {'kl_negative': 16}  # 8 + 8
     summary = monitor.summary()
-    assert 'training health (ppo, 40 updates): 1 alarm\n' in summary
+    assert "training health (ppo, 40 logged rows checked): 1 alarm\n" in summary
     assert 'kl_negative (warn): turned on 2x, on for 16 updates (still on), first at step 12' in summary
 
 

@@ -41,6 +41,11 @@ def test_scripts_unknown_entry_is_one_clear_line():
                                 "pretrain, sft, reward, dpo, dpo_cached, ppo, trl")
 
 
+def test_scripts_trl_alone_is_one_clear_line():
+    p = bench('--only=trl')  # it printed an empty table: trl is timed next to dpo/dpo_cached only
+    assert p.returncode == 1 and p.stderr.strip().startswith("error: --only=trl times TRL's DPOTrainer"), p.stderr
+
+
 def test_default_mode_refuses_sampling_longer_than_block_size():
     """A prompt plus new tokens past block_size: one line before any work (HF's generate crashed
     after the training timing, and ours would have timed its no-cache path)."""

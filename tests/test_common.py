@@ -1,5 +1,6 @@
 """The shared plumbing: config overrides, LR schedule, checkpoints, CSV logging."""
 import csv
+import os
 import json
 import math
 
@@ -274,3 +275,18 @@ def test_ddp_device_auto_without_cuda_is_the_cpu(monkeypatch):
     assert ddp_device('auto', 1) == 'cpu' and ddp_device('cpu', 1) == 'cpu'
     with pytest.raises(UserError, match='not on mps'):
         ddp_device('mps', 0)
+
+
+def test_help_lists_every_key_as_the_script_defines_it(tmp_path, capsys):
+    """--help (or -h) prints the usage and each config key's line of the script, its default and
+    comment, and exits 0 (it was 'error: --help: flags are written --key=value')."""
+    script = tmp_path / 'x.py'
+    script.write_text("import os\nmax_iters = 100   # steps\nout_dir = 'out'\n")
+    scope = {'__file__': str(script), 'os': os, 'max_iters': 100, 'out_dir': 'out'}
+    for flag in ('--help', '-h'):
+        with pytest.raises(SystemExit) as e:
+            configure(dict(scope), ['--max_iters=3', flag])
+        assert e.value.code == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith('usage: python x.py [config/file.py ...] [--key=value ...]')
+        assert out[2:] == ["  max_iters = 100   # steps", "  out_dir = 'out'"]

@@ -128,7 +128,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'demo.py'), '--quick=True', '--envelope_seeds=1', f'--input_txt={INPUT}']
     p = run_python(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    out = tmp_path / 'out-demo'
+    out = tmp_path / 'out-demo-quick'  # --quick=True never writes into out-demo
+    assert not (tmp_path / 'out-demo').exists()
     for path in ['pretrain/ckpt.pt', 'reward/best.pt', 'dpo_beta0.1/ckpt.pt', 'dpo_beta0.5/ckpt.pt',
                  'ppo/ckpt.pt', 'grpo/ckpt.pt', 'ppo/log.csv', 'prompts_train.jsonl']:
         assert (out / path).is_file(), path
@@ -148,3 +149,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count('exists, skipped') == 8, p.stdout  # data, pretrain, pairs, reward, 2 x DPO, PPO, GRPO
     assert p.stdout.count('$ ') == 0, p.stdout  # and the envelope's runs are not repeated
+    # without --input_txt the lines the data came from are not at hand: one line, not a traceback
+    if os.path.isfile(os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')):
+        return  # a downloaded copy is there (prepare.py without --input): the demo reads that one
+    p = run_python(cmd[:-1], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith('error: ') \
+        and 'pass --input_txt=path/to/input.txt again' in p.stderr, p.stderr[-2000:]

@@ -251,6 +251,20 @@ def test_checkpoint_round_trip(tmp_path, ours):
     assert isinstance(GPT.from_pretrained(str(tmp_path)), GPT)  # a checkpoint directory works too
 
 
+def test_hub_download_failure_is_one_clear_line(monkeypatch):
+    """gpt2* offline: transformers' OSError (a multi-screen traceback) becomes one ModelLoadError
+    line that says what to do."""
+    import transformers
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nmore text")
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, 'from_pretrained', offline)
+    with pytest.raises(ModelLoadError, match=r"could not load gpt2 from the Hugging Face hub \(We couldn't connect.*"
+                                             r"offline, pass a local directory saved with save_pretrained"):
+        GPT.from_pretrained('gpt2')
+
+
 def test_checkpoint_of_other_architecture_is_a_clear_error(tmp_path, ours):
     sd = ours.state_dict()
     args = dict(vars(ours.config), n_layer=3)  # claims 3 layers, holds 2

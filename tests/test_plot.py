@@ -69,7 +69,8 @@ def test_reward_log_panels(tmp_path):
     for step in range(0, 40, 10):
         logger.log({'train/loss': 0.69 - step / 100, 'train/accuracy': 0.5 + step / 100,
                     'train/margin': step / 50, 'lr': 1e-5}, step)
-        logger.log({'val/loss': 0.7, 'val/accuracy': 0.55, 'val/margin': 0.1, 'val/reward_mean': 0.0}, step)
+        logger.log({'val/loss': 0.7, 'val/accuracy': 0.55, 'val/margin': 0.1, 'val/reward_mean': 0.0,
+                    'alarm/accuracy_at_chance': 1.0}, step)  # an alarm's flag column: not a panel of its own
     out = str(tmp_path / 'plots' / 'reward.png')
     r = plot(f'--logs={tmp_path / "log.csv"}', f'--out={out}')
     assert r.returncode == 0, r.stderr
