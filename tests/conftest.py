@@ -18,6 +18,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+# what the tests read instead of downloading (README, Quick start: how to make ../shared once)
+SHARED_FILES = ('data/tinyshakespeare/input.txt', 'data/hh-rlhf/harmless-base-test.jsonl.gz',
+                'tiktoken_cache/6d1cbeee0f20b3d9449abfede4726ed8212e3aee',
+                'tiktoken_cache/6c7ea1a7e38e3a7f062df639a5b80947f075ffe6')
+
+
+def pytest_configure(config):
+    """Stop at once, in one message, when ../shared is incomplete (the tests would fail one by one
+    with FileNotFoundErrors, or tiktoken would download)."""
+    bpe_elsewhere = os.environ['TIKTOKEN_CACHE_DIR'] != os.path.join(SHARED, 'tiktoken_cache')  # the user's own cache
+    missing = [p for p in SHARED_FILES if not os.path.isfile(os.path.join(SHARED, p))
+               and not (bpe_elsewhere and p.startswith('tiktoken_cache/'))]
+    if missing:
+        pytest.exit(f"the tests read {SHARED}/ beside the repository and it lacks {', '.join(missing)}: "
+                    f"see the README's Quick start for how to make it", returncode=4)
 
 # Under pytest-xdist (`pytest -n auto`, the README's test command) each worker gets its share of
 # the cores, in this process and in the scripts the tests run as subprocesses (OMP_NUM_THREADS is

@@ -128,3 +128,21 @@ def test_a_missing_script_and_what_a_fork_renews_or_hands_to_a_subprocess(tmp_pa
     threads = str(int(os.environ.get('OMP_NUM_THREADS', '1')) + 1)
     monkeypatch.setenv('OMP_NUM_THREADS', threads)
     assert run_python(cmd, cwd=tmp_path, capture_output=True, text=True).stdout.split()[2] == threads
+
+
+def test_a_missing_shared_folder_stops_the_suite_in_one_message(tmp_path):
+    """A clone without ../shared: pytest stops at once and names what is missing and where to read
+    how to make it (not dozens of FileNotFoundErrors, nor a tiktoken download)."""
+    import shutil
+    tests = tmp_path / 'repo' / 'tests'
+    tests.mkdir(parents=True)
+    for name in ('conftest.py', 'forkserver.py'):
+        shutil.copy(os.path.join(os.path.dirname(__file__), name), tests / name)
+    (tests / 'test_x.py').write_text('def test_x():\n    pass\n')
+    env = {k: v for k, v in os.environ.items() if k != 'TIKTOKEN_CACHE_DIR' and not k.startswith('PYTEST_')}
+    p = subprocess.run([sys.executable, '-m', 'pytest', str(tests), '-q', '-p', 'no:xdist', '-p', 'no:benchmark'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 4, p.stdout[-2000:] + p.stderr[-2000:]
+    out = p.stdout + p.stderr
+    assert f"the tests read {tmp_path / 'shared'}/ beside the repository and it lacks data/tinyshakespeare/input.txt" in out
+    assert "see the README's Quick start" in out
