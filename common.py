@@ -76,7 +76,8 @@ def _check_type(key, new, old, where):
         return float(new)
     if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
         return type(old)(new)
-    raise UserError(f"{where}: {key} must be {type(old).__name__} (default {old!r}), got {new!r}")
+    off = " (None is for keys whose default is None; 'off' is 0 or '')" if new is None else ""
+    raise UserError(f"{where}: {key} must be {type(old).__name__} (default {old!r}), got {new!r}{off}")
 
 
 def _unknown(key, keys, where):
@@ -227,9 +228,13 @@ def saved_rank_state(checkpoint, rank, world_size):
     for. When the process counts differ rank 0 notes that the resume is not exact."""
     states = checkpoint.get('rank_states') or [checkpoint]
     if len(states) != world_size:
-        print0(f"note: the checkpoint was saved by {len(states)} process(es), this run has {world_size}: "
-               f"ranks without a saved state restart their data from the start (resume not exact)")
-    return states[rank] if rank < len(states) else None
+        print0(f"note: the checkpoint was saved by {len(states)} process(es), this run has {world_size}: ranks "
+               f"without a saved state take rank 0's data position and fresh RNGs (resume not exact)")
+    if rank < len(states):
+        return states[rank]
+    # a rank the checkpoint has none for: rank 0's place in the epoch (the epoch and its share are the
+    # same for every rank; EpochBatches rescales the index to this run's plan), no RNG state
+    return {k: v for k, v in states[0].items() if k in ('train_loader', 'sft_loader')}
 
 
 def finish_ddp(state_dict):
@@ -746,10 +751,12 @@ class EpochBatches:
         self.lengths, self.tokens_per_batch = lengths, tokens_per_batch
         self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
+        self.order = 'stream'  # 'seed+epoch': a checkpoint's from before stream_seed, resumed as it began
         self.batches = self._plan()
 
     def _plan(self):
-        gen = torch.Generator().manual_seed(stream_seed(self.seed, 'epoch', self.epoch))
+        seed = stream_seed(self.seed, 'epoch', self.epoch) if self.order == 'stream' else self.seed + self.epoch
+        gen = torch.Generator().manual_seed(seed)
         if self.tokens_per_batch > 0:
             batches = token_budget_batches(self.lengths, self.tokens_per_batch, gen)
         else:
@@ -772,10 +779,11 @@ class EpochBatches:
         return self.collate([self.items[i] for i in batch])
 
     def state_dict(self):
-        return {'epoch': self.epoch, 'index': self.index, 'n_batches': len(self.batches)}
+        return {'epoch': self.epoch, 'index': self.index, 'n_batches': len(self.batches), 'order': self.order}
 
     def load_state_dict(self, state):
         self.epoch, self.index = state['epoch'], state['index']
+        self.order = state.get('order', 'seed+epoch')  # a state without it: the order it was saved in
         self.batches = self._plan()
         saved = state.get('n_batches', len(self.batches))
         if saved != len(self.batches):  # another batch_size, tokens_per_batch or world size: same share of the epoch

@@ -510,8 +510,10 @@ class GPT(nn.Module):
             from transformers import GPT2LMHeadModel  # heavy import, only when needed
             try:
                 hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
-            except OSError as e:  # no network, a hub error, a mirror without the files
+            except OSError as e:  # no network, a hub error, a mirror without the files; a directory without weights
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if is_dir:
+                    raise ModelLoadError(f"{name_or_path} has no weights transformers can load ({first[:160]})") from None
                 raise ModelLoadError(f"could not load {name_or_path} from the Hugging Face hub ({first[:160]}); "
                                      f"offline, pass a local directory saved with save_pretrained, or set "
                                      f"HF_ENDPOINT to a mirror") from None

@@ -227,7 +227,7 @@ prompt_loader = EpochBatches(prompts, batch_size, seed, collate=lambda batch: ba
 # models: policy (+ value head when the critic is shared), reference, optional separate critic
 lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 shared_critic = advantage_estimator == 'gae' and critic == 'shared'
-iter_num, checkpoint = 0, None
+iter_num, checkpoint, rollout_seeding = 0, None, 'stream'  # rollout_seeding: see stream_seed
 if init_from == 'resume':
     policy, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=0.0)
     if 'ref_source' not in checkpoint:
@@ -235,6 +235,7 @@ if init_from == 'resume':
                         f"use --init_from={out_dir} and another out_dir")
     iter_num, ref_source = checkpoint['iter_num'], checkpoint['ref_source']
     ref_fingerprint = checkpoint.get('ref_fingerprint')
+    rollout_seeding = checkpoint.get('rollout_seeding', 'seed+iter')  # a run from before stream_seed goes on as begun
     if lora_rank != policy.config.lora_rank:  # the run's adapters (or none) decide what the reference is
         print(f"lora_rank {policy.config.lora_rank} from the checkpoint (config says {lora_rank})")
         lora_rank = policy.config.lora_rank
@@ -321,7 +322,7 @@ def checkpoint_state():
     state = {'model': policy.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
              'model_args': asdict(policy.config), 'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config,
              'rng': get_rng_state(), 'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source,
-             'ref_fingerprint': ref_fingerprint,
+             'ref_fingerprint': ref_fingerprint, 'rollout_seeding': rollout_seeding,
              'monitor': monitor.state_dict()}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()
@@ -347,7 +348,7 @@ while iter_num < max_iters:
     batch_prompts = [p for p in prompt_loader.next() for _ in range(n_seq // batch_size)]  # groups adjacent
     prompt_ids, prompt_mask = pad_left(batch_prompts, eos, device)
     n_prompt = prompt_ids.size(1)
-    generator.manual_seed(stream_seed(seed, 'rollout', iter_num))
+    generator.manual_seed(stream_seed(seed, 'rollout', iter_num) if rollout_seeding == 'stream' else seed + iter_num)
     with torch.no_grad(), ctx:
         ids, sample_logp = policy.generate(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                            top_p=top_p, attention_mask=prompt_mask, eos_token_id=eos,

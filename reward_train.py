@@ -210,7 +210,8 @@ if checkpoint is not None:
     state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)  # each DDP rank resumes its own RNGs and pairs
     if state is not None:
         train_loader.load_state_dict(state['train_loader'])
-        set_rng_state(state['rng'])
+        if 'rng' in state:  # a rank the checkpoint has no state for keeps its fresh RNGs
+            set_rng_state(state['rng'])
     checkpoint = None
 raw_model = model
 model = PairLoss(model, chosen_lm_coef)

@@ -215,9 +215,24 @@ def test_saved_rank_state_per_rank_and_the_note_when_counts_differ(capsys):
     ddp = {'rng': 'r0', 'rank_states': [{'rng': 'a'}, {'rng': 'b'}]}
     assert [saved_rank_state(ddp, r, 2) for r in (0, 1)] == [{'rng': 'a'}, {'rng': 'b'}]
     assert capsys.readouterr().out == ''
-    assert saved_rank_state(ddp, 2, 3) is None  # a third rank has no saved state: it starts its data afresh
+    assert saved_rank_state(ddp, 2, 3) == {}  # a third rank has no saved state: no RNGs (rank 0 saved no data state)
     assert 'saved by 2 process(es), this run has 3' in capsys.readouterr().out
-    assert saved_rank_state(single, 1, 2) is None
+    assert saved_rank_state(single, 1, 2) == {'train_loader': 't0'}  # rank 0's data position, not its RNGs
+
+
+def test_resume_on_more_ranks_puts_every_rank_at_the_same_point_of_the_epoch():
+    """A one-process checkpoint at epoch 1, micro-batch 10 of 20, resumed with 2 DDP ranks: both
+    ranks go on at epoch 1, 5 of their 10 (rank 1 restarted at epoch 0, index 0, so the ranks walked
+    different epochs' orders for the rest of the run)."""
+    from common import EpochBatches, saved_rank_state
+    single = EpochBatches(list(range(40)), 2, 7, collate=list)
+    for _ in range(30):
+        single.next()
+    checkpoint = {'rng': 'r', 'train_loader': single.state_dict()}
+    for rank in (0, 1):
+        loader = EpochBatches(list(range(40)), 2, 7, collate=list, rank=rank, world_size=2)
+        loader.load_state_dict(saved_rank_state(checkpoint, rank, 2)['train_loader'])
+        assert (loader.epoch, loader.index, len(loader.batches)) == (1, 5, 10), rank
 
 
 def test_pad_left_masks_padding_even_when_it_is_a_real_token():

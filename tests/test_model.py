@@ -1,5 +1,6 @@
 """model.py against Hugging Face GPT-2 on the same weights, and generate's contracts."""
 
+import json
 import os
 
 import pytest
@@ -251,7 +252,7 @@ def test_checkpoint_round_trip(tmp_path, ours):
     assert isinstance(GPT.from_pretrained(str(tmp_path)), GPT)  # a checkpoint directory works too
 
 
-def test_hub_download_failure_is_one_clear_line(monkeypatch):
+def test_hub_download_failure_is_one_clear_line(monkeypatch, tmp_path):
     """gpt2* offline: transformers' OSError (a multi-screen traceback) becomes one ModelLoadError
     line that says what to do."""
     import transformers
@@ -263,6 +264,11 @@ def test_hub_download_failure_is_one_clear_line(monkeypatch):
     with pytest.raises(ModelLoadError, match=r"could not load gpt2 from the Hugging Face hub \(We couldn't connect.*"
                                              r"offline, pass a local directory saved with save_pretrained"):
         GPT.from_pretrained('gpt2')
+    d = tmp_path / 'noweights'  # a local directory: not a hub failure
+    d.mkdir()
+    (d / 'config.json').write_text(json.dumps({'model_type': 'gpt2'}))
+    with pytest.raises(ModelLoadError, match=r"noweights has no weights transformers can load \(We couldn't"):
+        GPT.from_pretrained(str(d))
 
 
 def test_checkpoint_of_other_architecture_is_a_clear_error(tmp_path, ours):

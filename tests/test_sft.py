@@ -145,6 +145,19 @@ def test_epoch_batches_resume_under_another_plan_goes_on_at_the_same_share_of_th
     assert c.next() == a.next() and capsys.readouterr().out == ''
 
 
+def test_a_state_saved_before_stream_seed_resumes_in_its_own_order():
+    """A checkpoint from before the per-seed streams (its state has no 'order') keeps planning its
+    epochs as seed + epoch, so a run resumed mid-epoch neither repeats nor skips items; later saves
+    keep that order."""
+    old_state = {'epoch': 1, 'index': 3}  # what state_dict() held then
+    loader = EpochBatches(list(range(20)), 2, 5, collate=list)
+    loader.load_state_dict(old_state)
+    expected = torch.randperm(20, generator=torch.Generator().manual_seed(5 + 1)).tolist()
+    assert [x for b in loader.batches for x in b] == expected
+    assert loader.state_dict()['order'] == 'seed+epoch'
+    assert EpochBatches(list(range(20)), 2, 5, collate=list).state_dict()['order'] == 'stream'
+
+
 def test_epoch_orders_of_consecutive_seeds_are_unrelated():
     """Seed 2's first epoch is not seed 1's second (it was, with the order drawn from seed + epoch),
     and stream_seed is a fixed function of its arguments (a resume in a new process gets the same)."""
