@@ -816,3 +816,29 @@ def test_consecutive_seeds_draw_unrelated_rollouts(tiny, tmp_path):
     assert at(1, 0) != at(1, 1)  # two rollouts of one run differ
     same = sum(a == b for a, b in zip(at(1, 1), at(2, 0)))
     assert same < 8, f"{same} of 64 samples of seed 2's first rollout repeat seed 1's second"
+
+
+def test_a_checkpoint_from_before_stream_seed_resumes_with_its_own_rollout_seeds(tiny, tmp_path, monkeypatch):
+    """A PPO checkpoint without 'rollout_seeding' (saved before stream_seed) keeps reseeding its
+    rollouts seed + iter_num, as the run began; a new checkpoint keeps stream_seed."""
+    import common
+    right, calls = common.stream_seed, []
+
+    def spy(seed, *keys):
+        calls.append(keys)
+        return right(seed, *keys)
+
+    monkeypatch.setattr(common, 'stream_seed', spy)
+    args = ['--max_new_tokens=4', '--batch_size=4', '--mini_batch_size=4', '--eval_interval=1']
+    run_ppo_in_process(tmp_path, monkeypatch, tiny / 'hf', *args, '--max_iters=1')
+    assert ('rollout', 0) in calls
+    ckpt_path = tmp_path / 'out' / 'ckpt.pt'
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt['rollout_seeding'] == 'stream' and ckpt['prompt_loader']['order'] == 'stream'
+    del ckpt['rollout_seeding'], ckpt['prompt_loader']['order']
+    torch.save(ckpt, ckpt_path)
+    calls.clear()
+    run_ppo_in_process(tmp_path, monkeypatch, tiny / 'hf', *args, '--max_iters=2', '--init_from=resume')
+    assert not [c for c in calls if c[0] == 'rollout']  # seed + iter_num, as the run began
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt['rollout_seeding'] == 'seed+iter' and ckpt['prompt_loader']['order'] == 'seed+epoch'
