@@ -140,6 +140,9 @@ if lora_dropout != 0.0:
                     f"function, so the first ratio of each rollout is 1); set lora_dropout=0")
 if critic not in ('shared', 'separate'):
     raise UserError(f"critic must be 'shared' or 'separate', got {critic!r}")
+if kl_in_loss and advantage_estimator == 'gae':
+    raise UserError("kl_in_loss=True is GRPO/RLOO's KL term in the loss; PPO with GAE keeps the KL penalty in the "
+                    "reward (kl_coef, kl_estimator): leave kl_in_loss=False")
 if max_new_tokens >= block_size:
     raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in block_size={block_size}")
 n_seq = batch_size * (group_size if advantage_estimator != 'gae' else 1)  # sequences per rollout
@@ -253,6 +256,9 @@ if policy.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")
 if block_size < policy.config.block_size:
     policy.crop_block_size(block_size)
+elif block_size > policy.config.block_size:  # prompts were kept for block_size: they would not fit the policy
+    raise UserError(f"block_size={block_size} is larger than {init_from}'s context {policy.config.block_size}; "
+                    f"set --block_size={policy.config.block_size}")
 policy.to(device)
 if lora_rank:
     reference = None  # the policy with its adapters disabled
@@ -269,8 +275,14 @@ if advantage_estimator == 'gae' and critic == 'separate':
         raise UserError("critic='separate' starts from this project's reward checkpoint (a .pt file); "
                         "with reward_fn or a Hugging Face reward model use critic='shared'")
     critic_model = GPT.from_pretrained(reward_model, dropout=0.0).to(device).eval()  # its value head: the reward head
-    if checkpoint is not None:
-        critic_model.load_state_dict(checkpoint['critic'])
+    if critic_model.config.block_size < block_size:  # it reads whole rollouts, prompt and response
+        raise UserError(f"critic='separate' starts from {reward_model}, whose context {critic_model.config.block_size} "
+                        f"is shorter than block_size={block_size}: lower block_size or use critic='shared'")
+    saved_critic = checkpoint['critic'] if checkpoint is not None else None
+    if critic_model.config.lora_rank and not (saved_critic and any('.lora_' in k for k in saved_critic)):
+        critic_model.merge_lora()  # a LoRA reward model: every weight of the critic trains, as the policy's do
+    if saved_critic is not None:
+        critic_model.load_state_dict(saved_critic)
     elif normalize_reward:  # the scores it predicts are (r - mean) / std: its head starts on that scale
         with torch.no_grad():
             head = critic_model.value_head
@@ -406,7 +418,7 @@ while iter_num < max_iters:
         adv = grpo_advantages(seq_scores, group_size) if advantage_estimator == 'grpo' \
             else rloo_advantages(seq_scores, group_size)
         advantages, returns = adv[:, None] * response_mask, None
-    if whiten_advantages and advantage_estimator == 'gae':
+    if whiten_advantages and advantage_estimator == 'gae' and response_mask.sum() >= 2:  # (a variance needs 2)
         advantages = masked_whiten(advantages, response_mask)
     t_score = time.time() - t0 - t_rollout
 

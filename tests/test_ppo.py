@@ -316,6 +316,16 @@ def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):
     save_checkpoint(str(tmp_path / 'small.pt'), {'model': small.state_dict(), 'model_args': asdict(small.config)}, small)
     p = run_ppo(tiny, tmp_path, common + ['--reward_model=small.pt', '--critic=shared'])
     assert p.returncode != 0 and "do not fit the reward model's block_size=9" in p.stderr, p.stderr[-1000:]
+    # a critic from a reward model of a shorter context than block_size would crash on the first long
+    # rollout; a block_size past the policy's own context, too: both are refused at start
+    short = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=32, value_head=True))
+    save_checkpoint(str(tmp_path / 'short.pt'), {'model': short.state_dict(), 'model_args': asdict(short.config)}, short)
+    p = run_ppo(tiny, tmp_path, common + ['--reward_model=short.pt'])
+    assert p.returncode != 0 and "whose context 32 is shorter than block_size=64" in p.stderr, p.stderr[-1000:]
+    p = run_ppo(tiny, tmp_path, common + ['--block_size=128'])
+    assert p.returncode != 0 and "block_size=128 is larger than" in p.stderr and "context 64" in p.stderr, p.stderr[-1000:]
+    p = run_ppo(tiny, tmp_path, common + ['--kl_in_loss=True'])
+    assert p.returncode != 0 and "kl_in_loss=True is GRPO/RLOO's KL term" in p.stderr, p.stderr[-1000:]
     for normalize, scale, shift in [(True, 2.0, 5.0), (False, 1.0, 0.0)]:
         p = run_ppo(tiny, tmp_path, common + [f'--normalize_reward={normalize}'])
         assert p.returncode == 0, p.stderr[-2000:]
@@ -842,3 +852,28 @@ def test_a_checkpoint_from_before_stream_seed_resumes_with_its_own_rollout_seeds
     assert not [c for c in calls if c[0] == 'rollout']  # seed + iter_num, as the run began
     ckpt = torch.load(ckpt_path, weights_only=False)
     assert ckpt['rollout_seeding'] == 'seed+iter' and ckpt['prompt_loader']['order'] == 'seed+epoch'
+
+
+def test_one_token_rollout_and_a_lora_reward_model_as_the_separate_critic(tiny, tmp_path):
+    """A rollout of one response token in all (batch_size 1, max_new_tokens 1) trains without
+    whitening (a variance of one token raised). A separate critic from a LoRA reward checkpoint is
+    merged and trains every weight, as the policy does (only its adapters and head moved)."""
+    from dataclasses import asdict
+    from common import save_checkpoint
+    from model import GPTConfig
+    p = run_ppo(tiny, tmp_path, ['--batch_size=1', '--mini_batch_size=1', '--max_new_tokens=1', '--max_iters=1'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    torch.manual_seed(0)
+    rm = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=64, value_head=True,
+                       lora_rank=2, lora_targets='attn'))
+    with torch.no_grad():
+        rm.value_head.weight.normal_(0, 1.0)  # a zero head passes no gradient to the trunk
+    save_checkpoint(str(tmp_path / 'rmlora.pt'), {'model': rm.state_dict(), 'model_args': asdict(rm.config),
+                                                  'reward_mean': 0.0, 'reward_std': 1.0}, rm)
+    p = run_ppo(tiny, tmp_path, ['--reward_fn=', '--reward_model=rmlora.pt', '--critic=separate', '--batch_size=4',
+                                 '--mini_batch_size=4', '--learning_rate=1e-2', '--max_iters=1', '--eval_interval=1'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    critic = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)['critic']
+    merged = rm.merge_lora().state_dict()
+    assert not any('lora_' in k for k in critic) and critic.keys() == merged.keys()
+    assert not torch.equal(critic['transformer.h.0.mlp.c_fc.weight'], merged['transformer.h.0.mlp.c_fc.weight'])
