@@ -113,6 +113,12 @@ def run_ppo(tiny, tmp_path, args, fresh=False):
 
 
 
+def ppo_fails(tiny, tmp_path, args, *messages):
+    """ppo_train.py with args stops with an error whose text holds every one of messages."""
+    p = run_ppo(tiny, tmp_path, args)
+    assert p.returncode != 0 and all(m in p.stderr for m in messages), (args, p.stderr[-1500:])
+
+
 def run_ppo_in_process(tmp_path, monkeypatch, init_from, *args):
     """ppo_train.py in this process (runpy), so a test's monkeypatches reach it: 8 prompts, the
     space_fraction reward, tmp_path as the working directory and out_dir=out; args override."""
@@ -236,19 +242,20 @@ def test_ppo_grpo_rloo_learn_a_known_reward(peaked, tmp_path, algo):
 
 
 def test_ppo_bad_inputs_fail_before_work(tiny, tmp_path):
-    p = run_ppo(tiny, tmp_path, ['--reward_fn=rewards:nope', '--max_iters=1'])
-    assert p.returncode != 0 and "error: reward_fn='rewards:nope' cannot be imported" in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--reward_fn=rewards:wrong_length', '--max_iters=1'])
-    assert p.returncode != 0 and 'error: reward function returned 1 scores for 16 responses' in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--reward_fn=', '--reward_model=missing/best.pt', '--max_iters=1'])
-    assert p.returncode != 0 and 'error: reward_model missing/best.pt not found' in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--max_new_tokens=64', '--max_iters=1'])
-    assert p.returncode != 0 and 'leaves no room for a prompt' in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--kl_estimator=k4', '--max_iters=1'])
-    assert p.returncode != 0 and "error: kl_estimator must be 'k1', 'k2' or 'k3', got 'k4'" in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--advantage_estimator=grpo', '--batch_size=2', '--kl_in_loss=True',
-                                 '--kl_estimator=k3', '--max_iters=1'])
-    assert p.returncode != 0 and 'with kl_in_loss=True the loss always takes k3' in p.stderr
+    ppo_fails(tiny, tmp_path, ['--reward_fn=rewards:nope', '--max_iters=1'],
+              "error: reward_fn='rewards:nope' cannot be imported")
+    ppo_fails(tiny, tmp_path, ['--reward_fn=rewards:wrong_length', '--max_iters=1'],
+              'error: reward function returned 1 scores for 16 responses')
+    ppo_fails(tiny, tmp_path, ['--reward_fn=', '--reward_model=missing/best.pt', '--max_iters=1'],
+              'error: reward_model missing/best.pt not found')
+    ppo_fails(tiny, tmp_path, ['--max_new_tokens=64', '--max_iters=1'], 'leaves no room for a prompt')
+    ppo_fails(tiny, tmp_path, ['--temperature=0', '--max_iters=1'],
+              'error: temperature=0.0: PPO samples (temperature > 0)')
+    ppo_fails(tiny, tmp_path, ['--top_p=0', '--max_iters=1'], 'error: top_k=0, top_p=0.0: top_k must be >= 0')
+    ppo_fails(tiny, tmp_path, ['--kl_estimator=k4', '--max_iters=1'],
+              "error: kl_estimator must be 'k1', 'k2' or 'k3', got 'k4'")
+    ppo_fails(tiny, tmp_path, ['--advantage_estimator=grpo', '--batch_size=2', '--kl_in_loss=True',
+                               '--kl_estimator=k3', '--max_iters=1'], 'with kl_in_loss=True the loss always takes k3')
 
 
 def test_kl_estimator_sets_the_penalty_in_the_reward(tiny, tmp_path):
@@ -287,12 +294,8 @@ def test_ppo_prompts_per_epoch_not_a_multiple_of_batch_size(tiny, tmp_path):
         assert len(rows) == 3
         assert float(rows[0]['objective/kl_coef']) == 0.01  # the starting kl_coef, not the one updated after it
         assert float(rows[1]['objective/kl_coef']) != 0.01
-    p = run_ppo(tiny, tmp_path, ['--prompt_data=few.jsonl', '--batch_size=16', '--max_iters=1'])
-    assert p.returncode != 0 and 'error: few.jsonl: 10 usable prompts, fewer than batch_size=16' in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--temperature=0', '--max_iters=1'])
-    assert p.returncode != 0 and 'error: temperature=0.0: PPO samples (temperature > 0)' in p.stderr
-    p = run_ppo(tiny, tmp_path, ['--top_p=0', '--max_iters=1'])
-    assert p.returncode != 0 and 'error: top_k=0, top_p=0.0: top_k must be >= 0' in p.stderr
+    ppo_fails(tiny, tmp_path, ['--prompt_data=few.jsonl', '--batch_size=16', '--max_iters=1'],
+              'error: few.jsonl: 10 usable prompts, fewer than batch_size=16')
 
 
 def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):
@@ -314,18 +317,15 @@ def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):
     # a reward model whose block_size cannot hold a response (8 tokens + EOS + a prompt token): at start
     small = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=9, value_head=True))
     save_checkpoint(str(tmp_path / 'small.pt'), {'model': small.state_dict(), 'model_args': asdict(small.config)}, small)
-    p = run_ppo(tiny, tmp_path, common + ['--reward_model=small.pt', '--critic=shared'])
-    assert p.returncode != 0 and "do not fit the reward model's block_size=9" in p.stderr, p.stderr[-1000:]
+    ppo_fails(tiny, tmp_path, common + ['--reward_model=small.pt', '--critic=shared'],
+              "do not fit the reward model's block_size=9")
     # a critic from a reward model of a shorter context than block_size would crash on the first long
     # rollout; a block_size past the policy's own context, too: both are refused at start
     short = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, block_size=32, value_head=True))
     save_checkpoint(str(tmp_path / 'short.pt'), {'model': short.state_dict(), 'model_args': asdict(short.config)}, short)
-    p = run_ppo(tiny, tmp_path, common + ['--reward_model=short.pt'])
-    assert p.returncode != 0 and "whose context 32 is shorter than block_size=64" in p.stderr, p.stderr[-1000:]
-    p = run_ppo(tiny, tmp_path, common + ['--block_size=128'])
-    assert p.returncode != 0 and "block_size=128 is larger than" in p.stderr and "context 64" in p.stderr, p.stderr[-1000:]
-    p = run_ppo(tiny, tmp_path, common + ['--kl_in_loss=True'])
-    assert p.returncode != 0 and "kl_in_loss=True is GRPO/RLOO's KL term" in p.stderr, p.stderr[-1000:]
+    ppo_fails(tiny, tmp_path, common + ['--reward_model=short.pt'], "whose context 32 is shorter than block_size=64")
+    ppo_fails(tiny, tmp_path, common + ['--block_size=128'], "block_size=128 is larger than", "context 64")
+    ppo_fails(tiny, tmp_path, common + ['--kl_in_loss=True'], "kl_in_loss=True is GRPO/RLOO's KL term")
     for normalize, scale, shift in [(True, 2.0, 5.0), (False, 1.0, 0.0)]:
         p = run_ppo(tiny, tmp_path, common + [f'--normalize_reward={normalize}'])
         assert p.returncode == 0, p.stderr[-2000:]
@@ -534,8 +534,8 @@ def test_ppo_runs_with_a_hf_reward_model(tiny, hf_rm, tmp_path):
     samples = list(csv.DictReader(open(tmp_path / 'out' / 'samples.csv')))
     assert len(rows) == 2 and len(samples) == 8 and {s['step'] for s in samples} == {'0', '1'}
     assert all(abs(float(s['score'])) < 1e3 for s in samples)
-    p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={tmp_path / "nope"}', '--max_iters=1'])
-    assert p.returncode != 0 and 'is not a loadable Hugging Face sequence-classification model' in p.stderr
+    ppo_fails(tiny, tmp_path, ['--reward_fn=', f'--reward_model={tmp_path / "nope"}', '--max_iters=1'],
+              'is not a loadable Hugging Face sequence-classification model')
 
 
 def test_ppo_and_grpo_configs_parse():
@@ -723,8 +723,8 @@ def test_ppo_update_has_no_dropout_so_each_rollouts_first_ratio_is_1(tiny, tmp_p
 
 
 def test_ppo_refuses_lora_dropout(tiny, tmp_path):
-    p = run_ppo(tiny, tmp_path, ['--lora_rank=4', '--lora_dropout=0.5', '--max_iters=1'])
-    assert p.returncode != 0 and 'lora_dropout=0.5: PPO runs without dropout' in p.stderr, p.stderr[-1500:]
+    ppo_fails(tiny, tmp_path, ['--lora_rank=4', '--lora_dropout=0.5', '--max_iters=1'],
+              'lora_dropout=0.5: PPO runs without dropout')
 
 
 def test_an_iteration_whose_every_step_was_skipped_logs_nan_not_zero(tiny, tmp_path, monkeypatch):
@@ -877,3 +877,21 @@ def test_one_token_rollout_and_a_lora_reward_model_as_the_separate_critic(tiny, 
     merged = rm.merge_lora().state_dict()
     assert not any('lora_' in k for k in critic) and critic.keys() == merged.keys()
     assert not torch.equal(critic['transformer.h.0.mlp.c_fc.weight'], merged['transformer.h.0.mlp.c_fc.weight'])
+
+
+def test_distinct_2_is_logged_over_each_responses_first_16_tokens(tiny, tmp_path, monkeypatch):
+    """objective/distinct_2 is alarms.distinct_n of the rollout's responses cut to 16 tokens (the
+    collapse alarm's length-robust measure), and the logged value is what it returned."""
+    import alarms
+    right, seen = alarms.distinct_n, []
+
+    def spy(sequences, n=2, max_len=None):
+        seen.append((n, max_len))
+        return right(sequences, n, max_len)
+
+    monkeypatch.setattr(alarms, 'distinct_n', spy)
+    run_ppo_in_process(tmp_path, monkeypatch, tiny / 'hf', '--max_new_tokens=4', '--batch_size=4',
+                       '--mini_batch_size=4', '--max_iters=1')
+    assert seen == [(2, 16)]
+    row = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))[0]
+    assert 0 < float(row['objective/distinct_2']) <= 1
