@@ -95,7 +95,8 @@ def test_config_file_numpy_values_apply_and_other_types_are_errors(tmp_path):
     cfg.write_text("out_dir = {'a', 'b'}\n")
     with pytest.raises(UserError, match=rf"{cfg}: out_dir must be a number, string, bool, tuple or list"):
         configure(defaults(), [str(cfg)])
-    with pytest.raises(UserError, match=r"command line: max_iters must be int \(default 100\), got None"):
+    with pytest.raises(UserError, match=r"command line: max_iters must be int \(default 100\), got None \(None is "
+                                        r"for keys whose default is None; 'off' is 0 or ''\)"):
         configure(defaults(), ['--max_iters=None'])
     scope = defaults()
     configure(scope, ['--top_k=5', '--top_k=None'])  # its default is None (not the 5 set before)

@@ -270,7 +270,9 @@ def test_sft_speed_figures_count_the_tokens_actually_trained(tmp_path):
                               '--tokens_per_batch=64', '--gradient_accumulation_steps=2', '--log_interval=1'], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'tokens per iteration: at most 128' in p.stdout  # 2 micro-batches of at most 64 tokens
-    row = [r for r in csv.DictReader(open(out / 'log.csv')) if r['step'] == '5'][0]
+    rows = {r['step']: r for r in csv.DictReader(open(out / 'log.csv')) if r['train/loss_step']}
+    assert [rows[str(i)]['mfu'] for i in range(5)] == [''] * 5  # not measured yet: empty, not nanoGPT's -1
+    row = rows['5']
     model, _ = GPT.from_checkpoint(str(out))
     per_token = train_flops_per_token(model.get_num_params(), 2, 64, 32) / 312e12  # model.estimate_mfu's
     assert float(row['mfu']) == pytest.approx(float(row['tokens_per_s']) * per_token, rel=1e-6)
