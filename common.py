@@ -200,6 +200,20 @@ def split_accumulation(gradient_accumulation_steps, world_size):
     return gradient_accumulation_steps // world_size
 
 
+def accumulation_weights(counts, world_size=1):
+    """Each micro-batch's loss weight in one optimizer step whose loss is the mean over every item
+    (pair, target token) of the step, on all ranks: w_i = n_i * W / N, with n_i the items of this
+    rank's micro-batch i (counts, a float tensor (k,)), N their total over every rank's micro-batches
+    (an all-reduce when world_size W > 1) and the factor W because DDP averages the ranks' gradients:
+    (1/W) sum_ranks sum_i w_i mean_i = sum n_i mean_i / N. Full micro-batches alike: w_i = 1/k. A
+    short one (an epoch's last) weighs by its size, not as much as a full one. A collective under DDP."""
+    total = counts.sum()
+    if world_size > 1:
+        total = total.clone()
+        torch.distributed.all_reduce(total)
+    return counts * world_size / total
+
+
 def ddp_gather(obj):
     """Every rank's `obj` (picklable), as a list indexed by rank. A collective: all ranks call it."""
     objs = [None] * torch.distributed.get_world_size()

@@ -52,12 +52,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, check_source_unchanged, configure, ddp_broadcast,
-                    ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
-                    load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory,
-                    policy_adapters, preference_logps, print0, print_config, require_positive, save_atomic,
-                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, source_identity,
-                    split_accumulation, step_metrics, weights_fingerprint)
+from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_source_unchanged,
+                    configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state,
+                    get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides, make_optimizer,
+                    nonfinite_loss_error, plan_memory, policy_adapters, preference_logps, print0, print_config,
+                    require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
+                    setup_device, source_identity, split_accumulation, step_metrics, weights_fingerprint)
 from losses import dpo_loss
 from model import GPT
 
@@ -427,15 +427,19 @@ while True:
         break
 
     # forward/backward over gradient_accumulation_steps micro-batches of pairs; sums stay on the device
+    # (the step's pair indices up front: each micro-batch weighs by its share of the step's pairs, all ranks,
+    # so an epoch's short last one counts its pairs, not as much as a full one)
+    micro_batches = [train_loader.next() for _ in range(gradient_accumulation_steps)]
+    weights = accumulation_weights(torch.tensor([float(len(idx)) for idx in micro_batches], device=device),
+                                   ddp_world_size)
     sums, n_pairs, n_tokens = {}, 0, 0
-    for micro_step in range(gradient_accumulation_steps):
+    for micro_step, idx in enumerate(micro_batches):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
-        idx = train_loader.next()
         loss, m = forward('train', idx)
         # padded rows (chosen and rejected) on every rank
         n_tokens += 2 * len(idx) * max(len(pairs['train'][i][k][0]) for i in idx for k in (0, 1)) * ddp_world_size
-        scaler.scale(loss / gradient_accumulation_steps).backward()
+        scaler.scale(loss * weights[micro_step]).backward()
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v.sum()
         n_pairs += len(m['loss'])

@@ -36,11 +36,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, UserError, configure, ddp_broadcast, ddp_device, ddp_gather, ddp_mean,
-                    finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, load_preference_pairs,
-                    lora_overrides, make_optimizer, nonfinite_loss_error, pad_right, plan_memory, print0,
-                    print_config, read_records, require_positive, reward_stats, save_checkpoint, saved_rank_state,
-                    set_rng_state, setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
+from common import (EpochBatches, Logger, UserError, accumulation_weights, configure, ddp_broadcast, ddp_device,
+                    ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
+                    load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, pad_right,
+                    plan_memory, print0, print_config, read_records, require_positive, reward_stats, save_checkpoint,
+                    saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_pair, split_accumulation,
+                    step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -316,20 +317,24 @@ while True:
     if iter_num >= max_iters:
         break
 
-    # forward/backward over gradient_accumulation_steps micro-batches of pairs
+    # forward/backward over gradient_accumulation_steps micro-batches of pairs, fetched up front: each
+    # weighs by its share of the step's pairs (all ranks), so an epoch's short last one counts its pairs
+    batches = [train_loader.next() for _ in range(gradient_accumulation_steps)]
+    weights = accumulation_weights(torch.tensor([float(b[3].numel()) for b in batches], device=device),
+                                   ddp_world_size)  # b[3]: the micro-batch's margins, one a pair
     sums, n_tokens = {}, 0
-    for micro_step in range(gradient_accumulation_steps):
+    for micro_step, batch in enumerate(batches):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
-        batch = train_loader.next()
         n_tokens += batch[0].numel() * ddp_world_size  # 2 right-padded rows a pair, on every rank
         loss, m = forward(*batch)
-        scaler.scale(loss / gradient_accumulation_steps).backward()
-        sums['objective'] = sums.get('objective', 0.0) + loss.detach().float() / gradient_accumulation_steps
+        w = weights[micro_step]
+        scaler.scale(loss * w).backward()
+        sums['objective'] = sums.get('objective', 0.0) + loss.detach().float() * w
         for k in ('loss', 'accuracy', 'margin', 'lm_loss'):  # loss: Bradley-Terry alone, as val/loss
             if k in m:
-                sums[k] = sums.get(k, 0.0) + m[k].mean() / gradient_accumulation_steps
-    if ddp:  # means over every rank's micro-batches: the figures logged, checked and stopped on
+                sums[k] = sums.get(k, 0.0) + m[k].mean() * w
+    if ddp:  # means over every rank's pairs: the figures logged, checked and stopped on
         sums = dict(zip(sums, ddp_mean(torch.stack(list(sums.values())))))  # one all-reduce for all
     lossf = sums.pop('objective').item()  # Bradley-Terry + chosen_lm_coef * LM: what the step minimises
     metrics = {f'train/{k}': v.item() for k, v in sums.items()}

@@ -37,11 +37,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, checkpoint_model_args, configure, ddp_device,
-                    ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, grad_scaler, lora_overrides,
-                    make_optimizer, nonfinite_loss_error, plan_memory, print_config, read_records, require_positive,
-                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair,
-                    split_accumulation, step_metrics, tokenize_pair, unwrap)
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, accumulation_weights, checkpoint_model_args,
+                    configure, ddp_device, ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, grad_scaler,
+                    lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, print_config, read_records,
+                    require_positive, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device,
+                    sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair, unwrap)
 from model import GPT, GPTConfig, IGNORE_INDEX
 
 # -----------------------------------------------------------------------------
@@ -364,8 +364,7 @@ while True:
         # loss is the mean over every response token of the iteration (all ranks), not a mean of micro-batch means
         micro_batches = [next_train_batch() for _ in range(gradient_accumulation_steps)]
         n_targets = torch.stack([(y != IGNORE_INDEX).sum() for _, y in micro_batches]).float()  # (k,)
-        n_total = ddp_mean(n_targets.sum()) * ddp_world_size if ddp else n_targets.sum()
-        weights = n_targets * ddp_world_size / n_total  # times world_size: DDP averages the ranks' gradients
+        weights = accumulation_weights(n_targets, ddp_world_size)  # n_i * world_size / N (all ranks' N)
         next_batch = iter(micro_batches).__next__
     X, Y = next_batch()
     n_tokens = 0  # tokens processed this iteration, padding included

@@ -306,3 +306,12 @@ def test_help_lists_every_key_as_the_script_defines_it(tmp_path, capsys):
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith('usage: python x.py [config/file.py ...] [--key=value ...]')
         assert out[2:] == ["  max_iters = 100   # steps", "  out_dir = 'out'"]
+
+
+def test_accumulation_weights_hand_values():
+    """w_i = n_i * W / N: full micro-batches weigh 1/k each; a short one by its share of the items."""
+    from common import accumulation_weights
+    torch.testing.assert_close(accumulation_weights(torch.tensor([4., 4., 4., 4.])), torch.full((4,), 0.25))
+    torch.testing.assert_close(accumulation_weights(torch.tensor([2., 2., 1.])), torch.tensor([0.4, 0.4, 0.2]))
+    losses = torch.tensor([0.5, 1.0, 3.0])  # each micro-batch's mean: over 2, 2 and 1 items
+    assert (accumulation_weights(torch.tensor([2., 2., 1.])) * losses).sum().item() == pytest.approx((1 + 2 + 3) / 5)

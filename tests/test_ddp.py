@@ -262,8 +262,10 @@ def test_dpo_train_ddp_cached_reference(prefdir):
 def test_dpo_train_two_ranks_equal_one_process(prefdir):
     """The ranks split each epoch's micro-batches (rank r takes r, r + 2, ...), so 2 ranks x
     accumulation 2 train on exactly the 4 micro-batches that 1 process x accumulation 4 does: the
-    same logged metrics at every step and the same weights, up to float summation order."""
-    args = PREF_ARGS + ['--precompute_ref_logps=True', '--batch_size=4', '--gradient_accumulation_steps=4']
+    same logged metrics at every step and the same weights, up to float summation order. 80 pairs
+    in micro-batches of 6 end each epoch with a short one of 2 (rank 1's 7th): it weighs by its
+    pairs in both, the ranks' pair counts summed by one all-reduce (common.accumulation_weights)."""
+    args = PREF_ARGS + ['--precompute_ref_logps=True', '--batch_size=6', '--gradient_accumulation_steps=4']
     launch('dpo_train.py', args + ['--out_dir=out-dpo-2ranks'], prefdir)
     launch('dpo_train.py', args + ['--out_dir=out-dpo-1proc'], prefdir, nproc=1)
     two, one = log_rows(prefdir / 'out-dpo-2ranks'), log_rows(prefdir / 'out-dpo-1proc')
