@@ -1151,11 +1151,13 @@ def response_values(model, ids, attention_mask, n_prompt):
     return model.value(model.trunk(ids, attention_mask)[:, n_prompt - 1:-1])
 
 
-def policy_adapters(model, lora, source, log=print):
-    """DPO's and PPO's policy from `source`'s model, whose reference is `source` itself: with `lora`
-    (lora_overrides, lora_rank > 0) fresh adapters on top of its own merged ones, so the adapters-off
-    model is `source`; without, any adapters `source` has (a LoRA SFT) merged in, so every weight
-    trains (kept as they were, only they would train, under a frozen base). Returns the model."""
+def run_adapters(model, lora, source, log=print):
+    """Every script's model from init_from (`source`'s model, loaded without this run's LoRA keys):
+    with `lora` (lora_overrides, lora_rank > 0) fresh adapters on top of its own merged ones, so the
+    run starts from `source`'s function and the adapters-off model is `source` (DPO's and PPO's
+    reference); without, any adapters `source` has (a LoRA SFT) merged in, so every weight trains.
+    (Loading a LoRA checkpoint with the run's LoRA keys instead would rescale its trained adapters by
+    another lora_alpha, or keep them as the only trained weights under a frozen base.) Returns the model."""
     if lora:
         return model.with_new_adapters(**lora)
     if model.config.lora_rank:

@@ -55,7 +55,7 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_source_unchanged,
                     configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state,
                     get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides, make_optimizer,
-                    nonfinite_loss_error, plan_memory, policy_adapters, preference_logps, print0, print_config,
+                    nonfinite_loss_error, plan_memory, run_adapters, preference_logps, print0, print_config,
                     require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
                     setup_device, source_identity, split_accumulation, step_metrics, weights_fingerprint)
 from losses import dpo_loss
@@ -174,7 +174,7 @@ if init_from == 'resume':
     if not ref_from and not ref_is_base:  # the reference is loaded again from its path: it must not have changed
         check_source_unchanged(ref_source, checkpoint.get('ref_fingerprint'), 'the reference')
 else:
-    model = policy_adapters(GPT.from_pretrained(init_from, dropout=dropout), lora, init_from, print0)
+    model = run_adapters(GPT.from_pretrained(init_from, dropout=dropout), lora, init_from, print0)
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights
     ref_source, ref_is_base = ref_from or init_from, bool(lora_rank) and not ref_from
 ref_fingerprint = None if ref_is_base else weights_fingerprint(ref_source)  # checked when a resumed run reloads it

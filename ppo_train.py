@@ -34,7 +34,7 @@ from tqdm import tqdm
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, check_source_unchanged, configure,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left,
-                    plan_memory, policy_adapters, preference_triple, print_config, read_records, render_chat,
+                    plan_memory, run_adapters, preference_triple, print_config, read_records, render_chat,
                     require_positive, resolve_device, response_forward, response_values, save_checkpoint,
                     set_rng_state, setup_device, single_process, step_metrics, stream_seed, weights_fingerprint)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
@@ -249,7 +249,7 @@ if init_from == 'resume':
     elif kl_coef != checkpoint['kl_coef']:
         print(f"kl_coef {kl_coef} from the config (the checkpoint's run used {checkpoint['kl_coef']})")
 else:
-    policy = policy_adapters(GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic), lora, init_from)
+    policy = run_adapters(GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic), lora, init_from)
     ref_source = init_from  # the reference is the initial policy, also after a resume
     ref_fingerprint = None if lora_rank else weights_fingerprint(ref_source)  # checked when a resumed run reloads it
 if policy.config.vocab_size < tokenizer.n_vocab:

@@ -38,8 +38,8 @@ from tqdm import tqdm
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, accumulation_weights, configure, ddp_broadcast, ddp_device,
                     ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
-                    load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, pad_right,
-                    plan_memory, print0, print_config, read_records, require_positive, reward_stats, save_checkpoint,
+                    load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, pad_right, plan_memory,
+                    print0, print_config, read_records, require_positive, reward_stats, run_adapters, save_checkpoint,
                     saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_pair, split_accumulation,
                     step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
@@ -189,13 +189,17 @@ if init_from == 'resume':
     if best_val is None and (checkpoint.get('best_val_acc') or -1) >= 0:  # an older checkpoint: accuracy only
         best_val = (checkpoint['best_val_acc'], float('-inf'))
 else:
-    model = GPT.from_pretrained(init_from, value_head=True, dropout=dropout, **lora)
+    model = run_adapters(GPT.from_pretrained(init_from, value_head=True, dropout=dropout), lora, init_from, print0)
 if not model.config.value_head:
     raise UserError(f"{init_from}: the resumed model has no value head")
 if block_size < model.config.block_size:
     model.crop_block_size(block_size)
 elif block_size > model.config.block_size:
     raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
+if model.config.lora_rank:  # the value head trains too (LoRA freezes only the base weights)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print0(f"LoRA rank {model.config.lora_rank} on {model.config.lora_targets}: {n_train:,} trainable parameters "
+           f"of {model.get_num_params():,}")
 if model.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
 model.to(device)

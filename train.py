@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, accumulation_weights, checkpoint_model_args,
                     configure, ddp_device, ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, grad_scaler,
-                    lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, print_config, read_records,
-                    require_positive, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device,
-                    sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair, unwrap)
+                    lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, print0, print_config,
+                    read_records, require_positive, run_adapters, save_checkpoint, saved_rank_state, set_rng_state,
+                    setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair,
+                    unwrap)
 from model import GPT, GPTConfig, IGNORE_INDEX
 
 # -----------------------------------------------------------------------------
@@ -232,7 +233,7 @@ elif init_from == 'resume':
     block_size = model.config.block_size
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
 else:  # gpt2* name, Hugging Face directory or a checkpoint of this project: finetune from it
-    model = GPT.from_pretrained(init_from, dropout=dropout, **lora)
+    model = run_adapters(GPT.from_pretrained(init_from, dropout=dropout), lora, init_from, print0)
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. gpt2's 1024 down to a smaller context
     elif block_size > model.config.block_size:

@@ -258,11 +258,11 @@ def test_with_new_adapters_keeps_the_trained_model_as_the_adapters_off_reference
     assert all(p.requires_grad == is_adapter(n) for n, p in new.named_parameters())
 
 
-def test_policy_adapters_for_dpo_and_ppo(tiny_hf):
-    """common.policy_adapters, DPO's and PPO's policy from a LoRA SFT model: with lora_rank > 0 fresh
+def test_run_adapters_for_dpo_and_ppo(tiny_hf):
+    """common.run_adapters, DPO's and PPO's policy from a LoRA SFT model: with lora_rank > 0 fresh
     adapters whose adapters-off model is the SFT model itself; with lora_rank 0 its adapters merged
     and every weight trainable (before, its adapters came along under a frozen base)."""
-    from common import lora_overrides, policy_adapters
+    from common import lora_overrides, run_adapters
     idx = random_batch()[0]
 
     def sft_model():
@@ -276,13 +276,68 @@ def test_policy_adapters_for_dpo_and_ppo(tiny_hf):
 
     expected = sft_model()(idx)[0]
     notes = []
-    full = policy_adapters(sft_model(), {}, 'sft', notes.append).eval()
+    full = run_adapters(sft_model(), {}, 'sft', notes.append).eval()
     assert full.config.lora_rank == 0 and all(p.requires_grad for p in full.parameters())
     assert notes == ['sft has LoRA adapters; lora_rank=0: merged into its weights, every weight trains']
     torch.testing.assert_close(full(idx)[0], expected, atol=1e-5, rtol=0)
-    lora = policy_adapters(sft_model(), lora_overrides(2, 4.0, 0.0, 'attn'), 'sft', notes.append).eval()
+    lora = run_adapters(sft_model(), lora_overrides(2, 4.0, 0.0, 'attn'), 'sft', notes.append).eval()
     assert lora.config.lora_rank == 2 and len(notes) == 1
     with torch.no_grad(), lora.disable_adapters():
         torch.testing.assert_close(lora(idx)[0], expected, atol=1e-5, rtol=0)
     plain = GPT.from_pretrained(tiny_hf[0])
-    assert policy_adapters(plain, {}, 'gpt2', notes.append) is plain and len(notes) == 1
+    assert run_adapters(plain, {}, 'gpt2', notes.append) is plain and len(notes) == 1
+
+
+@pytest.mark.parametrize('script', ['train.py', 'reward_train.py'])
+def test_train_and_reward_train_from_a_lora_checkpoint(tmp_path, script):
+    """train.py and reward_train.py start from a LoRA SFT checkpoint as DPO and PPO do (common.run_adapters):
+    with lora_rank=0 its adapters are merged and every weight trains (before: its adapters were the only
+    weights that trained, under a frozen base, and the checkpoint stayed a LoRA one); with lora_rank > 0
+    and another lora_alpha the run starts from the checkpoint's function, fresh adapters on top (before:
+    its trained adapters were loaded at the run's scale, alpha 16 / r instead of 4 / r: another model)."""
+    import json
+    import os
+    import sys
+    from dataclasses import asdict
+    from conftest import ROOT, make_hf_gpt2, run_python
+    make_hf_gpt2(str(tmp_path / 'hf'), vocab_size=50257, n_positions=64)
+    torch.manual_seed(0)
+    sft = GPT.from_pretrained(str(tmp_path / 'hf'), lora_rank=2, lora_alpha=4.0, lora_targets='attn,mlp')
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if n.endswith('lora_B'):
+                p.normal_(0, 0.3)  # trained adapters
+    (tmp_path / 'lora').mkdir()
+    torch.save({'model': sft.state_dict(), 'model_args': asdict(sft.config)}, tmp_path / 'lora' / 'ckpt.pt')
+    merged = sft.merge_lora().eval()
+    if script == 'train.py':
+        records = [{'prompt': f"\n\nHuman: say {w}\n\nAssistant:", 'response': f" {w}"} for w in 'abcdefghijklmnopqrst']
+        (tmp_path / 'data.jsonl').write_text('\n'.join(json.dumps(r) for r in records))
+        args = ['--sft_data=data.jsonl', '--compile=False', '--batch_size=4', '--val_fraction=0.2', '--eval_iters=1',
+                '--warmup_iters=0']
+    else:
+        records = [{'prompt': f"\n\nHuman: say {w}\n\nAssistant:", 'chosen': f" {w}", 'rejected': ' no'}
+                   for w in 'abcdefghijklmnopqrst']
+        (tmp_path / 'data.jsonl').write_text('\n'.join(json.dumps(r) for r in records))
+        args = ['--pref_data=data.jsonl', '--pref_val_data=', '--val_fraction=0.2', '--batch_size=4',
+                '--eval_iters=1', '--warmup_iters=0', '--norm_samples=4']
+    args += ['--init_from=lora', '--device=cpu', '--block_size=32', '--gradient_accumulation_steps=1', '--max_iters=1',
+             '--eval_interval=1']
+
+    def run(out, *extra):
+        p = run_python([sys.executable, os.path.join(ROOT, script), *args, f'--out_dir={out}', *extra], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout, GPT.from_checkpoint(str(tmp_path / out / 'ckpt.pt'))[0].eval()
+
+    out, full = run('full', '--lora_rank=0', '--learning_rate=1e-2', '--max_iters=2', '--eval_interval=2')  # reward:
+    # step 0 moves only the zero-initialised value head
+    assert 'lora has LoRA adapters; lora_rank=0: merged into its weights, every weight trains' in out
+    assert full.config.lora_rank == 0
+    w = 'transformer.h.0.mlp.c_fc.weight'
+    assert not torch.allclose(full.state_dict()[w], merged.state_dict()[w])  # a base weight trained
+    _, lora = run('new', '--lora_rank=2', '--lora_alpha=16', '--learning_rate=0', '--min_lr=0')
+    assert lora.config.lora_rank == 2 and lora.config.lora_alpha == 16
+    idx = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(lora(idx)[0], merged(idx)[0], atol=1e-5, rtol=0)  # the checkpoint's function
