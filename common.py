@@ -960,11 +960,13 @@ class HFRewardModel:
     template such as '{prompt}{response}' as that one text. The reward is logits[:, 0]; a model
     with num_labels > 1 is refused (which label would be the reward is the model's business).
     Batches are right-padded with an attention mask; a pair longer than the model's max length
-    loses the start of its prompt (of the whole text with a template). A tokenizer without a pad
-    token pads with its EOS (or UNK); a model whose config has no pad_token_id (a decoder classifier
-    that HF scores at the last token) is padded with an id that no text of the batch contains, so a
-    text ending in EOS is scored at that EOS, as alone. There are no normalisation stats:
-    normalize=True is a no-op."""
+    loses the start of its prompt (of the whole text with a template). The padding positions hold
+    the config's pad_token_id, whatever the tokenizer pads with (HF's decoder classifiers score the
+    rightmost token that is not that id: padding with another one, e.g. a tokenizer's EOS, scored
+    every shorter text of a batch at its padding); a model whose config has none (HF scores the last
+    token) is padded with an id that no text of the batch contains, so a text ending in EOS is scored
+    at that EOS, as alone. normalize=True uses the reward_mean and reward_std of the model's
+    config.json (export_hf.py writes this project's there), mean 0 and std 1 where it has none."""
 
     def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template='', weights_dtype='float32'):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy, only when used
@@ -991,6 +993,10 @@ class HFRewardModel:
         # pad; a config without one scores the last token (batch 1). Such a model gets, per batch, an
         # id that no real token of the batch has as its pad (EOS would be skipped at a text's end)
         self.free_pad = self.model.config.pad_token_id is None
+        self.mean = float(getattr(self.model.config, 'reward_mean', 0.0))
+        self.std = float(getattr(self.model.config, 'reward_std', 1.0))
+        if not self.std > 0:
+            raise UserError(f"reward_model {name_or_path}: its config's reward_std is {self.std}, not > 0")
         tok.padding_side, tok.truncation_side = 'right', 'left'
         limits = [tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', None)]
         self.max_length = min(n for n in limits if n is not None and n < 1_000_000)  # unset = 1e30
@@ -1001,14 +1007,13 @@ class HFRewardModel:
     def encode(self, prompts, responses):
         """The model's inputs for a batch of texts: input_ids, attention_mask (and token_type_ids)."""
         inputs = self._tokenize(prompts, responses)
+        ids, real = inputs['input_ids'], inputs['attention_mask'].bool()
         if self.free_pad:  # pad with an id that no real token of the batch has (None: there is none)
-            ids, real = inputs['input_ids'], inputs['attention_mask'].bool()
             unused = torch.ones(max(self.model.config.vocab_size, int(ids.max()) + 1), dtype=torch.bool)
             unused[ids[real]] = False
-            pad = int(unused.nonzero()[0]) if unused.any() else None
-            if pad is not None:
-                inputs['input_ids'] = ids.masked_fill(~real, pad)
-            self.model.config.pad_token_id = pad
+            self.model.config.pad_token_id = int(unused.nonzero()[0]) if unused.any() else None
+        if self.model.config.pad_token_id is not None:  # the id the model skips, not the tokenizer's pad
+            inputs['input_ids'] = ids.masked_fill(~real, self.model.config.pad_token_id)
         return inputs
 
     def _tokenize(self, prompts, responses):
@@ -1043,7 +1048,8 @@ class HFRewardModel:
             for x in batches:
                 with self.ctx:
                     out.append(self.model(**{k: v.to(self.device) for k, v in x.items()}).logits[:, 0].float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        rewards = torch.cat(out) if out else torch.zeros(0)
+        return (rewards - self.mean) / self.std if normalize else rewards
 
 
 def preference_logps(model, pairs, pad_id, device):

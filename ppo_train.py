@@ -61,7 +61,7 @@ prompt_split = 'train'
 reward_model = 'out-reward-gpt2large/best.pt'
 reward_template = ''            # HF reward model: '' = (prompt, response) as a text pair; else e.g. '{prompt}{response}'
 reward_fn = ''                  # 'module:function', f(prompts, responses) -> list of floats (texts); overrides reward_model
-normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint (no stats in an HF model)
+normalize_reward = True         # (r - reward_mean) / reward_std from the reward checkpoint (an HF one: its config.json's)
 reward_clip = 0.0               # clip scores to [-reward_clip, reward_clip] (0 = off)
 reward_device = ''              # '' = device; 'cpu' keeps the reward model off the GPU (slower scoring)
 reward_dtype = 'float32'        # weights of the frozen reward model: 'bfloat16' halves them

@@ -200,9 +200,12 @@ def test_reward_score_equals_value_head_at_last_real_token(reward_export):
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     assert ours.std() > 1e-3  # distinct scores: the test would notice a wrong position
     # as ppo_train.py's reward_model: the text pair (the default) and a one-text template score the same
+    # and normalize_reward=True uses the reward_mean/reward_std the export wrote (before: ignored, raw scores)
     for template in ('', '{prompt}{response}'):
         rm = HFRewardModel(path, template=template)
-        torch.testing.assert_close(rm.score([p for p, _ in pairs], [r for _, r in pairs]), ours, atol=1e-4, rtol=0)
+        prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+        torch.testing.assert_close(rm.score(prompts, responses), ours, atol=1e-4, rtol=0)
+        torch.testing.assert_close(rm.score(prompts, responses, normalize=True), (ours - 0.25) / 1.5, atol=1e-4, rtol=0)
 
 
 def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):

@@ -469,6 +469,30 @@ def test_hf_reward_model_scores_a_text_ending_in_eos_at_that_eos(hf_rm):
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
 
 
+def test_hf_reward_model_pads_with_the_configs_pad_id(tmp_path):
+    """A GPT-2-style classifier whose config names a pad id that its tokenizer does not pad with (here the
+    tokenizer has no pad token and pads with its EOS '</s>'; the config says [UNK]): HF scores the rightmost
+    token that is not the config's pad, so padding with EOS scored every shorter text of a batch at its
+    padding. The padding positions now hold the config's id: each text scores as alone, in any batch."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from common import HFRewardModel
+    make_hf_classifier(str(tmp_path), arch='gpt2')
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    model.config.pad_token_id = 0  # [UNK]
+    model.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.pad_token is None
+    template = '{prompt}{response}'
+    prompts, responses = ['once upon a time', 'a', 'the cat sat on the mat'], [' yes good', ' no', ' the cat']
+    with torch.no_grad():
+        alone = torch.tensor([model(**tok(template.format(prompt=p, response=r), return_tensors='pt')).logits[0, 0].item()
+                              for p, r in zip(prompts, responses)])
+    for batch_size in (1, 3):
+        got = HFRewardModel(str(tmp_path), batch_size=batch_size, template=template).score(prompts, responses)
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+    assert alone.std() > 1e-3
+
+
 def test_hf_reward_model_without_a_free_pad_id_scores_one_text_at_a_time(tmp_path):
     """A classifier with no pad id in its config is padded with an id no text of the batch uses; when
     the batch uses every id of its (tiny) vocabulary there is none, and each text is scored alone, at
