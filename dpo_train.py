@@ -170,9 +170,12 @@ if init_from == 'resume':
         raise UserError(f"{out_dir}/ckpt.pt is not a dpo_train.py checkpoint; to start DPO from it, "
                         f"use --init_from={out_dir} and another out_dir")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-    ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base'] and not ref_from
-    if not ref_from and not ref_is_base:  # the reference is loaded again from its path: it must not have changed
-        check_source_unchanged(ref_source, checkpoint.get('ref_fingerprint'), 'the reference')
+    ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base']
+    if ref_is_base and ref_from:
+        raise UserError(f"this run's reference is its policy with the LoRA adapters off; --ref_from={ref_from} "
+                        f"cannot replace it on resume: start a new run")
+    if not ref_is_base:  # the reference is loaded again from its path (ref_from: a new path, e.g. after a move):
+        check_source_unchanged(ref_source, checkpoint.get('ref_fingerprint'), 'the reference')  # the same weights
 else:
     model = run_adapters(GPT.from_pretrained(init_from, dropout=dropout), lora, init_from, print0)
     # the reference: init_from's weights; with LoRA those are the policy's own frozen base weights

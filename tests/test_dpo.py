@@ -270,6 +270,11 @@ def test_lora_dpo_uses_the_adapters_off_policy_as_reference(dpo_dir):
     sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
     assert all(torch.equal(sd[k], base[k]) for k in base)  # the frozen base (= the reference) never moved
     assert any(k.endswith('lora_B') and sd[k].abs().sum() > 0 for k in sd)
+    # on resume ref_from cannot swap that reference for another model (it was silently taken)
+    p = run_dpo(DPO_TINY + ['--init_from=resume', '--pref_data=pref.jsonl', f'--out_dir={out}', '--max_iters=4',
+                            '--lora_rank=4', '--lora_targets=attn,mlp', '--ref_from=init'], dpo_dir)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: this run's reference is its policy with the LoRA adapters off; --ref_from=init cannot replace it")
 
 
 def test_lora_dpo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(dpo_dir):
@@ -306,9 +311,9 @@ def test_lora_dpo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(dpo_dir):
 
 
 def test_resume_refuses_a_changed_reference_and_best_pt_is_this_runs(dpo_dir):
-    """A resumed run reloads its reference from init_from's path: if that checkpoint was replaced
-    meanwhile (an SFT run retrained into the same out_dir), DPO would go on against other weights
-    without a word; it is one error line. And with learning_rate=0 (val loss log 2 at every eval,
+    """A resumed run reloads its reference from init_from's path (or the ref_from it is given): if that
+    checkpoint was replaced meanwhile (an SFT run retrained into the same out_dir), DPO would go on
+    against other weights without a word; it is one error line. And with learning_rate=0 (val loss log 2 at every eval,
     never below the start's) best.pt is still written: the start's eval no longer sets the bar."""
     import shutil
     shutil.copytree(dpo_dir / 'init', dpo_dir / 'init-moving')
@@ -321,9 +326,17 @@ def test_resume_refuses_a_changed_reference_and_best_pt_is_this_runs(dpo_dir):
     ckpt = torch.load(dpo_dir / 'init-moving' / 'ckpt.pt', weights_only=False)
     ckpt['model']['transformer.ln_f.bias'] += 1.0  # another model saved in its place
     torch.save(ckpt, dpo_dir / 'init-moving' / 'ckpt.pt')
-    p = run_dpo([a for a in args if not a.startswith('--init_from')] + ['--init_from=resume', '--max_iters=4'], dpo_dir)
+    resume = [a for a in args if not a.startswith('--init_from')] + ['--init_from=resume', '--max_iters=4']
+    p = run_dpo(resume, dpo_dir)
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1].startswith('error: the reference init-moving changed since this run started')
+    # the same path named by ref_from (as a config file that sets it would) is checked too (it was skipped)
+    p = run_dpo(resume + ['--ref_from=init-moving'], dpo_dir)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].startswith('error: the reference init-moving changed since this run started')
+    # and ref_from naming a copy of the weights the run started with (init: init-moving's original) resumes
+    p = run_dpo(resume + ['--ref_from=init'], dpo_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
 
 
 @pytest.mark.parametrize('args, message', [
