@@ -898,6 +898,16 @@ def load_preference_pairs(source, split, tokenizer, block_size, truncation):
 # scoring with a reward model
 
 @torch.no_grad()
+def reward_example(tokenizer, prompt, response, block_size):
+    """A (prompt, response) text as score_texts scores it: tokenize_pair's (ids, n_prompt) of
+    prompt + response + EOS within block_size, the prompt cut from its left; a UserError when the
+    response does not fit with one prompt token."""
+    ex = tokenize_pair(tokenizer.encode(prompt), tokenizer.encode(response), tokenizer.eot_token, block_size - 1, 'left')
+    if ex is None:
+        raise UserError(f"a response of {len(tokenizer.encode(response))} tokens does not fit block_size={block_size}")
+    return ex
+
+
 def score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx=nullcontext()):
     """Rewards (N,) of [(prompt, response), ...] texts under a value-head model: each scored as
     prompt + response + EOS (as reward_train.py trains it; the prompt is cut from its left to fit
@@ -906,13 +916,7 @@ def score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx=nul
     model.eval()
     out = []
     for i in range(0, len(texts), batch_size):
-        examples = []
-        for prompt, response in texts[i:i + batch_size]:
-            ex = tokenize_pair(tokenizer.encode(prompt), tokenizer.encode(response), tokenizer.eot_token,
-                               block_size - 1, 'left')
-            if ex is None:
-                raise UserError(f"a response of {len(tokenizer.encode(response))} tokens does not fit block_size={block_size}")
-            examples.append(ex)
+        examples = [reward_example(tokenizer, prompt, response, block_size) for prompt, response in texts[i:i + batch_size]]
         ids, attention_mask, _ = pad_right(examples, tokenizer.eot_token, device)
         with ctx:
             values = model.value(model.trunk(ids))  # right padding: causal attention needs no mask

@@ -39,9 +39,9 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, accumulation_weights, configure, ddp_broadcast, ddp_device,
                     ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
                     load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, pad_right, plan_memory,
-                    print0, print_config, read_records, require_positive, reward_stats, run_adapters, save_checkpoint,
-                    saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_pair, split_accumulation,
-                    step_metrics)
+                    print0, print_config, read_records, require_positive, reward_example, reward_stats, run_adapters,
+                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_pair,
+                    split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -136,8 +136,18 @@ for split, c in counts.items():
     print0(f"{split} data: {c['identical']} pairs with chosen == rejected skipped, {c['truncated']} truncated "
            f"from the prompt's left, {c['dropped']} dropped (a response longer than block_size={block_size})")
 print0(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")
-# norm_data is read now, so a missing or bad file stops the run before training, not after it
-norm_records = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))] if norm_data else None
+# the reference responses of the normalisation stats: norm_samples of them, seeded
+pick_norm = lambda texts: [texts[i] for i in torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))
+                           .tolist()[:norm_samples]]
+norm_pairs = None  # norm_data's are read and checked now, so a bad file stops the run before training, not after it
+if norm_data:
+    norm_records = [sft_pair(r, f"{norm_data}: record {i}") for i, r in enumerate(read_records(norm_data))]
+    for i, (prompt, response) in pick_norm(list(enumerate(norm_records))):
+        try:
+            reward_example(tokenizer, prompt, response, block_size)
+        except UserError as e:
+            raise UserError(f"{norm_data}: record {i}: {e}") from None
+    norm_pairs = pick_norm(norm_records)
 
 
 def collate(batch):
@@ -374,14 +384,10 @@ if ddp:  # the replicas must be bit-identical: check once, then leave the proces
 # reward normalisation: mean/std of the reward over reference responses, stored in the checkpoints
 # (by rank 0 alone: the process group is gone, the other ranks are done)
 if master_process:
-    if norm_data:
-        norm_pairs = norm_records
-    else:
+    if not norm_data:  # the training pairs' chosen responses
         # texts again (score_texts encodes them as PPO will); an empty prompt, tokenized as [EOS], is ''
         prompt_text = lambda ids: '' if ids == [tokenizer.eot_token] else tokenizer.decode(ids)
-        norm_pairs = [(prompt_text(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']]
-    norm_pairs = [norm_pairs[i] for i in torch.randperm(len(norm_pairs), generator=torch.Generator().manual_seed(seed))
-                  .tolist()[:norm_samples]]
+        norm_pairs = pick_norm([(prompt_text(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']])
     for name in ('ckpt.pt', 'best.pt'):
         path = os.path.join(out_dir, name)
         if not os.path.isfile(path):

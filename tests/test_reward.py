@@ -204,6 +204,14 @@ def test_best_pt_is_this_runs_and_the_stats_never_divide_by_zero(tmp_path):
     p = run_python([sys.executable, reward, *base, '--norm_data=missing.jsonl'], cwd=tmp_path, capture_output=True,
                    text=True, timeout=300)
     assert p.returncode != 0 and 'missing.jsonl' in p.stderr.strip().splitlines()[-1] and 'step 1' not in p.stdout
+    # a response too long for block_size among the records it will score: also before training (it
+    # stopped after it, leaving checkpoints without stats)
+    records = [{'prompt': 'q', 'response': ' fine'}] * 6 + [{'prompt': 'q', 'response': ' word' * 80}]
+    (tmp_path / 'norm.jsonl').write_text('\n'.join(json.dumps(r) for r in records))
+    p = run_python([sys.executable, reward, *base, '--norm_data=norm.jsonl', '--norm_samples=7'], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and 'step 1' not in p.stdout
+    assert p.stderr.strip().splitlines()[-1] == 'error: norm.jsonl: record 6: a response of 80 tokens does not fit block_size=64'
 
 
 def test_resume_from_an_older_checkpoint_keeps_its_best_accuracy_as_the_bar(tmp_path):
