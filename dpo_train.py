@@ -334,7 +334,8 @@ if checkpoint is not None:
 if compile and device_type == 'cuda':
     model = torch.compile(model)
 if ddp:  # the policy only: the reference (a frozen copy, or raw_model with its adapters off) runs outside DDP
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, not in a second copy of them
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, gradient_as_bucket_view=True)
 
 
 def forward(split, idx):

@@ -233,7 +233,8 @@ model = PairLoss(model, chosen_lm_coef)
 if compile and device_type == 'cuda':  # the whole reward computation (GPT.forward is not what it runs)
     model = torch.compile(model)
 if ddp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, not in a second copy of them
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, gradient_as_bucket_view=True)
 
 
 def forward(ids, attention_mask, response_mask, margins):

@@ -278,7 +278,8 @@ if compile and device_type == 'cuda':
 elif compile and master_process:
     print(f"note: compile applies on CUDA only; running eagerly on {device_type}")
 if ddp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, not in a second copy of them
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, gradient_as_bucket_view=True)
 
 
 def eval_batches(split):
