@@ -1306,7 +1306,7 @@ def activation_bytes(cfg, batch_size, seq_len, dtype='bfloat16', gradient_checkp
 def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', gradient_checkpointing=False,
                 attention_mask=False, dropout=0.0, logit_rows=None, value_head=False, value_rows=None, frozen=(),
                 critic=None, kv_batch=0, kv_len=0, kv_logit_rows=0, batch_key='batch_size',
-                rows_per_unit=1, seq_key='block_size'):
+                rows_per_unit=1, seq_key='block_size', lora_frees=()):
     """Predicted peak bytes of a training step: a dict of named parts and 'total'.
 
     cfg: the trained model's shape (GPTConfig, object or dict; lora_rank > 0 = only adapters
@@ -1318,7 +1318,11 @@ def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', g
         gradients    4 x trainable parameters (fp32 grads of fp32 weights)
         optimizer    8 x trainable (AdamW's two fp32 moments), 2 with optimizer='adamw8bit'
         autocast     2 x matmul weights under bf16/fp16 autocast: the 16-bit copies each Linear
-                     keeps for its backward (the whole model's, at the end of the forward)
+                     keeps for its backward (the whole model's, at the end of the forward). Autocast
+                     caches the copy of a trainable weight for its whole region; a frozen one (LoRA's
+                     base) is cast at each use and kept only where autograd saves it, so with LoRA and
+                     gradient checkpointing only the tied lm_head's copy, the adapters' and one
+                     recomputed layer's remain
         activations  activation_bytes' saved layers + outside, + one layer's activations for
                      the backward (the recomputed layer with checkpointing; the working set
                      of the layer being differentiated without), x 2 with a separate critic
@@ -1327,14 +1331,17 @@ def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', g
         frozen       models held without gradients: [(name, shape cfg, dtype, remedies)], e.g.
                      the reference copy or the reward model (remedies: {'flag': new dtype or
                      None = gone}, the flags check_fits may suggest)
-        kv_cache     generation (PPO rollouts): 2 x n_layer x kv_batch x kv_len x h x p, plus
-                     ~18 bytes x V per response token (kv_logit_rows) for the no-grad log-probs
-                     and entropies of the whole rollout; this phase and the training phase
-                     (gradients, autocast copies, activations, logits) are never alive together,
-                     so the total takes the larger of the two
+        kv_cache     the rollout (PPO): the larger of generation's KV cache, 2 x n_layer x kv_batch
+                     x kv_len x h x p (freed when generate returns), and the no-grad log-probs and
+                     entropies of the whole rollout after it, 20 bytes x V per response token
+                     (kv_logit_rows: fp32 logits, scaled logits, softmax, masked logits, logsumexp's
+                     temporary; measured on CPU), plus the autocast copies of the trainable weights,
+                     cached in either; this phase and the training phase (gradients, autocast copies,
+                     activations, logits) are never alive together, so the total takes the larger
         overhead     0.5 GiB (CUDA context) + 5 % of the rest for allocator fragmentation: a guess
     batch_key, rows_per_unit, seq_key: the script's names for the batch and sequence (e.g. DPO's
-    batch_size counts pairs: 2 rows each), so check_fits can name the flag to change."""
+    batch_size counts pairs: 2 rows each), so check_fits can name the flag to change. lora_frees:
+    the names of frozen models a LoRA run does not load (the reference: the adapters-off policy)."""
     p = DTYPE_BYTES[dtype]
     counts = param_counts(cfg, value_head)
     weights, trainable = 4 * counts['total'], counts['trainable']
@@ -1353,15 +1360,23 @@ def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', g
     frozen_bytes = sum(param_counts(f[1], value_head=True)['total'] * DTYPE_BYTES[f[2]]
                        for f in frozen if f[2] is not None)
     h, L = _shape(cfg, 'n_embd'), _shape(cfg, 'n_layer')
+    lora_matmul = counts['matmul'] - V * h - L * 12 * h * h  # the adapters' weights (0 without LoRA)
+    if lora_matmul and gradient_checkpointing:  # frozen copies: lm_head's, and one recomputed layer's
+        copies = V * h + 12 * h * h + lora_matmul
+    else:  # every copy: cached (trainable) or saved by autograd for the input gradient (frozen)
+        copies = counts['matmul']
+    critic_matmul = param_counts(critic, value_head=True)['matmul'] if critic is not None else 0
+    cached = (lora_matmul or counts['matmul']) + critic_matmul  # trainable weights' copies, cached in a rollout
     plan = {
         'weights': weights,
         'gradients': 4 * trainable,
         'optimizer': OPTIMIZER_STATE_BYTES[optimizer] * trainable,
-        'autocast': 2 * counts['matmul'] * n_models if p < 4 else 0,
+        'autocast': 2 * (copies + critic_matmul) if p < 4 else 0,
         'activations': n_models * (act['layers'] + act['outside'] + act['per_layer']),
         'logits': (p + 12) * V * rows,
         'frozen': frozen_bytes,
-        'kv_cache': 2 * L * kv_batch * kv_len * h * p + 18 * V * kv_logit_rows,
+        'kv_cache': (max(2 * L * kv_batch * kv_len * h * p, 20 * V * kv_logit_rows)
+                     + (2 * cached if p < 4 else 0)) if kv_batch else 0,
     }
     train_phase = plan['gradients'] + plan['autocast'] + plan['activations'] + plan['logits']
     rest = plan['weights'] + plan['optimizer'] + plan['frozen'] + max(train_phase, plan['kv_cache'])
@@ -1372,14 +1387,15 @@ def memory_plan(cfg, batch_size, seq_len, dtype='bfloat16', optimizer='adamw', g
                           dropout=dropout, logit_rows=logit_rows, value_head=value_head, value_rows=value_rows,
                           frozen=tuple(frozen),
                           critic=critic, kv_batch=kv_batch, kv_len=kv_len, kv_logit_rows=kv_logit_rows,
-                          batch_key=batch_key, rows_per_unit=rows_per_unit, seq_key=seq_key)
+                          batch_key=batch_key, rows_per_unit=rows_per_unit, seq_key=seq_key,
+                          lora_frees=tuple(lora_frees))
     return plan
 
 
 PLAN_ROWS = (  # (key, label) in the order format_plan prints them
     ('weights', 'weights (fp32)'), ('gradients', 'gradients (fp32)'), ('optimizer', 'optimizer states'),
     ('autocast', '16-bit weight copies'), ('activations', 'activations'), ('logits', 'logits + loss'),
-    ('frozen', 'frozen models'), ('kv_cache', 'rollout (KV cache)'), ('overhead', 'CUDA context + slack'),
+    ('frozen', 'frozen models'), ('kv_cache', 'rollout'), ('overhead', 'CUDA context + slack'),
 )
 
 
@@ -1424,7 +1440,9 @@ def fit_remedies(plan, device_bytes):
             singles.append((f"--{flag}", dict(frozen=tuple(frozen))))
     if not (_shape(i['cfg'], 'lora_rank', 0) or 0):
         cfg = {k: _shape(i['cfg'], k) for k in ('n_layer', 'n_head', 'n_embd', 'vocab_size', 'block_size', 'bias')}
-        singles.append(("--lora_rank=16 --lora_targets=attn,mlp", dict(cfg={**cfg, 'lora_rank': 16, 'lora_targets': 'attn,mlp'})))
+        kept = tuple(f for f in i['frozen'] if f[0] not in i['lora_frees'])  # LoRA's reference: the policy itself
+        singles.append(("--lora_rank=16 --lora_targets=attn,mlp",
+                        dict(cfg={**cfg, 'lora_rank': 16, 'lora_targets': 'attn,mlp'}, frozen=kept)))
     for flags, changes in singles:
         attempt(flags, **changes)
 
@@ -1584,8 +1602,8 @@ def plan_for_script(script, config, config_dir='config'):
         shape = {**shape, 'block_size': min(shape.get('block_size', c['block_size']), c['block_size'])}
     if c.get('lora_rank'):
         shape.update(lora_rank=c['lora_rank'], lora_targets=c['lora_targets'], lora_dropout=c.get('lora_dropout', 0.0))
-    elif script in ('dpo_train.py', 'ppo_train.py') and c['init_from'] != 'resume':
-        shape['lora_rank'] = 0  # a LoRA init_from's adapters are merged there: every weight trains
+    elif c['init_from'] != 'resume':
+        shape['lora_rank'] = 0  # a LoRA init_from's adapters are merged (run_adapters): every weight trains
     dtype = 'bfloat16' if c['dtype'] == 'auto' else c['dtype']  # 'auto' is bf16 on any recent GPU
     T = shape['block_size']  # the sequence the run trains at (a model cannot take more than its own)
     common_args = dict(dtype=dtype, optimizer=c['optimizer'], gradient_checkpointing=c['gradient_checkpointing'],
@@ -1604,11 +1622,12 @@ def plan_for_script(script, config, config_dir='config'):
                            rows_per_unit=2, **common_args)
     if script == 'dpo_train.py':
         rows, frozen = 2 * c['batch_size'], []
-        if not c['precompute_ref_logps'] and not lora:
+        if not c['precompute_ref_logps'] and not (lora and not c['ref_from']):  # LoRA: the adapters-off policy
             ref = model_shape(c['ref_from'], config_dir) if c['ref_from'] else shape
             frozen = [('reference', {**ref, 'lora_rank': 0}, c['ref_dtype'],
                        {"ref_dtype='bfloat16'": 'bfloat16', 'precompute_ref_logps=True': None})]
-        return memory_plan(shape, rows, T, frozen=frozen, rows_per_unit=2, **common_args)
+        return memory_plan(shape, rows, T, frozen=frozen, rows_per_unit=2,
+                           lora_frees=() if c['ref_from'] else ('reference',), **common_args)
     if script == 'ppo_train.py':
         grouped = c['advantage_estimator'] != 'gae'
         n_seq = c['batch_size'] * (c['group_size'] if grouped else 1)
@@ -1627,7 +1646,8 @@ def plan_for_script(script, config, config_dir='config'):
         mb = c['mini_batch_size']
         return memory_plan(shape, mb, T, attention_mask=True, logit_rows=mb * c['max_new_tokens'], value_head=shared,
                            frozen=frozen, critic=critic, kv_batch=n_seq, kv_len=T,
-                           kv_logit_rows=n_seq * c['max_new_tokens'], batch_key='mini_batch_size', **common_args)
+                           kv_logit_rows=n_seq * c['max_new_tokens'], batch_key='mini_batch_size',
+                           lora_frees=('reference',), **common_args)
     raise UserError(f"no memory plan for {script} (train.py, reward_train.py, dpo_train.py, ppo_train.py)")
 
 

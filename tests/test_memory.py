@@ -222,12 +222,62 @@ def test_plan_of_lora_rank_0_from_a_lora_checkpoint_trains_every_weight(tmp_path
     lora_cfg = GPTConfig(**TINY, lora_rank=4)
     torch.save({'model_args': asdict(lora_cfg)}, tmp_path / 'ckpt.pt')
     full = memory_plan(GPTConfig(**TINY), 1, 64, dtype='bfloat16')
-    for script, extra in [('dpo_train.py', {'precompute_ref_logps': False}), ('ppo_train.py', {'reward_fn': 'r:f'})]:
+    for script, extra in [('dpo_train.py', {'precompute_ref_logps': False}), ('ppo_train.py', {'reward_fn': 'r:f'}),
+                          ('train.py', {}), ('reward_train.py', {})]:  # train/reward_train: common.run_adapters too
         config = {**script_defaults(os.path.join(ROOT, script)), 'init_from': str(tmp_path), 'block_size': 64, **extra}
         plan = plan_for_script(script, config)
         assert plan['inputs']['cfg'].get('lora_rank', 0) == 0, script
         assert plan['gradients'] >= full['gradients'] and plan['optimizer'] >= full['optimizer'], script  # (+ PPO's value head)
-        assert any(f[0] == 'reference' for f in plan['inputs']['frozen']), script
+        if script in ('dpo_train.py', 'ppo_train.py'):
+            assert any(f[0] == 'reference' for f in plan['inputs']['frozen']), script
+
+
+def test_dpo_plan_with_lora_and_ref_from_counts_the_reference(monkeypatch):
+    """LoRA DPO's reference is the adapters-off policy, unless ref_from names another model: then
+    dpo_train.py loads it as a frozen copy (ref_dtype), and the plan must count it (it counted none:
+    2.9 GiB too few for gpt2-large in fp32). Its LoRA advice keeps that reference too."""
+    monkeypatch.chdir(ROOT)
+    lora = ['--precompute_ref_logps=False', '--lora_rank=16', '--lora_targets=attn,mlp']
+    without = plan_config('config/dpo_gpt2large.py', lora)[2]
+    with_ref = plan_config('config/dpo_gpt2large.py', lora + ['--ref_from=gpt2-large'])[2]
+    assert without['frozen'] == 0 and with_ref['inputs']['lora_frees'] == ()
+    assert with_ref['frozen'] == (774_030_080 + 1280 + 1) * 4  # gpt2-large in fp32 (+ the planner's value head)
+
+
+def test_lora_advice_drops_the_reference_that_lora_does_not_load(monkeypatch):
+    """Full-finetune PPO keeps a reference copy; with LoRA the reference is the adapters-off policy. The
+    advice priced '--lora_rank=16' with the copy still loaded, so on a card where LoRA alone fits it
+    was not offered."""
+    monkeypatch.chdir(ROOT)
+    full = plan_config('config/ppo_gpt2large.py', ['--lora_rank=0', '--ref_dtype=float32'])[2]
+    lora = plan_config('config/ppo_gpt2large.py', ['--lora_rank=16', '--lora_targets=attn,mlp'])[2]
+    assert full['total'] > lora['total']
+    with pytest.raises(UserError) as e:
+        check_fits(full, lora['total'] + GiB // 10)
+    assert f"--lora_rank=16 --lora_targets=attn,mlp ({lora['total'] / GiB:.1f} GiB)" in str(e.value)
+
+
+def test_rollout_and_weight_copy_terms_by_hand():
+    """The rollout phase is the larger of the KV cache (freed when generate returns) and the no-grad
+    log-probs/entropies after it (20 bytes x V per response token), plus the autocast copies of the
+    trainable weights (cached in either; LoRA: the adapters' only). It was their sum without the
+    copies. With LoRA and gradient checkpointing the 16-bit copies kept are lm_head's, one layer's and
+    the adapters' (frozen weights are cast at each use, not cached, and checkpointed layers keep none)."""
+    h, L, V, T = 64, 2, 100, 64
+    shape = dict(n_layer=L, n_head=4, n_embd=h, vocab_size=V, block_size=T)
+    matmul = V * h + L * 12 * h * h
+    kv = 2 * L * 8 * T * h * 2  # 8 sequences of 64 tokens, bf16
+    for kv_logit_rows in (8 * 16, 8 * 64):  # the KV cache larger / the log-probs larger
+        plan = memory_plan(shape, 4, T, kv_batch=8, kv_len=T, kv_logit_rows=kv_logit_rows)
+        assert plan['kv_cache'] == max(kv, 20 * V * kv_logit_rows) + 2 * matmul
+    lora = {**shape, 'lora_rank': 4, 'lora_targets': 'attn,mlp'}
+    adapters = L * 4 * (6 * h + 10 * h)
+    plan = memory_plan(lora, 4, T, kv_batch=8, kv_len=T, kv_logit_rows=8 * 16)
+    assert plan['kv_cache'] == max(kv, 20 * V * 8 * 16) + 2 * adapters
+    assert plan['autocast'] == 2 * (matmul + adapters)  # without checkpointing autograd saves every copy
+    assert memory_plan(lora, 4, T, gradient_checkpointing=True)['autocast'] == 2 * (V * h + 12 * h * h + adapters)
+    assert memory_plan(shape, 4, T, gradient_checkpointing=True)['autocast'] == 2 * matmul  # trainable: cached
+    assert memory_plan(shape, 4, T)['kv_cache'] == 0  # no rollout
 
 
 def test_reward_plan_counts_lm_logits_of_the_chosen_rows_only(tmp_path):
