@@ -212,8 +212,8 @@ def load_reference():
     if init_from != 'resume' and ref_source == init_from:  # the policy's weights before any step
         ref = copy.deepcopy(raw_model)
     else:
-        ref = GPT.from_pretrained(ref_source)
-        check_reference_vocab(ref.config.vocab_size)
+        ref = GPT.from_pretrained(ref_source).merge_lora()  # a LoRA checkpoint's adapters folded in, as in the policy
+        check_reference_vocab(ref.config.vocab_size)  # it started from (a resume's reference: the same weights)
         if ref.config.block_size < block_size:
             raise UserError(f"reference {ref_source} has block_size {ref.config.block_size} < block_size={block_size}")
     ref.requires_grad_(False)

@@ -264,7 +264,9 @@ if lora_rank:
     reference = None  # the policy with its adapters disabled
 else:
     # on resume the policy has moved: the reference is loaded again from where the run started
-    reference = copy.deepcopy(policy) if checkpoint is None else GPT.from_pretrained(ref_source, dropout=0.0)
+    # (merged, as the policy started: a LoRA init_from's adapters folded in, so the resumed reference is the same
+    # weights to the bit, not the same function up to rounding)
+    reference = copy.deepcopy(policy) if checkpoint is None else GPT.from_pretrained(ref_source, dropout=0.0).merge_lora()
     if block_size < reference.config.block_size:
         reference.crop_block_size(block_size)
     reference.to(device=device, dtype={'float32': torch.float32, 'bfloat16': torch.bfloat16}[ref_dtype])

@@ -308,6 +308,16 @@ def test_lora_dpo_from_a_lora_sft_checkpoint_keeps_it_as_the_reference(dpo_dir):
     sd = torch.load(out / 'ckpt.pt', weights_only=False)['model']
     assert not any(k.endswith(('lora_A', 'lora_B')) for k in sd)
     assert not torch.equal(sd['transformer.h.0.mlp.c_fc.weight'], merged['transformer.h.0.mlp.c_fc.weight'])
+    # and it resumes exactly: the reference reloaded from init-lora is merged too, as the copy the run
+    # started with (it was the unmerged LoRA model: the same function up to rounding, 7e-5 in the weights)
+    straight = dpo_dir / 'out-full-from-lora-straight'
+    for d, extra in ((straight, ['--init_from=init-lora']), (out, ['--init_from=resume'])):
+        p = run_dpo(DPO_TINY + [*extra, '--pref_data=pref.jsonl', f'--out_dir={d}', '--max_iters=4', '--eval_interval=2'],
+                    dpo_dir)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert log_rows(out) == log_rows(straight)
+    sd, sd_straight = (torch.load(d / 'ckpt.pt', weights_only=False)['model'] for d in (out, straight))
+    assert all(torch.equal(sd[k], sd_straight[k]) for k in sd)
 
 
 def test_resume_refuses_a_changed_reference_and_best_pt_is_this_runs(dpo_dir):

@@ -729,6 +729,17 @@ def test_lora_rank_0_from_a_lora_checkpoint_trains_every_weight(tiny, tmp_path):
     merged = sft.merge_lora().state_dict()
     moved = [k for k, v in trained.state_dict().items() if k in merged and not torch.equal(v, merged[k])]
     assert 'transformer.wpe.weight' in moved and 'transformer.h.0.mlp.c_fc.weight' in moved  # not adapters only
+    # it resumes exactly: the reference reloaded from the LoRA checkpoint is merged, as the copy the run
+    # started with (it was the unmerged model: the same function up to rounding)
+    args = ['--batch_size=8', '--mini_batch_size=4', '--learning_rate=1e-3', '--max_iters=2', '--eval_interval=1']
+    for out, init in (('straight', path), ('out', 'resume')):
+        p = run_ppo(None, tmp_path, args + [f'--init_from={init}', f'--out_dir={out}'])
+        assert p.returncode == 0, p.stderr[-2000:]
+    rows = [[{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(tmp_path / d / 'log.csv'))]
+            for d in ('straight', 'out')]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=False)['model'] for d in ('straight', 'out'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ppo_update_has_no_dropout_so_each_rollouts_first_ratio_is_1(tiny, tmp_path):
