@@ -290,13 +290,17 @@ if advantage_estimator == 'gae' and critic == 'separate':
             head = critic_model.value_head
             head.weight.div_(scorer.std)
             head.bias.sub_(scorer.mean).div_(scorer.std)
-params = [p for p in policy.parameters() if p.requires_grad]
-if critic_model is not None:
-    params += list(critic_model.parameters())
-for m in (policy, critic_model):
-    if m is not None:
-        m.config.gradient_checkpointing = gradient_checkpointing
-optimizer = make_optimizer(params, optimizer, learning_rate, (beta1, beta2), device_type, weight_decay=weight_decay)
+trained = [m for m in (policy, critic_model) if m is not None]
+for m in trained:
+    m.config.gradient_checkpointing = gradient_checkpointing
+# weight_decay on matrices only, not on biases and layer norms (model.param_groups, as the other scripts)
+groups = [m.param_groups(weight_decay) for m in trained]
+param_groups = [{'params': [p for g in groups for p in g[i]['params']], 'weight_decay': groups[0][i]['weight_decay']}
+                for i in range(2)]
+params = [p for m in trained for p in m.parameters() if p.requires_grad]  # (grad_clip's norm over them)
+if checkpoint is not None and len(checkpoint['optimizer']['param_groups']) == 1:  # saved before the two groups:
+    param_groups = params  # its one group, in its order
+optimizer = make_optimizer(param_groups, optimizer, learning_rate, (beta1, beta2), device_type, weight_decay=weight_decay)
 scaler = grad_scaler(device_type, dtype, checkpoint and checkpoint.get('scaler'))  # a no-op unless float16
 monitor = HealthMonitor('ppo' if advantage_estimator == 'gae' else advantage_estimator, on_alarm, kl_ceiling=kl_ceiling)
 if checkpoint is not None:

@@ -930,3 +930,34 @@ def test_distinct_2_is_logged_over_each_responses_first_16_tokens(tiny, tmp_path
     assert seen == [(2, 16)]
     row = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))[0]
     assert 0 < float(row['objective/distinct_2']) <= 1
+
+
+def test_weight_decay_spares_biases_and_layer_norms_and_an_old_one_group_checkpoint_resumes(tiny, tmp_path):
+    """ppo_train.py's AdamW has the other scripts' two groups (model.param_groups): weight_decay on
+    matrices, none on biases and layer norms (before: one group, so a weight_decay > 0 decayed them all;
+    the default is 0). A checkpoint saved with the one group resumes in its own layout, exactly."""
+    args = ['--batch_size=8', '--mini_batch_size=4', '--learning_rate=1e-3', '--eval_interval=1']
+    p = run_ppo(tiny, tmp_path, args + ['--max_iters=1', '--out_dir=decay', '--weight_decay=0.1'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    policy, _ = GPT.from_checkpoint(str(tmp_path / 'decay' / 'ckpt.pt'))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    groups = torch.load(tmp_path / 'decay' / 'ckpt.pt', weights_only=False)['optimizer']['param_groups']
+    assert [g['weight_decay'] for g in groups] == [0.1, 0.0]
+    assert [len(g['params']) for g in groups] == [sum(p.dim() >= 2 for p in params), sum(p.dim() < 2 for p in params)]
+    # weight_decay 0: a one-group run is the two-group run. The iteration-1 checkpoint rewritten as one
+    # group in parameter order (the layout before the groups) resumes to the straight run's weights
+    for out, n in (('straight', 2), ('old', 1)):
+        p = run_ppo(tiny, tmp_path, args + [f'--max_iters={n}', f'--out_dir={out}'])
+        assert p.returncode == 0, p.stderr[-2000:]
+    old = torch.load(tmp_path / 'old' / 'ckpt.pt', weights_only=False)
+    order = [i for i, p in enumerate(params) if p.dim() >= 2] + [i for i, p in enumerate(params) if p.dim() < 2]
+    index = {i: k for k, i in enumerate(order)}  # parameter order -> index in the two-group layout
+    sd = old['optimizer']
+    one = {**sd['param_groups'][0], 'params': list(range(len(params)))}
+    old['optimizer'] = {'state': {i: sd['state'][index[i]] for i in range(len(params))}, 'param_groups': [one]}
+    torch.save(old, tmp_path / 'old' / 'ckpt.pt')
+    p = run_ppo(None, tmp_path, args + ['--init_from=resume', '--max_iters=2', '--out_dir=old'])
+    assert p.returncode == 0, p.stderr[-2000:]
+    resumed, straight = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=False) for d in ('old', 'straight'))
+    assert len(resumed['optimizer']['param_groups']) == 1
+    assert all(torch.equal(v, resumed['model'][k]) for k, v in straight['model'].items())
