@@ -611,13 +611,18 @@ def get_tokenizer(name=None, strict=False):
     """The tokenizer called `name`: 'gpt2' (or None) is GPT-2's BPE; a path to a meta.pkl, or a
     dataset name with a data/<name>/meta.pkl, is that char-level vocabulary. Any other name is
     GPT-2's BPE (a BPE dataset such as 'openwebtext' has no meta.pkl), or, with strict=True (a
-    script's `tokenizer` key), a UserError."""
+    script's `tokenizer` key), a UserError; so is, with strict=True, a char-level vocabulary
+    without the newline that is its EOS."""
     if name in (None, '', 'gpt2'):
         return GPT2Tokenizer()
     meta_path = name if name.endswith('.pkl') else os.path.join('data', name, 'meta.pkl')
     if os.path.isfile(meta_path):
         with open(meta_path, 'rb') as f:
-            return CharTokenizer(pickle.load(f))
+            tokenizer = CharTokenizer(pickle.load(f))
+        if strict and tokenizer.eot_token is None:  # the scripts end every response (and pad) with it
+            raise UserError(f"tokenizer={name!r}: the char-level vocabulary {meta_path} has no newline "
+                            f"character, the EOS of char-level data")
+        return tokenizer
     if strict:
         raise UserError(f"tokenizer={name!r}: neither 'gpt2' nor a char-level vocabulary ({meta_path} not found)")
     return GPT2Tokenizer()
@@ -1002,8 +1007,12 @@ class HFRewardModel:
         if not self.std > 0:
             raise UserError(f"reward_model {name_or_path}: its config's reward_std is {self.std}, not > 0")
         tok.padding_side, tok.truncation_side = 'right', 'left'
-        limits = [tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', None)]
-        self.max_length = min(n for n in limits if n is not None and n < 1_000_000)  # unset = 1e30
+        limits = [n for n in (tok.model_max_length, getattr(self.model.config, 'max_position_embeddings', None),
+                              getattr(self.model.config, 'n_positions', None)) if n is not None and n < 1_000_000]
+        if not limits:  # (an unset model_max_length is 1e30)
+            raise UserError(f"reward_model {name_or_path}: neither its tokenizer's model_max_length nor its "
+                            f"config tells its max length; set model_max_length in its tokenizer_config.json")
+        self.max_length = min(limits)
         self.model.to(device=device, dtype=PTDTYPE[weights_dtype]).eval()
         self.device, self.batch_size, self.template = device, batch_size, template
         self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)

@@ -189,6 +189,14 @@ def test_get_tokenizer_char_level_and_gpt2(tmp_path):
     assert isinstance(get_tokenizer('openwebtext'), GPT2Tokenizer)  # a BPE dataset has no meta.pkl
     with pytest.raises(UserError, match="tokenizer='shakespere_char'"):
         get_tokenizer('shakespere_char', strict=True)
+    # a vocabulary without '\n' has no EOS: the scripts (strict) refuse it in one line (PPO crashed on a
+    # None in a tensor); sample.py (not strict) only decodes with it
+    chars = sorted(set('hello world'))
+    meta = {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
+    path.write_bytes(pickle.dumps(meta))
+    with pytest.raises(UserError, match='has no newline character, the EOS of char-level data'):
+        get_tokenizer(str(path), strict=True)
+    assert get_tokenizer(str(path)).decode([0, 1]) == ''.join(chars[:2])
 
 
 def test_a_literal_endoftext_in_data_is_text_not_the_eos(tmp_path):
