@@ -52,9 +52,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_source_unchanged,
-                    configure, ddp_broadcast, ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state,
-                    get_tokenizer, grad_scaler, load_preference_pairs, lora_overrides, make_optimizer,
+from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_source_unchanged, configure,
+                    ddp_broadcast, ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state, get_tokenizer,
+                    grad_scaler, holdout_by_prompt, load_preference_pairs, lora_overrides, make_optimizer,
                     nonfinite_loss_error, plan_memory, run_adapters, preference_logps, print0, print_config,
                     require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
                     setup_device, source_identity, split_accumulation, step_metrics, weights_fingerprint)
@@ -299,11 +299,8 @@ if pref_val_data:
     for split in ('train', 'val'):
         pairs[split], ref_logps[split] = source_pairs[split], source_ref_logps[split]
 else:
-    perm = torch.randperm(len(source_pairs['train']), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(len(perm) * val_fraction))
-    if n_val >= len(perm):
-        raise UserError(f"{pref_data}: {len(perm)} pairs are too few to hold out val_fraction={val_fraction}")
-    for split, idx in (('val', perm[:n_val]), ('train', perm[n_val:])):
+    val_idx, train_idx = holdout_by_prompt(source_pairs['train'], val_fraction, seed, pref_data)  # by prompt
+    for split, idx in (('val', val_idx), ('train', train_idx)):
         pairs[split] = [source_pairs['train'][i] for i in idx]
         ref_logps[split] = source_ref_logps['train'][idx] if precompute_ref_logps else None
 print0(f"preference pairs: {len(pairs['train'])} train, {len(pairs['val'])} val")

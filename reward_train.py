@@ -38,10 +38,10 @@ from tqdm import tqdm
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, accumulation_weights, configure, ddp_broadcast, ddp_device,
                     ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
-                    load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error, pad_right, plan_memory,
-                    print0, print_config, read_records, require_positive, reward_example, reward_stats, run_adapters,
-                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_pair,
-                    split_accumulation, step_metrics)
+                    holdout_by_prompt, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
+                    pad_right, plan_memory, print0, print_config, read_records, require_positive, reward_example,
+                    reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
+                    setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -126,12 +126,9 @@ pairs, counts = {}, {}
 pairs['train'], counts['train'] = load_preference_pairs(pref_data, pref_split, tokenizer, block_size, truncation)
 if pref_val_data:
     pairs['val'], counts['val'] = load_preference_pairs(pref_val_data, pref_val_split, tokenizer, block_size, truncation)
-else:  # hold out a fixed, seeded share
-    perm = torch.randperm(len(pairs['train']), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(len(perm) * val_fraction))
-    if n_val >= len(perm):
-        raise UserError(f"{pref_data}: {len(perm)} pairs are too few to hold out val_fraction={val_fraction}")
-    pairs = {'val': [pairs['train'][i] for i in perm[:n_val]], 'train': [pairs['train'][i] for i in perm[n_val:]]}
+else:  # hold out a fixed, seeded share, by prompt
+    val_idx, train_idx = holdout_by_prompt(pairs['train'], val_fraction, seed, pref_data)
+    pairs = {'val': [pairs['train'][i] for i in val_idx], 'train': [pairs['train'][i] for i in train_idx]}
 for split, c in counts.items():
     print0(f"{split} data: {c['identical']} pairs with chosen == rejected skipped, {c['truncated']} truncated "
            f"from the prompt's left, {c['dropped']} dropped (a response longer than block_size={block_size})")

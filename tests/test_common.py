@@ -323,3 +323,23 @@ def test_accumulation_weights_hand_values():
     torch.testing.assert_close(accumulation_weights(torch.tensor([2., 2., 1.])), torch.tensor([0.4, 0.4, 0.2]))
     losses = torch.tensor([0.5, 1.0, 3.0])  # each micro-batch's mean: over 2, 2 and 1 items
     assert (accumulation_weights(torch.tensor([2., 2., 1.])) * losses).sum().item() == pytest.approx((1 + 2 + 3) / 5)
+
+
+def test_holdout_by_prompt_keeps_each_prompts_pairs_on_one_side():
+    """reward_train.py's and dpo_train.py's val_fraction hold-out: every pair of a prompt on the same
+    side (a pair-level split put pairs of one prompt, often one response, on both sides); with one
+    pair a prompt it is the seeded permutation of the pairs, as before."""
+    from common import holdout_by_prompt
+
+    def pair(prompt):  # ((chosen_ids, n_prompt), (rejected_ids, n_prompt), margin)
+        return (prompt + [9], len(prompt)), (prompt + [8], len(prompt)), None
+    prompts = [[1], [1], [2], [3, 3], [3, 3], [3, 3], [4], [5], [5], [6]]
+    pairs = [pair(p) for p in prompts]
+    val, train = holdout_by_prompt(pairs, 0.3, 1337, 'x.jsonl')
+    assert sorted(val + train) == list(range(10)) and len(val) >= 3
+    assert not {tuple(prompts[i]) for i in val} & {tuple(prompts[i]) for i in train}
+    unique = [pair([i]) for i in range(10)]
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(1337)).tolist()
+    assert holdout_by_prompt(unique, 0.3, 1337, 'x.jsonl') == (perm[:3], perm[3:])
+    with pytest.raises(UserError, match=r'x.jsonl: 3 pairs \(1 prompts\) are too few to hold out val_fraction=0.1'):
+        holdout_by_prompt([pair([7])] * 3, 0.1, 0, 'x.jsonl')
