@@ -995,8 +995,8 @@ class HFRewardModel:
     the config's pad_token_id, whatever the tokenizer pads with (HF's decoder classifiers score the
     rightmost token that is not that id: padding with another one, e.g. a tokenizer's EOS, scored
     every shorter text of a batch at its padding); a model whose config has none (HF scores the last
-    token) is padded with an id that no text of the batch contains, so a text ending in EOS is scored
-    at that EOS, as alone. normalize=True uses the reward_mean and reward_std of the model's
+    token; or whose pad_token_id is no id of its vocabulary) is padded with an id that no text of the
+    batch contains, so a text ending in EOS is scored at that EOS, as alone. normalize=True uses the reward_mean and reward_std of the model's
     config.json (export_hf.py writes this project's there), mean 0 and std 1 where it has none."""
 
     def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template='', weights_dtype='float32'):
@@ -1023,7 +1023,8 @@ class HFRewardModel:
         # HF's decoder classifiers (GPT-2, Llama...) score the rightmost token that is not the config's
         # pad; a config without one scores the last token (batch 1). Such a model gets, per batch, an
         # id that no real token of the batch has as its pad (EOS would be skipped at a text's end)
-        self.free_pad = self.model.config.pad_token_id is None
+        pad, vocab = self.model.config.pad_token_id, self.model.config.vocab_size
+        self.free_pad = pad is None or not 0 <= pad < vocab  # (an id past the embedding would crash it)
         self.mean = float(getattr(self.model.config, 'reward_mean', 0.0))
         self.std = float(getattr(self.model.config, 'reward_std', 1.0))
         if not self.std > 0:

@@ -235,8 +235,10 @@ if ddp:
 
 
 def forward(ids, attention_mask, response_mask, margins):
-    """One micro-batch: (the loss to minimise (), metrics dict: the per-pair Bradley-Terry 'loss',
-    'accuracy', 'margin' (B,), 'reward' (2B,), and with chosen_lm_coef > 0 'lm_loss' (1,))."""
+    """One micro-batch: (the loss to minimise (), its two terms with their gradients, the Bradley-Terry
+    mean and the chosen responses' LM loss (None when chosen_lm_coef is 0), metrics dict: the per-pair
+    Bradley-Terry 'loss', 'accuracy', 'margin' (B,), 'reward' (2B,), and with chosen_lm_coef > 0
+    'lm_loss' (1,))."""
     B = ids.size(0) // 2
     with ctx:
         loss, losses, rewards, lm = model(ids, attention_mask, response_mask, margins)
@@ -247,7 +249,7 @@ def forward(ids, attention_mask, response_mask, margins):
          'reward': rewards.detach()}
     if lm is not None:
         m['lm_loss'] = lm.detach().float().reshape(1)
-    return loss, m
+    return loss, (losses.mean(), lm), m
 
 
 @torch.no_grad()
@@ -257,7 +259,7 @@ def evaluate():
     loader = pair_batches('val', seed + 1)
     parts = {}
     for _ in range(min(eval_iters, len(loader.batches))):
-        _, m = forward(*loader.next())
+        _, _, m = forward(*loader.next())
         for k, v in m.items():
             parts.setdefault(k, []).append(v)
     model.train()
@@ -329,23 +331,29 @@ while True:
     if iter_num >= max_iters:
         break
 
-    # forward/backward over gradient_accumulation_steps micro-batches of pairs, fetched up front: each
-    # weighs by its share of the step's pairs (all ranks), so an epoch's short last one counts its pairs
+    # forward/backward over gradient_accumulation_steps micro-batches of pairs, fetched up front: the
+    # step's loss is the mean over its pairs (all ranks), each micro-batch weighing by its share of them
+    # (an epoch's short last one counts its pairs), and the LM term the mean over its chosen response
+    # tokens, each micro-batch weighing by its share of those
     batches = [train_loader.next() for _ in range(gradient_accumulation_steps)]
     weights = accumulation_weights(torch.tensor([float(b[3].numel()) for b in batches], device=device),
                                    ddp_world_size)  # b[3]: the micro-batch's margins, one a pair
+    if chosen_lm_coef > 0:  # the LM loss's tokens: the chosen rows' response targets (lm_loss's mask[:, 1:])
+        lm_weights = accumulation_weights(torch.stack([b[2][:b[3].numel(), 1:].sum() for b in batches]).float(),
+                                          ddp_world_size)
     sums, n_tokens = {}, 0
     for micro_step, batch in enumerate(batches):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         n_tokens += batch[0].numel() * ddp_world_size  # 2 right-padded rows a pair, on every rank
-        loss, m = forward(*batch)
+        loss, (bt, lm), m = forward(*batch)
         w = weights[micro_step]
-        scaler.scale(loss * w).backward()
-        sums['objective'] = sums.get('objective', 0.0) + loss.detach().float() * w
+        objective = loss * w if lm is None else bt * w + chosen_lm_coef * lm * lm_weights[micro_step]
+        scaler.scale(objective).backward()
+        sums['objective'] = sums.get('objective', 0.0) + objective.detach().float()
         for k in ('loss', 'accuracy', 'margin', 'lm_loss'):  # loss: Bradley-Terry alone, as val/loss
             if k in m:
-                sums[k] = sums.get(k, 0.0) + m[k].mean() * w
+                sums[k] = sums.get(k, 0.0) + m[k].mean() * (lm_weights[micro_step] if k == 'lm_loss' else w)
     if ddp:  # means over every rank's pairs: the figures logged, checked and stopped on
         sums = dict(zip(sums, ddp_mean(torch.stack(list(sums.values())))))  # one all-reduce for all
     lossf = sums.pop('objective').item()  # Bradley-Terry + chosen_lm_coef * LM: what the step minimises
@@ -360,7 +368,9 @@ while True:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    # DDP keeps the gradients in its buckets (gradient_as_bucket_view): zeroed in place, not dropped, or every
+    # micro-step that does not sync would allocate a second set beside the buckets
+    optimizer.zero_grad(set_to_none=not ddp)
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1

@@ -395,7 +395,9 @@ while True:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    # DDP keeps the gradients in its buckets (gradient_as_bucket_view): zeroed in place, not dropped, or every
+    # micro-step that does not sync would allocate a second set beside the buckets
+    optimizer.zero_grad(set_to_none=not ddp)
 
     # timing and logging
     t1 = time.time()

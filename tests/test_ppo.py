@@ -491,6 +491,12 @@ def test_hf_reward_model_pads_with_the_configs_pad_id(tmp_path):
         got = HFRewardModel(str(tmp_path), batch_size=batch_size, template=template).score(prompts, responses)
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
     assert alone.std() > 1e-3
+    # a config pad id that is no id of the vocabulary (one past it): padded with a free id instead (it would
+    # index past the embedding)
+    model.config.pad_token_id = model.config.vocab_size
+    model.save_pretrained(tmp_path)
+    got = HFRewardModel(str(tmp_path), batch_size=3, template=template).score(prompts, responses)
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
 
 
 def test_hf_reward_model_without_a_free_pad_id_scores_one_text_at_a_time(tmp_path):

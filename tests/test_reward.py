@@ -274,23 +274,28 @@ def test_resume_keeps_the_health_monitor(tmp_path, script):
     assert run(tmp_path / 'b', '--max_iters=4', '--init_from=resume') == straight
 
 
-@pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py'])
+@pytest.mark.parametrize('script', ['reward_train.py', 'dpo_train.py', 'reward_train.py --chosen_lm_coef=0.5'])
 def test_a_short_last_micro_batch_weighs_by_its_pairs(tmp_path, script):
     """An optimizer step's loss is the mean over its pairs, however they are cut into micro-batches:
     5 pairs as micro-batches of 2, 2 and 1 (accumulation 3, one epoch a step) train as 1 micro-batch
     of 5 does. Before, each micro-batch's mean weighed 1/3, so the lone last pair counted as much
     as two full micro-batches' pairs. Step 0 moves the model off its start (a reward head off 0; a
     DPO policy off its reference), so step 1's pairs have different losses: the logged train loss
-    and the weights after step 1 tell the two weightings apart."""
+    and the weights after step 1 tell the two weightings apart. With chosen_lm_coef the LM term is the
+    mean over the step's chosen response tokens (responses of different lengths here): each micro-batch
+    weighs by its share of those tokens, not of the pairs."""
+    script, *extra = script.split()
     hf = tmp_path / 'hf'
     make_hf_gpt2(str(hf), vocab_size=50257, n_positions=64, n_embd=32)
     records = synthetic_pairs(13)
+    if extra:  # chosen responses of 2 to 10 words
+        records = [{**r, 'chosen': r['chosen'] + ' really' * (i % 5) * 2} for i, r in enumerate(records)]
     for name, part in (('train', records[:5]), ('val', records[5:])):
         (tmp_path / f'{name}.jsonl').write_text('\n'.join(json.dumps(r) for r in part))
     args = [f'--init_from={hf}', '--pref_data=train.jsonl', '--pref_val_data=val.jsonl', '--device=cpu',
             '--block_size=64', '--learning_rate=1e-2', '--decay_lr=False', '--warmup_iters=0', '--max_iters=2',
             '--eval_interval=2', '--eval_iters=4', '--log_interval=1']  # val: all 8 pairs
-    args += ['--norm_samples=4'] if script == 'reward_train.py' else ['--beta=0.5']
+    args += ['--norm_samples=4', *extra] if script == 'reward_train.py' else ['--beta=0.5']
     column = 'train/loss' if script == 'reward_train.py' else 'loss'
     runs = {}
     for out, plan in (('split', ['--batch_size=2', '--gradient_accumulation_steps=3']),
@@ -301,6 +306,10 @@ def test_a_short_last_micro_batch_weighs_by_its_pairs(tmp_path, script):
         rows = list(csv.DictReader(open(tmp_path / out / 'log.csv')))
         runs[out] = ({int(r['step']): float(r[column]) for r in rows if r[column]},
                      {int(r['step']): float(r['val/loss']) for r in rows if r['val/loss']})
+        if extra:
+            runs[out + '_lm'] = {int(r['step']): float(r['train/lm_loss']) for r in rows if r['train/lm_loss']}
+    if extra:  # the logged LM loss is the step's mean over its tokens too
+        assert runs['split_lm'][0] == pytest.approx(runs['whole_lm'][0], abs=2e-6)
     (split, val_split), (whole, val_whole) = runs['split'], runs['whole']
     assert split.keys() == whole.keys() == {0, 1} and val_split.keys() == val_whole.keys() == {0, 2}
     assert split[1] == pytest.approx(whole[1], abs=2e-6) and abs(whole[1] - whole[0]) > 1e-3  # it moved
