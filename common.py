@@ -1583,12 +1583,21 @@ def model_shape(source, config_dir='config', _seen=()):
         scope = {}
         with open(path) as f:
             exec(compile(f.read(), path, 'exec'), scope)
-        if os.path.normpath(str(scope.get('out_dir', ''))) == out_dir and 'init_from' in scope:
-            if scope['init_from'] == 'scratch':  # train.py's defaults where the config sets nothing
+        if os.path.normpath(str(scope.get('out_dir', ''))) == out_dir:
+            if 'init_from' in scope:
+                init = scope['init_from']
+            else:  # the script's default
+                here = os.path.dirname(os.path.abspath(__file__))
+                init = script_defaults(os.path.join(here, script_of_config(scope))).get('init_from', 'scratch')
+            if init == 'scratch':  # train.py's defaults where the config sets nothing; a char-level dataset's vocab
                 base = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=False, vocab_size=50304)
                 base.update({k: scope[k] for k in base if k in scope})
+                meta = os.path.join('data', str(scope.get('dataset', '')), 'meta.pkl')
+                if not scope.get('sft_data') and os.path.isfile(meta):
+                    with open(meta, 'rb') as f:
+                        base['vocab_size'] = pickle.load(f)['vocab_size']
             else:
-                base = model_shape(scope['init_from'], config_dir, _seen + (path,))
+                base = model_shape(init, config_dir, _seen + (path,))
             lora = {k: scope[k] for k in ('lora_rank', 'lora_targets', 'lora_dropout') if k in scope}
             return {**base, **lora}
     raise UserError(f"cannot tell the model size of {source!r}: not a gpt2* name, no checkpoint or "

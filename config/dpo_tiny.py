@@ -9,6 +9,7 @@ out_dir = 'out-dpo-tiny'
 init_from = 'out-sft-tiny'
 pref_data = 'data/hh_rlhf/pref_train.jsonl'
 pref_val_data = 'data/hh_rlhf/pref_val.jsonl'
+beta = 0.1  # dpo_train.py's default, set here so bench.py --plan knows this is a DPO config
 
 block_size = 256
 batch_size = 2

@@ -1,5 +1,9 @@
 # GRPO on gpt2-large: 4 responses a prompt, group-normalised scores, no critic; KL to the reference
 # in the loss (k3), as DeepSeekMath. 24 GB card.
+#   python data/hh_rlhf/prepare.py
+#   python train.py config/sft_gpt2large_lora.py          # the policy's start: init_from below
+#   python train.py config/sft_gpt2large.py && python reward_train.py config/reward_gpt2large.py   # the reward model
+#     (or the reward model from the LoRA SFT: --init_from=out-sft-gpt2large-lora, see config/ppo_gpt2large.py)
 #   python ppo_train.py config/grpo_gpt2large.py
 # Memory plan (predicted, not measured): as config/ppo_gpt2large.py without the value head; the
 # rollout holds 8 prompts x 4 responses = 32 sequences: KV cache ~4.8 GB in bf16 at 1024 tokens.

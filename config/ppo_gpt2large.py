@@ -1,6 +1,9 @@
-# PPO on gpt2-large: the SFT policy against the project's reward model, hh-rlhf prompts, 24 GB card.
-#   python train.py config/sft_gpt2large_lora.py          # (or the full SFT config)
-#   python reward_train.py config/reward_gpt2large.py
+# PPO on gpt2-large: the LoRA SFT policy against the project's reward model, hh-rlhf prompts, 24 GB card.
+#   python data/hh_rlhf/prepare.py
+#   python train.py config/sft_gpt2large_lora.py          # the policy's start: init_from below
+#   python train.py config/sft_gpt2large.py && python reward_train.py config/reward_gpt2large.py   # the reward model
+#     (one SFT run instead of two: python reward_train.py config/reward_gpt2large.py
+#      --init_from=out-sft-gpt2large-lora, whose adapters are merged and every weight trains)
 #   python ppo_train.py config/ppo_gpt2large.py
 # Memory plan (predicted, not measured): LoRA rank 16 on the policy, so the reference is the same
 # weights with adapters disabled (no copy) and the critic is a value head on the policy trunk:

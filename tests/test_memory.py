@@ -366,3 +366,40 @@ def test_smaller_batch_advice_for_a_reward_model_rescales_its_value_and_logit_ro
     assert fits == [('--batch_size=2', reward_plan(2, T)['total'])]  # the largest micro-batch that fits
     fits = fit_remedies(reward_plan(1, T), reward_plan(1, 512)['total'] + 1)  # 1 pair: no smaller batch
     assert fits == [('--block_size=512', reward_plan(1, 512)['total'])]
+
+
+def test_plan_of_a_checkpoint_whose_config_leaves_init_from_at_the_default(tmp_path, monkeypatch):
+    """A checkpoint not trained yet is sized from the config/*.py whose out_dir writes it; a config that
+    leaves init_from at the script's default (demo_pretrain.py: train.py's 'scratch') was skipped, so
+    bench.py --plan config/demo_reward.py said no config writes 'out-demo/pretrain'. The scratch model's
+    vocabulary is its dataset's meta.pkl, as train.py's."""
+    import pickle
+    os.makedirs(tmp_path / 'config')
+    os.makedirs(tmp_path / 'data' / 'chars')
+    (tmp_path / 'config' / 'pre.py').write_text("out_dir = 'out/pre'\ndataset = 'chars'\nn_layer = 3\nn_embd = 96\n")
+    with open(tmp_path / 'data' / 'chars' / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': 65}, f)
+    monkeypatch.chdir(tmp_path)
+    from common import model_shape
+    shape = model_shape('out/pre')
+    assert (shape['n_layer'], shape['n_embd'], shape['n_head'], shape['vocab_size']) == (3, 96, 12, 65)
+    monkeypatch.chdir(ROOT)
+    script, _, plan = plan_config('config/demo_reward.py')
+    assert script == 'reward_train.py' and plan['inputs']['cfg']['n_embd'] == 128  # demo_pretrain's model
+
+
+EXPECTED_SCRIPT = {'demo_dpo': 'dpo_train.py', 'demo_grpo': 'ppo_train.py', 'demo_ppo': 'ppo_train.py',
+                   'demo_reward': 'reward_train.py', 'dpo_gpt2large': 'dpo_train.py', 'dpo_tiny': 'dpo_train.py',
+                   'grpo_gpt2large': 'ppo_train.py', 'ppo_gpt2large': 'ppo_train.py', 'ppo_tiny': 'ppo_train.py',
+                   'reward_gpt2large': 'reward_train.py', 'reward_tiny': 'reward_train.py'}  # the rest: train.py
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'config', '*.py'))), ids=os.path.basename)
+def test_every_config_plans_for_its_script(path, monkeypatch):
+    """bench.py --plan config/X.py: every shipped config is read as its own script's (which
+    configure() checks key by key: an unknown key is an error) and its model's size is known without
+    weights (dpo_tiny.py was planned as reward_train.py; the demo's later stages could not be sized)."""
+    monkeypatch.chdir(ROOT)
+    name = os.path.basename(path)[:-3]
+    script, _, plan = plan_config(os.path.relpath(path, ROOT))
+    assert script == EXPECTED_SCRIPT.get(name, 'train.py') and plan['total'] > 0

@@ -142,3 +142,22 @@ def test_shakespeare_downloads_once_next_to_the_script(dataset, tmp_path):
     assert (tmp_path / 'input.txt').read_text(encoding='utf-8') == read_shakespeare()
     assert not (tmp_path / 'input.txt.tmp').exists()
     assert len(load(tmp_path, 'train')) > 0 and len(load(tmp_path, 'val')) > 0
+
+
+def test_openwebtext_hub_script_error_is_one_line(tmp_path):
+    """datasets >= 4 refuses hub datasets that ship a loading script, as Skylion007/openwebtext has
+    (karpathy/nanoGPT#633): prepare.py says so in one line with the ways round it, instead of datasets'
+    traceback. A stand-in datasets module raises datasets' own error (no download)."""
+    fake = tmp_path / 'datasets'
+    fake.mkdir()
+    (fake / '__init__.py').write_text(
+        "class Dataset: pass\n"
+        "def load_dataset(path, revision=None, num_proc=None):\n"
+        "    raise RuntimeError(f'Dataset scripts are no longer supported, but found {path.split(\"/\")[-1]}.py')\n")
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=os.path.join(SHARED, 'tiktoken_cache'), PYTHONPATH=str(tmp_path))
+    r = run_python([sys.executable, os.path.join('data', 'openwebtext', 'prepare.py'), '--out_dir', str(tmp_path)],
+                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, fresh=True)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(err) == 1, r.stderr[-2000:]
+    assert err[0].startswith('error: Skylion007/openwebtext has a loading script, which datasets >= 4 refuses')
+    assert '--revision refs/convert/parquet' in err[0] and "datasets<4" in err[0] and '--input' in err[0]

@@ -4,6 +4,10 @@ OpenWebText in GPT-2 BPE tokens: train.bin (~9B tokens, ~17GB) and val.bin (~4M 
     python data/openwebtext/prepare.py --num_proc 8                # from the Hugging Face hub
     python data/openwebtext/prepare.py --input docs.jsonl          # a local file instead
 
+The hub's Skylion007/openwebtext has shipped a loading script, which datasets >= 4 refuses ("Dataset
+scripts are no longer supported"; karpathy/nanoGPT#633): then this stops with one line naming the ways
+round it (--dataset for a script-free copy, --revision refs/convert/parquet, datasets < 4, --input).
+
 As karpathy/nanoGPT's data/openwebtext/prepare.py: 0.05% of documents go to val (seed 2357),
 each document is encode_ordinary + <|endoftext|> (50256), and the ids are written in shards
 into a uint16 memmap so the whole set never sits in memory. --input takes JSON lines with a
@@ -18,6 +22,9 @@ import sys
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--input', help='local .jsonl ({"text": ...} a line) or .txt (blank-line separated)')
 parser.add_argument('--num_proc', type=int, default=8, help='worker processes for download and tokenizing')
+parser.add_argument('--dataset', default='Skylion007/openwebtext', help='the hub dataset (its train split)')
+parser.add_argument('--revision', default=None, help="the hub revision, e.g. refs/convert/parquet (the hub's "
+                    "parquet export: check that it holds all ~8M documents)")
 parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)), help='where the .bin go')
 parser.error = lambda msg: sys.exit(f"error: {msg}")  # one line, not usage + message
 args = parser.parse_args()
@@ -31,7 +38,14 @@ from tqdm import tqdm  # noqa: E402
 
 # --- the documents: the hub's 8M (~54GB in the HF cache), or a local file
 if args.input is None:
-    dataset = load_dataset('openwebtext', num_proc=args.num_proc)['train']
+    try:
+        dataset = load_dataset(args.dataset, revision=args.revision, num_proc=args.num_proc)['train']
+    except RuntimeError as e:
+        if 'scripts are no longer supported' not in str(e):
+            raise
+        sys.exit(f"error: {args.dataset} has a loading script, which datasets >= 4 refuses: pass --dataset with a "
+                 f"script-free copy, or --revision refs/convert/parquet (check it holds all ~8M documents), or "
+                 f"pip install 'datasets<4' for this step, or --input with a local file")
 else:
     with open(args.input, encoding='utf-8') as f:
         if args.input.endswith('.jsonl'):
