@@ -238,9 +238,11 @@ def logged_speed(out_dir, warmup):
 
 def flops_per_token(shape, seq_len):
     """model.train_flops_per_token for a planner shape: the trained model's forward and backward
-    only (DPO's reference forward and the weight gradients LoRA skips are not counted)."""
-    n = param_counts(shape)['total'] - shape['block_size'] * shape['n_embd']  # as GPT.get_num_params()
-    return train_flops_per_token(n, shape['n_layer'], shape['n_embd'], seq_len)
+    only (DPO's reference forward is not counted; LoRA's frozen base has no weight gradients)."""
+    counts, wpe = param_counts(shape), shape['block_size'] * shape['n_embd']
+    n = counts['total'] - wpe  # as GPT.get_num_params()
+    n_frozen = counts['total'] - counts['trainable'] - (wpe if counts['trainable'] < counts['total'] else 0)
+    return train_flops_per_token(n, shape['n_layer'], shape['n_embd'], seq_len, n_frozen)
 
 
 def hf_gpt2_tokenizer():

@@ -309,11 +309,12 @@ def sample_from_probs(probs, generator=None):
     return torch.minimum(idx, cdf.argmax(dim=-1, keepdim=True))  # argmax: where the sum last grew
 
 
-def train_flops_per_token(n_params, n_layer, n_embd, seq_len):
+def train_flops_per_token(n_params, n_layer, n_embd, seq_len, n_frozen=0):
     """Training flops (forward + backward) per token of a sequence of seq_len tokens, as the PaLM
     paper's appendix B counts them: 6 N + 12 L H Q T, with H Q = n_embd and N the parameters
-    without the position embeddings (GPT.get_num_params())."""
-    return 6 * n_params + 12 * n_layer * n_embd * seq_len
+    without the position embeddings (GPT.get_num_params()); less 2 per frozen one of them
+    (n_frozen: LoRA's base gets no weight gradient, only its forward, 2, and input gradient, 2)."""
+    return 6 * n_params - 2 * n_frozen + 12 * n_layer * n_embd * seq_len
 
 
 class GPT(nn.Module):
@@ -578,9 +579,13 @@ class GPT(nn.Module):
     def estimate_mfu(self, fwdbwd_per_iter, dt, flops_promised=312e12):
         """Model flops utilisation: achieved training flops per second over `flops_promised`
         (default: A100 bf16 peak, 312 TFLOPS; an RTX 4090D is about 165e12 dense bf16 with fp32
-        accumulate). Flops per token per the PaLM paper, appendix B: 6N + 12 L H Q T."""
+        accumulate). Flops per token per the PaLM paper, appendix B: 6N + 12 L H Q T (less the weight
+        gradients of frozen weights, 2 flops per parameter, with LoRA)."""
         T = self.config.block_size
-        flops_per_iter = train_flops_per_token(self.get_num_params(), self.config.n_layer, self.config.n_embd, T)
+        n_frozen = sum(p.numel() for n, p in self.named_parameters()
+                       if not p.requires_grad and n != 'transformer.wpe.weight')  # LoRA's base
+        flops_per_iter = train_flops_per_token(self.get_num_params(), self.config.n_layer, self.config.n_embd, T,
+                                               n_frozen)
         return flops_per_iter * T * fwdbwd_per_iter / dt / flops_promised
 
     # ------------------------------------------------------------------------------------------

@@ -424,6 +424,25 @@ def test_estimate_mfu_formula():
     assert model.estimate_mfu(4, dt=2.0, flops_promised=1e9) == pytest.approx(flops / 2.0 / 1e9)
 
 
+def test_estimate_mfu_of_a_lora_model_leaves_out_the_frozen_weight_gradients():
+    """LoRA's frozen base gets no weight gradient: 4 flops per frozen parameter (forward, input
+    gradient), not 6, so a LoRA run's MFU is not inflated by work it never does (it counted 6N). The
+    planner-shape count bench.py --scripts uses agrees."""
+    import os
+    from conftest import ROOT, load_definitions
+    shape = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=8, lora_rank=2, lora_targets='attn,mlp')
+    model = GPT(GPTConfig(**shape))
+    N = model.get_num_params()
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) - 8 * 16  # less wpe
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert frozen + trainable == N and 0 < trainable < frozen
+    per_token = 6 * trainable + 4 * frozen + 12 * 2 * 16 * 8
+    assert model.estimate_mfu(4, dt=2.0, flops_promised=1e9) == pytest.approx(per_token * 8 * 4 / 2.0 / 1e9)
+    flops_per_token = load_definitions(os.path.join(ROOT, 'bench.py'), 'flops_per_token').flops_per_token
+    assert flops_per_token(shape, 8) == per_token
+    assert flops_per_token({**shape, 'lora_rank': 0}, 8) == 6 * (N - trainable) + 12 * 2 * 16 * 8  # no adapters
+
+
 def test_train_flops_per_token_from_a_planner_shape():
     """bench.py --scripts computes MFU from the planner's shape, without a model: its N (the
     planner's exact count less the position embeddings) is GPT.get_num_params()."""
