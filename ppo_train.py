@@ -9,9 +9,10 @@ RLHF: optimise a policy against a reward with PPO (or GRPO / RLOO), one loop rea
      gets `missing_eos_penalty` subtracted;
   3. recompute the policy's and the reference's log-probs with logits / temperature (the sampling
      temperature) and the values at the positions that predict each response token;
-  4. per-token reward = -kl_coef * KL(k1) on every response token + the score on the last one;
-  5. GAE (or GRPO / RLOO group advantages), whitened over response tokens, then ppo_epochs of
-     shuffled mini-batches with the clipped policy and value losses.
+  4. per-token reward = -kl_coef * KL(k1) on every response token + the score on the last one
+     (GRPO/RLOO with kl_in_loss=True: the score alone, and kl_coef * k3 in the loss);
+  5. GAE advantages, whitened over the rollout's response tokens (or GRPO / RLOO group advantages,
+     not whitened), then ppo_epochs of shuffled mini-batches with the clipped policy and value losses.
 
     python ppo_train.py config/ppo_gpt2large.py     # SFT policy, project reward model, 24 GB
     python ppo_train.py config/ppo_tiny.py          # CPU
@@ -76,11 +77,11 @@ advantage_estimator = 'gae'     # 'gae' (PPO with a critic) | 'grpo' | 'rloo' (n
 group_size = 4                  # grpo/rloo: responses sampled per prompt
 critic = 'shared'               # gae: 'shared' (value head on the policy trunk) | 'separate' (from reward_model)
 kl_coef = 0.05                  # beta: weight of the KL penalty to the reference
-kl_estimator = 'k1'             # the KL penalty in the reward: 'k1' (log pi - log pi_ref, as TRL) | 'k3' (>= 0, lower variance) | 'k2'
-kl_in_loss = False              # grpo/rloo: add kl_coef * k3 to the loss instead of the reward (kl_estimator then unused: keep 'k1')
+kl_estimator = 'k1'             # the KL penalty in the reward: 'k1' (log pi - log pi_ref) only; k2/k3 are refused (see below)
+kl_in_loss = False              # grpo/rloo: add kl_coef * k3 to the loss instead of the reward (grpo: required when kl_coef > 0)
 adaptive_kl = False             # Ziegler et al.'s controller: move kl_coef towards target_kl
 target_kl = 6.0                 # target KL (nats per sequence) for the adaptive controller
-kl_horizon = 10000
+kl_horizon = 10000              # the controller's horizon in sequences: kl_coef moves by <= 20% x sequences per rollout / horizon
 gamma = 1.0
 lam = 0.95
 whiten_advantages = True
@@ -154,11 +155,15 @@ if temperature <= 0:
     raise UserError(f"temperature={temperature}: PPO samples (temperature > 0) and computes log-probs at it")
 if top_k < 0 or not 0 < top_p <= 1:
     raise UserError(f"top_k={top_k}, top_p={top_p}: top_k must be >= 0 (0 = off) and top_p in (0, 1] (1 = off)")
-if kl_estimator not in ('k1', 'k2', 'k3'):
-    raise UserError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {kl_estimator!r}")
-if kl_in_loss and kl_estimator != 'k1':
-    raise UserError(f"kl_estimator={kl_estimator!r} sets the KL penalty in the reward; with kl_in_loss=True the loss "
-                    f"always takes k3 and there is none in the reward: leave kl_estimator='k1'")
+if kl_estimator != 'k1':  # a penalty in the reward moves the policy by E[grad log pi * penalty]: for k1 that is
+    # grad KL(pi || ref), for k3 grad KL(pi || ref) - grad KL(ref || pi), which vanishes near the reference (k2's too)
+    raise UserError(f"kl_estimator={kl_estimator!r}: only 'k1' (log pi - log pi_ref) belongs in the reward; as a reward "
+                    f"penalty k2's and k3's policy gradients are not the KL's (they vanish near the reference, so the "
+                    f"policy drifts off it); k3 is right in the loss: kl_in_loss=True with grpo/rloo")
+if advantage_estimator == 'grpo' and not kl_in_loss and kl_coef > 0:
+    raise UserError("advantage_estimator='grpo' divides each group's rewards by their std: a KL penalty in the reward "
+                    "would be divided too (a group of tied scores turns KL noise into full-size advantages); set "
+                    "kl_in_loss=True (DeepSeekMath's KL in the loss), or kl_coef=0, or use 'rloo'")
 
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
@@ -408,19 +413,17 @@ while iter_num < max_iters:
                             f"differ between generation and training")
     kl = kl_estimate(old_logp, ref_logp, 'k1') * response_mask  # (B, n): objective/kl (unbiased; < 0 by noise only)
     kl_seq = kl.sum(1)  # nats per sequence
-    penalty = kl if kl_estimator == 'k1' else torch.where(  # in the reward; where, not *: k3 may be inf after EOS
-        response_mask.bool(), kl_estimate(old_logp, ref_logp, kl_estimator), 0.0)
     if iter_num == start_iter == 0 and (reference is None or ref_dtype == 'float32') and not kl.abs().max() <= 1e-4:  # invariant
         raise UserError(f"KL to the reference is {kl.abs().max().item():.2e} before any update, not 0: "
                         f"the reference is not the initial policy")
 
     # 4./5. advantages
     if advantage_estimator == 'gae':
-        rewards = -kl_coef * penalty  # per token
+        rewards = -kl_coef * kl  # per token
         rewards[torch.arange(n_seq), first_eos] += scores  # the score lands on the last real token
         advantages, returns = gae(rewards, old_values, response_mask, gamma, lam)
     else:
-        seq_scores = scores if kl_in_loss else scores - kl_coef * penalty.sum(1)
+        seq_scores = scores if kl_in_loss else scores - kl_coef * kl.sum(1)
         adv = grpo_advantages(seq_scores, group_size) if advantage_estimator == 'grpo' \
             else rloo_advantages(seq_scores, group_size)
         advantages, returns = adv[:, None] * response_mask, None
@@ -487,7 +490,7 @@ while iter_num < max_iters:
         none = 0.0 if n_steps else float('nan')  # no update happened (every step skipped): NaN, not an empty mean's 0
         metrics = {'objective/kl': mean_kl, 'objective/entropy': masked_mean(entropy, response_mask).item(),
                    'objective/scores': raw_scores.mean().item(),
-                   'objective/rlhf_reward': (scores - kl_coef * penalty.sum(1)).mean().item(),
+                   'objective/rlhf_reward': (scores - kl_coef * kl.sum(1)).mean().item(),
                    'objective/kl_coef': kl_coef,
                    'policy/approxkl': avg.get('approxkl', none), 'policy/clipfrac': avg.get('clipfrac', none),
                    'loss/policy': avg.get('pg_loss', none), 'loss/value': avg.get('vf_loss', none),

@@ -32,6 +32,7 @@ critic = 'shared'
 kl_coef = 0.05
 adaptive_kl = True
 target_kl = 6.0
+kl_horizon = 320                # Ziegler et al.'s gain per rollout (512 episodes / 10000) for 16 sequences
 vf_coef = 0.1
 learning_rate = 1e-5            # LoRA adapters; full finetuning wants ~1e-6
 max_iters = 500
