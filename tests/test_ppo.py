@@ -966,3 +966,95 @@ def test_weight_decay_spares_biases_and_layer_norms_and_an_old_one_group_checkpo
     resumed, straight = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=False) for d in ('old', 'straight'))
     assert len(resumed['optimizer']['param_groups']) == 1
     assert all(torch.equal(v, resumed['model'][k]) for k, v in straight['model'].items())
+
+
+SPY_REWARD = '''
+CALLS = []
+
+def score(prompts, responses):
+    """A made-up score of each response's text, recorded so the test knows what the scorer returned."""
+    s = [((len(r) * 7) % 5) * 0.25 - 0.5 for r in responses]
+    CALLS.append(s)
+    return s
+'''
+
+
+def eos_prone_gpt2(path):
+    """A tiny GPT-2 that emits EOS often, at varied positions (its EOS embedding scaled up and the final
+    layer norm's bias pointed at it): about 3 responses in 4 end early, the others run to max_new_tokens."""
+    hf = make_hf_gpt2(str(path), vocab_size=50257, n_positions=64, n_embd=32)
+    with torch.no_grad():
+        hf.transformer.wte.weight[EOS] *= 30
+        w = hf.transformer.wte.weight[EOS]
+        hf.transformer.ln_f.weight.fill_(1.0)
+        hf.transformer.ln_f.bias.copy_(0.45 * w / w.norm())
+    hf.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize('algo', ['gae', 'rloo'])
+def test_the_rewards_the_loop_builds_from_scores_kl_and_missing_eos(tmp_path, monkeypatch, algo):
+    """What ppo_train.py hands to GAE (per-token rewards) and to RLOO (sequence scores), checked against
+    the scorer's own outputs, the KL it computed and the response masks, at the first iteration (KL 0)
+    and the second (KL not 0): -kl_coef x k1 on every response token, the score on the last real token
+    (the EOS where a response has one: the responses here end at varied positions), missing_eos_penalty
+    subtracted where a response has none, and GAE called with (gamma, lam) in that order. A hand
+    mutation test found each of these unguarded: the score placed on the last column, the KL sign, the
+    penalty's sign and gamma/lam swapped all passed the suite."""
+    import importlib
+    import losses
+    model = eos_prone_gpt2(tmp_path / 'eos-hf')
+    (tmp_path / 'spyrewards.py').write_text(SPY_REWARD)
+    seen = {'kl': [], 'calls': []}
+    real_kl, real_gae, real_rloo = losses.kl_estimate, losses.gae, losses.rloo_advantages
+
+    def kl_spy(logp, ref_logp, estimator):
+        out = real_kl(logp, ref_logp, estimator)
+        if estimator == 'k1' and not logp.requires_grad:  # the rollout's (no graph), not a loss's
+            seen['kl'].append(out.detach().clone())
+        return out
+
+    def gae_spy(rewards, values, mask, *args):
+        seen['calls'].append((rewards.clone(), mask.clone(), args))
+        return real_gae(rewards, values, mask, *args)
+
+    def rloo_spy(scores, group_size):
+        seen['calls'].append((scores.clone(), None, (group_size,)))
+        return real_rloo(scores, group_size)
+
+    monkeypatch.setattr(losses, 'kl_estimate', kl_spy)
+    monkeypatch.setattr(losses, 'gae', gae_spy)
+    monkeypatch.setattr(losses, 'rloo_advantages', rloo_spy)
+    extra = ['--advantage_estimator=rloo', '--batch_size=2', '--group_size=4'] if algo == 'rloo' else ['--batch_size=8']
+    run_ppo_in_process(tmp_path, monkeypatch, model, '--reward_fn=spyrewards:score', '--max_new_tokens=8',
+                       '--mini_batch_size=4', '--kl_coef=0.3', '--missing_eos_penalty=0.7', '--gamma=0.9', '--lam=0.8',
+                       '--learning_rate=1e-2', '--max_iters=2', '--eval_interval=100', *extra)
+    scores_seen = importlib.import_module('spyrewards').CALLS
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
+    assert len(seen['calls']) == len(scores_seen) == len(rows) == 2 and len(seen['kl']) == 2
+    n_short = 0
+    for it, ((got, mask, args), kl, scores) in enumerate(zip(seen['calls'], seen['kl'], scores_seen)):
+        scores, n_seq = torch.tensor(scores), len(scores)
+        n_eos = int(float(rows[it]['val/num_eos_tokens']))
+        assert (it == 0) == bool(kl.abs().max() == 0)  # the first rollout's policy is the reference
+        if algo == 'rloo':
+            # the sequence score: score - kl_coef x the summed k1, less the penalty where no EOS (sum over rows)
+            kl_sum = kl.nan_to_num(0.0).sum(1)  # (k1 is 0 after each response's end: masked by the loop)
+            assert args == (4,)
+            residual = got - (scores - 0.3 * kl_sum)
+            assert residual.sum().item() == pytest.approx(-0.7 * (n_seq - n_eos), abs=1e-4)
+            assert ((residual.abs() < 1e-4) | ((residual + 0.7).abs() < 1e-4)).all()  # 0 or the penalty, per row
+            continue
+        assert args == (0.9, 0.8)  # gae(rewards, values, mask, gamma, lam)
+        kl_part = -0.3 * kl * mask
+        last = mask.sum(1).long() - 1  # the last real token: the EOS, or the last one sampled
+        at_last = got[torch.arange(n_seq), last] - kl_part[torch.arange(n_seq), last]
+        rest = got - kl_part
+        rest[torch.arange(n_seq), last] = 0.0
+        assert rest.abs().max().item() < 1e-5  # only -kl_coef x k1 away from the last real token
+        short = mask.sum(1) < mask.size(1)  # ended by an EOS before max_new_tokens: the score, no penalty
+        torch.testing.assert_close(at_last[short], scores[short], atol=1e-5, rtol=0)
+        assert (at_last - scores).sum().item() == pytest.approx(-0.7 * (n_seq - n_eos), abs=1e-4)
+        n_short += int(short.sum())
+    if algo == 'gae':
+        assert 0 < n_short < 2 * 8  # responses of both kinds were checked
