@@ -1,7 +1,8 @@
 """
 The algorithm math, as pure tensor functions: tensors in, tensors out, no config, no model.
 Every formula is in its function's docstring, with shapes; every function has a unit test on
-hand-computed values (tests/test_losses.py). Scripts compose these; they never re-implement them.
+hand-computed values (tests/test_ppo_math.py, test_dpo.py, test_reward.py). Scripts compose these; they never
+re-implement them.
 
 Conventions: B = batch, T = sequence length, V = vocabulary. `mask` tensors are 1.0 on the
 positions that count and 0.0 elsewhere (prompt, padding); they come from lengths or attention

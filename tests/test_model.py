@@ -453,3 +453,51 @@ def test_train_flops_per_token_from_a_planner_shape():
     n = param_counts(shape)['total'] - shape['block_size'] * shape['n_embd']
     assert n == model.get_num_params()
     assert train_flops_per_token(n, 3, 16, 10) == 6 * n + 12 * 3 * 16 * 10
+
+
+def peaked_tiny():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(10)  # a peaked next-token distribution, not one-hot
+    return m
+
+
+def test_top_p_nucleus_is_taken_at_the_sampling_temperature():
+    """top_p filters the distribution generate samples from, logits / temperature: at T = 0.5 the nucleus
+    of 0.6 is smaller than at T = 1, and every sampled token is inside the T = 0.5 one (filtering before
+    the temperature passed the suite)."""
+    m = peaked_tiny()
+    idx = torch.tensor([[1, 2, 3]]).repeat(4000, 1)
+    with torch.no_grad():
+        logits = m(idx[:1])[0][0, -1]
+    T, p = 0.5, 0.6
+    allowed = torch.isfinite(top_k_top_p_filter((logits / T)[None], top_p=p))[0]
+    wider = torch.isfinite(top_k_top_p_filter(logits[None], top_p=p))[0]
+    assert wider.sum() > allowed.sum()  # the two orders differ here
+    out = m.generate(idx, 1, temperature=T, top_p=p, generator=torch.Generator().manual_seed(0))
+    assert allowed[out[:, -1]].all()
+
+
+def test_top_p_zero_keeps_the_most_likely_token():
+    """top_p=0 (accepted) keeps one token, the most likely, instead of filtering every logit to -inf (NaN)."""
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
+    assert torch.equal(torch.isfinite(top_k_top_p_filter(logits, top_p=0.0)[0]), torch.tensor([False, True, False]))
+
+
+def test_generate_logprobs_are_under_the_full_distribution_and_zero_after_eos():
+    """return_logprobs gives log-probs under softmax(logits / temperature), not the top-k filtered one
+    (PPO's training log-probs are unfiltered: they must be the same numbers), and 0 after a row's EOS."""
+    m = peaked_tiny()
+    idx = torch.tensor([[1, 2, 3]]).repeat(64, 1)
+    with torch.no_grad():
+        eos = int(m(idx[:1])[0][0, -1].argmax())  # a likely first token as EOS, so rows finish early
+        out, lp = m.generate(idx, 4, temperature=0.7, top_k=3, eos_token_id=eos,
+                             generator=torch.Generator().manual_seed(0), return_logprobs=True)
+        logits = m(out)[0][:, 2:-1] / 0.7
+    full = torch.log_softmax(logits, -1).gather(-1, out[:, 3:, None])[..., 0]
+    is_eos = (out[:, 3:] == eos).long()
+    after = torch.cumsum(is_eos, 1) - is_eos > 0  # strictly after the first EOS
+    assert after.any() and (~after).any()
+    torch.testing.assert_close(lp[~after], full[~after], atol=1e-5, rtol=0)
+    assert (lp[after] == 0).all()

@@ -48,6 +48,11 @@ def test_training_logprobs_equal_sampling_logprobs(tiny):
         assert (wrong - sample_logp).abs().max() > 1e-2
         assert no_entropy is None and no_values is None  # the PPO update asks for neither
         assert entropy.shape == logp.shape == values.shape
+        # the entropy is the sampling distribution's, softmax(logits / temperature), at each response position
+        with torch.no_grad():
+            logits = model(ids, attention_mask=attention_mask)[0][:, n_prompt - 1:-1].float() / temperature
+        probs = logits.softmax(-1)
+        torch.testing.assert_close(entropy, -(probs * logits.log_softmax(-1)).sum(-1), atol=1e-4, rtol=0)
 
 
 def test_logprobs_come_from_float32_logits_under_bf16_autocast(tiny):

@@ -379,3 +379,24 @@ def test_entropy_of_filtered_logits_is_finite():
     close(entropy, [[math.log(2)]])
     entropy.sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_adaptive_kl_coef_hand_values():
+    """Ziegler et al.'s controller: e = clip(KL / target - 1, -0.2, 0.2), beta * (1 + e * n / horizon). A KL
+    twice the target is clipped to +0.2 (beta up), half the target to -0.2 (beta down), 10 % over moves by
+    exactly 0.1 (the only test before checked that beta changed at all)."""
+    from losses import adaptive_kl_coef
+    assert adaptive_kl_coef(0.1, 12.0, 6.0, 10000, 512) == pytest.approx(0.1 * (1 + 0.2 * 512 / 10000))  # 0.101024
+    assert adaptive_kl_coef(0.1, 3.0, 6.0, 10000, 512) == pytest.approx(0.1 * (1 - 0.2 * 512 / 10000))   # 0.098976
+    assert adaptive_kl_coef(0.1, 6.6, 6.0, 1000, 100) == pytest.approx(0.1 * (1 + 0.1 * 100 / 1000))     # 0.101
+
+
+def test_ppo_policy_loss_stats_are_means_over_real_tokens():
+    """approxkl, like the loss, averages over the masked (real) tokens only: padding after the response
+    (log-ratio 0 there) must not dilute it. The hand case above plus two padded tokens: the same 0.161214."""
+    old_logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.0, -1.0]])
+    logp = old_logp + torch.cat([RATIOS.log(), torch.zeros(1, 2)], 1)
+    loss, stats = ppo_policy_loss(logp, old_logp, torch.cat([ADVANTAGES, torch.zeros(1, 2)], 1),
+                                  torch.tensor([[1.0, 1, 1, 1, 0, 0]]), cliprange_low=0.2)
+    close(loss, 0.15)
+    close(stats['approxkl'], 0.1612137420)
