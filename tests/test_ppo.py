@@ -974,12 +974,13 @@ def test_weight_decay_spares_biases_and_layer_norms_and_an_old_one_group_checkpo
 
 
 SPY_REWARD = '''
-CALLS = []
+CALLS, TEXTS = [], []
 
 def score(prompts, responses):
     """A made-up score of each response's text, recorded so the test knows what the scorer returned."""
     s = [((len(r) * 7) % 5) * 0.25 - 0.5 for r in responses]
     CALLS.append(s)
+    TEXTS.extend(responses)
     return s
 '''
 
@@ -1035,6 +1036,8 @@ def test_the_rewards_the_loop_builds_from_scores_kl_and_missing_eos(tmp_path, mo
                        '--mini_batch_size=4', '--kl_coef=0.3', '--missing_eos_penalty=0.7', '--gamma=0.9', '--lam=0.8',
                        '--learning_rate=1e-2', '--max_iters=2', '--eval_interval=100', *extra)
     scores_seen = importlib.import_module('spyrewards').CALLS
+    # the texts scored are the responses without their EOS (the scorer appends its own): never the EOS as text
+    assert not any('<|endoftext|>' in t for t in importlib.import_module('spyrewards').TEXTS)
     rows = list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))
     assert len(seen['calls']) == len(scores_seen) == len(rows) == 2 and len(seen['kl']) == 2
     n_short = 0
