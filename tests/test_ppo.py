@@ -1012,7 +1012,13 @@ def test_the_rewards_the_loop_builds_from_scores_kl_and_missing_eos(tmp_path, mo
     model = eos_prone_gpt2(tmp_path / 'eos-hf')
     (tmp_path / 'spyrewards.py').write_text(SPY_REWARD)
     seen = {'kl': [], 'calls': []}
-    real_kl, real_gae, real_rloo = losses.kl_estimate, losses.gae, losses.rloo_advantages
+    real_kl, real_gae, real_rloo, real_whiten = losses.kl_estimate, losses.gae, losses.rloo_advantages, losses.masked_whiten
+    seen['whitened'] = []
+
+    def whiten_spy(x, mask, *args, **kwargs):
+        out = real_whiten(x, mask, *args, **kwargs)
+        seen['whitened'].append((out.clone(), mask.clone()))
+        return out
 
     def kl_spy(logp, ref_logp, estimator):
         out = real_kl(logp, ref_logp, estimator)
@@ -1031,6 +1037,7 @@ def test_the_rewards_the_loop_builds_from_scores_kl_and_missing_eos(tmp_path, mo
     monkeypatch.setattr(losses, 'kl_estimate', kl_spy)
     monkeypatch.setattr(losses, 'gae', gae_spy)
     monkeypatch.setattr(losses, 'rloo_advantages', rloo_spy)
+    monkeypatch.setattr(losses, 'masked_whiten', whiten_spy)
     extra = ['--advantage_estimator=rloo', '--batch_size=2', '--group_size=4'] if algo == 'rloo' else ['--batch_size=8']
     run_ppo_in_process(tmp_path, monkeypatch, model, '--reward_fn=spyrewards:score', '--max_new_tokens=8',
                        '--mini_batch_size=4', '--kl_coef=0.3', '--missing_eos_penalty=0.7', '--gamma=0.9', '--lam=0.8',
@@ -1066,3 +1073,11 @@ def test_the_rewards_the_loop_builds_from_scores_kl_and_missing_eos(tmp_path, mo
         n_short += int(short.sum())
     if algo == 'gae':
         assert 0 < n_short < 2 * 8  # responses of both kinds were checked
+        # GAE's advantages whitened over the response tokens: mean 0 and variance 1 there (RLOO's are not)
+        assert len(seen['whitened']) == 2
+        for adv, mask in seen['whitened']:
+            mean = (adv * mask).sum() / mask.sum()
+            var = ((adv - mean) ** 2 * mask).sum() / (mask.sum() - 1)
+            assert abs(mean.item()) < 1e-5 and var.item() == pytest.approx(1.0, abs=1e-3)
+    else:
+        assert seen['whitened'] == []
