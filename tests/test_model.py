@@ -501,3 +501,17 @@ def test_generate_logprobs_are_under_the_full_distribution_and_zero_after_eos():
     assert after.any() and (~after).any()
     torch.testing.assert_close(lp[~after], full[~after], atol=1e-5, rtol=0)
     assert (lp[after] == 0).all()
+
+
+def test_trunk_with_a_kv_cache_and_no_mask_equals_the_full_pass():
+    """trunk(kv_cache=...) without an attention mask (generate always passes one): the new tokens take
+    the positions after the cached ones (arange(past, past + T)), so prefill + one token at a time gives
+    the full pass's hidden states (positions restarting at 0 passed the suite)."""
+    from model import KVCache
+    m = peaked_tiny()
+    idx = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = m.trunk(idx)
+        cache = KVCache(m.config, 2, 9, idx.device, torch.float32)
+        parts = [m.trunk(idx[:, :5], kv_cache=cache)] + [m.trunk(idx[:, t:t + 1], kv_cache=cache) for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
