@@ -251,6 +251,23 @@ def saved_rank_state(checkpoint, rank, world_size):
     return {k: v for k, v in states[0].items() if k in ('train_loader', 'sft_loader')}
 
 
+def ddp_wrap(model, local_rank, device_type):
+    """The model in DDP, as every DDP script wraps it: gradient_as_bucket_view=True, so the gradients
+    are views into DDP's all-reduce buckets instead of a second copy beside them (one gradient's memory
+    per GPU). Zero them in place between steps (optimizer.zero_grad(set_to_none=False)): set to None,
+    every micro-step that does not sync would allocate a fresh set beside the buckets again."""
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[local_rank] if device_type == 'cuda' else None,
+                                   gradient_as_bucket_view=True)
+
+
+def lora_summary(model):
+    """A LoRA model's one line for the start of a run: rank, targets, trainable parameters of all."""
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"LoRA rank {model.config.lora_rank} on {model.config.lora_targets}: {n_train:,} trainable parameters "
+            f"of {model.get_num_params():,}")
+
+
 def finish_ddp(state_dict):
     """The end of a DDP run: check once that every rank's replica is bit-identical (DDP broadcasts
     rank 0's weights at the start and averages the gradients, so any difference is a bug), print

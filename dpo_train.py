@@ -48,15 +48,14 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_source_unchanged, configure,
-                    ddp_broadcast, ddp_device, ddp_gather, finish_ddp, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, holdout_by_prompt, load_preference_pairs, lora_overrides, make_optimizer,
-                    nonfinite_loss_error, plan_memory, run_adapters, preference_logps, print0, print_config,
-                    require_positive, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
+                    ddp_broadcast, ddp_device, ddp_gather, ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer,
+                    grad_scaler, holdout_by_prompt, load_preference_pairs, lora_overrides, lora_summary, make_optimizer,
+                    nonfinite_loss_error, plan_memory, preference_logps, print0, print_config, require_positive,
+                    run_adapters, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
                     setup_device, source_identity, split_accumulation, step_metrics, weights_fingerprint)
 from losses import dpo_loss
 from model import GPT
@@ -189,9 +188,8 @@ if model.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
 if model.value_head is not None:  # from a reward/PPO checkpoint: DPO never uses the head, and DDP would
     model.value_head.requires_grad_(False)  # wait for a gradient it never gets
-if lora_rank and master_process:
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"LoRA rank {lora_rank} on {lora_targets}: {n_train:,} trainable parameters of {model.get_num_params():,}")
+if model.config.lora_rank:
+    print0(lora_summary(model))
 model.to(device)
 raw_model = model
 
@@ -331,8 +329,7 @@ if checkpoint is not None:
 if compile and device_type == 'cuda':
     model = torch.compile(model)
 if ddp:  # the policy only: the reference (a frozen copy, or raw_model with its adapters off) runs outside DDP
-    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, not in a second copy of them
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, gradient_as_bucket_view=True)
+    model = ddp_wrap(model, ddp_local_rank, device_type)  # gradients in DDP's buckets, no second copy
 
 
 def forward(split, idx):
@@ -460,9 +457,7 @@ while True:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    # DDP keeps the gradients in its buckets (gradient_as_bucket_view): zeroed in place, not dropped, or every
-    # micro-step that does not sync would allocate a second set beside the buckets
-    optimizer.zero_grad(set_to_none=not ddp)
+    optimizer.zero_grad(set_to_none=not ddp)  # DDP: zeroed in place, in its buckets (common.ddp_wrap)
 
     # timing and logging
     t1 = time.time()

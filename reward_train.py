@@ -32,16 +32,15 @@ from dataclasses import asdict
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, accumulation_weights, configure, ddp_broadcast, ddp_device,
-                    ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
-                    holdout_by_prompt, load_preference_pairs, lora_overrides, make_optimizer, nonfinite_loss_error,
-                    pad_right, plan_memory, print0, print_config, read_records, require_positive, reward_example,
-                    reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
-                    setup_device, sft_pair, split_accumulation, step_metrics)
+                    ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
+                    holdout_by_prompt, load_preference_pairs, lora_overrides, lora_summary, make_optimizer,
+                    nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records, require_positive,
+                    reward_example, reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state,
+                    setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -204,9 +203,7 @@ if block_size < model.config.block_size:
 elif block_size > model.config.block_size:
     raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
 if model.config.lora_rank:  # the value head trains too (LoRA freezes only the base weights)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print0(f"LoRA rank {model.config.lora_rank} on {model.config.lora_targets}: {n_train:,} trainable parameters "
-           f"of {model.get_num_params():,}")
+    print0(lora_summary(model))
 if model.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
 model.to(device)
@@ -230,8 +227,7 @@ model = PairLoss(model, chosen_lm_coef)
 if compile and device_type == 'cuda':  # the whole reward computation (GPT.forward is not what it runs)
     model = torch.compile(model)
 if ddp:
-    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, not in a second copy of them
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, gradient_as_bucket_view=True)
+    model = ddp_wrap(model, ddp_local_rank, device_type)  # gradients in DDP's buckets, no second copy
 
 
 def forward(ids, attention_mask, response_mask, margins):
@@ -368,9 +364,7 @@ while True:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    # DDP keeps the gradients in its buckets (gradient_as_bucket_view): zeroed in place, not dropped, or every
-    # micro-step that does not sync would allocate a second set beside the buckets
-    optimizer.zero_grad(set_to_none=not ddp)
+    optimizer.zero_grad(set_to_none=not ddp)  # DDP: zeroed in place, in its buckets (common.ddp_wrap)
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1

@@ -34,15 +34,14 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, accumulation_weights, checkpoint_model_args,
-                    configure, ddp_device, ddp_gather, ddp_mean, finish_ddp, get_lr, get_rng_state, grad_scaler,
-                    lora_overrides, make_optimizer, nonfinite_loss_error, plan_memory, print0, print_config,
-                    read_records, require_positive, run_adapters, save_checkpoint, saved_rank_state, set_rng_state,
-                    setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation, step_metrics, tokenize_pair,
-                    unwrap)
+                    configure, ddp_device, ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr, get_rng_state,
+                    grad_scaler, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error, plan_memory,
+                    print0, print_config, read_records, require_positive, run_adapters, save_checkpoint,
+                    saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation,
+                    step_metrics, tokenize_pair, unwrap)
 from model import GPT, GPTConfig, IGNORE_INDEX
 
 # -----------------------------------------------------------------------------
@@ -238,9 +237,8 @@ else:  # gpt2* name, Hugging Face directory or a checkpoint of this project: fin
         model.crop_block_size(block_size)  # e.g. gpt2's 1024 down to a smaller context
     elif block_size > model.config.block_size:
         raise UserError(f"block_size={block_size} is larger than {init_from}'s {model.config.block_size}")
-if lora_rank and master_process:
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"LoRA rank {lora_rank} on {lora_targets}: {n_train:,} trainable parameters of {model.get_num_params():,}")
+if model.config.lora_rank:
+    print0(lora_summary(model))
 if meta_vocab_size is not None and meta_vocab_size > model.config.vocab_size:
     raise UserError(f"{meta_path} has {meta_vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}")
 if sft_data and tokenizer.n_vocab > model.config.vocab_size:  # SFT records are GPT-2 BPE tokens
@@ -278,8 +276,7 @@ if compile and device_type == 'cuda':
 elif compile and master_process:
     print(f"note: compile applies on CUDA only; running eagerly on {device_type}")
 if ddp:
-    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, not in a second copy of them
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None, gradient_as_bucket_view=True)
+    model = ddp_wrap(model, ddp_local_rank, device_type)  # gradients in DDP's buckets, no second copy
 
 
 def eval_batches(split):
@@ -395,9 +392,7 @@ while True:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    # DDP keeps the gradients in its buckets (gradient_as_bucket_view): zeroed in place, not dropped, or every
-    # micro-step that does not sync would allocate a second set beside the buckets
-    optimizer.zero_grad(set_to_none=not ddp)
+    optimizer.zero_grad(set_to_none=not ddp)  # DDP: zeroed in place, in its buckets (common.ddp_wrap)
 
     # timing and logging
     t1 = time.time()

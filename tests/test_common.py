@@ -343,3 +343,36 @@ def test_holdout_by_prompt_keeps_each_prompts_pairs_on_one_side():
     assert holdout_by_prompt(unique, 0.3, 1337, 'x.jsonl') == (perm[:3], perm[3:])
     with pytest.raises(UserError, match=r'x.jsonl: 3 pairs \(1 prompts\) are too few to hold out val_fraction=0.1'):
         holdout_by_prompt([pair([7])] * 3, 0.1, 0, 'x.jsonl')
+
+
+def test_ddp_wrap_keeps_the_gradients_in_the_buckets(tmp_path):
+    """common.ddp_wrap (every DDP script's wrapper) builds DDP with gradient_as_bucket_view, and the
+    scripts' zero_grad(set_to_none=False) under DDP keeps the gradients there: after a step, the next
+    step's micro-step that does not sync accumulates into the same bucket storage (one process group of
+    one gloo rank, in this process). Set to None, that micro-step allocates a fresh set beside the
+    buckets (the second copy the wrapper exists to avoid)."""
+    import torch.distributed as dist
+    from common import ddp_wrap
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    try:
+        storages = {}
+        for set_to_none in (False, True):
+            torch.manual_seed(0)
+            model = ddp_wrap(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=32, block_size=8)), 0, 'cpu')
+            assert model.gradient_as_bucket_view
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            ptrs = []
+            for step in range(3):
+                for micro in range(2):  # accumulation: all-reduce on the last micro-step only, as the scripts
+                    model.require_backward_grad_sync = micro == 1
+                    x = torch.randint(0, 32, (2, 8))
+                    model(x, x)[1].backward()
+                    ptrs.append({p.grad.untyped_storage().data_ptr() for p in model.parameters()})
+                opt.step()
+                opt.zero_grad(set_to_none=set_to_none)
+            storages[set_to_none] = ptrs
+        kept, dropped = storages[False], storages[True]  # (DDP rebuilds its buckets once, after the first step)
+        assert all(len(k) == 1 for k in kept[1:]) and kept[2] == kept[3] == kept[4] == kept[5]  # one bucket, kept
+        assert len(dropped[2]) > 1 and len(dropped[4]) > 1  # set to None: each step's unsynced micro-step allocates
+    finally:
+        dist.destroy_process_group()

@@ -336,8 +336,11 @@ def test_train_and_reward_train_from_a_lora_checkpoint(tmp_path, script):
     assert full.config.lora_rank == 0
     w = 'transformer.h.0.mlp.c_fc.weight'
     assert not torch.allclose(full.state_dict()[w], merged.state_dict()[w])  # a base weight trained
-    _, lora = run('new', '--lora_rank=2', '--lora_alpha=16', '--learning_rate=0', '--min_lr=0')
+    out, lora = run('new', '--lora_rank=2', '--lora_alpha=16', '--learning_rate=0', '--min_lr=0')
     assert lora.config.lora_rank == 2 and lora.config.lora_alpha == 16
+    n_train = sum(p.numel() for p in lora.parameters() if p.requires_grad)  # (reward_train: + the value head)
+    summary = f"LoRA rank 2 on {lora.config.lora_targets}: {n_train:,} trainable parameters"
+    assert f"{summary} of {lora.get_num_params():,}" in out
     idx = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(lora(idx)[0], merged(idx)[0], atol=1e-5, rtol=0)  # the checkpoint's function
