@@ -96,18 +96,40 @@ def _text(data):
     return data.decode(locale.getpreferredencoding(False)).replace('\r\n', '\n').replace('\r', '\n')
 
 
+def _torchrun_ranks(cmd):
+    """(argv, nproc, master_addr, master_port) of `python -m torch.distributed.run --nnodes=1
+    --nproc_per_node=N --master_addr=A --master_port=P script.py args` (the form tests/test_ddp.py
+    launches), run_python's fork-server stand-in for torchrun; None for any other command."""
+    if len(cmd) < 4 or [str(c) for c in cmd[1:3]] != ['-m', 'torch.distributed.run']:
+        return None
+    options, i = {}, 3
+    while i < len(cmd) and str(cmd[i]).startswith('--'):
+        key, _, value = str(cmd[i])[2:].partition('=')
+        options[key] = value
+        i += 1
+    if i == len(cmd) or set(options) != {'nnodes', 'nproc_per_node', 'master_addr', 'master_port'} \
+            or options['nnodes'] != '1':
+        return None  # another launch than a one-node one: the real torchrun
+    return [str(c) for c in cmd[i:]], int(options['nproc_per_node']), options['master_addr'], int(options['master_port'])
+
+
 def run_python(cmd, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False, fresh=False):
     """subprocess.run(cmd, ...) for cmd = [sys.executable, script.py, *args], with the same
     CompletedProcess (returncode, stdout, stderr), TimeoutExpired and CalledProcessError, run by
-    tests/forkserver.py. A real subprocess where a fork cannot stand in: not Linux, another
-    command (`-c`, `-m`, torchrun), an environment that differs from the server's in what is read
+    tests/forkserver.py. `python -m torch.distributed.run` (one node, tests/test_ddp.py's form) forks
+    one child a rank, with the variables torchrun sets for it (RANK, LOCAL_RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT, ...), their output in one stdout and one stderr, and torchrun's exit
+    status. A real subprocess where a fork cannot stand in: not Linux, another
+    command (`-c`, another `-m`, torchrun with other options), an environment that differs from the server's in what is read
     at import (_FORK_UNSAFE_ENV), fresh=True (a new interpreter, e.g. a new hash seed for a test
     that compares two runs for determinism), or TESTS_FORKSERVER=0 (to compare)."""
     env = dict(os.environ if env is None else env)
     server_env = _forkserver[2] if _forkserver is not None else os.environ
     changed = {k for k in set(env) | set(server_env) if env.get(k) != server_env.get(k)}
+    ranks = _torchrun_ranks(cmd)
     if (fresh or sys.platform != 'linux' or os.environ.get('TESTS_FORKSERVER') == '0' or cmd[0] != sys.executable
-            or str(cmd[1]).startswith('-') or any(k.startswith(_FORK_UNSAFE_ENV) for k in changed - _FORK_SAFE_ENV)):
+            or (str(cmd[1]).startswith('-') and ranks is None)
+            or any(k.startswith(_FORK_UNSAFE_ENV) for k in changed - _FORK_SAFE_ENV)):
         return subprocess.run(cmd, cwd=cwd, env=env, capture_output=capture_output, text=text,
                               timeout=timeout, check=check)
     server = _forkserver_process()
@@ -115,19 +137,27 @@ def run_python(cmd, cwd=None, env=None, capture_output=False, text=False, timeou
         out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
         request = {'argv': [str(c) for c in cmd[1:]], 'cwd': os.path.abspath(cwd or os.getcwd()), 'env': env,
                    'stdout': out, 'stderr': err}
+        if ranks is not None:  # torchrun: one child a rank, with the environment torchrun gives it
+            argv, nproc, addr, port = ranks
+            open(out, 'wb').close()
+            open(err, 'wb').close()
+            request = {'group': [dict(request, argv=argv, append=True, env=dict(
+                env, RANK=str(r), LOCAL_RANK=str(r), GROUP_RANK='0', WORLD_SIZE=str(nproc),
+                LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR=addr, MASTER_PORT=str(port))) for r in range(nproc)]}
         try:
             server[0].stdin.write((json.dumps(request) + '\n').encode())
             server[0].stdin.flush()
-            pid = _read_message(server, None)['pid']
+            pids = _read_message(server, None)['pids']
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 returncode = _read_message(server, deadline)['returncode']
             except TimeoutError:
                 returncode = None
-                try:  # the server has not reaped the child (it reports as soon as it has): its pid
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:  # ... unless it ended in the last instant
-                    pass
+                for pid in pids:  # the server has not reaped them all (it reports as soon as it has): their pids
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:  # ... unless one ended in the last instant
+                        pass
                 _read_message(server, None)  # the server reaps it and reports; the exchange stays in step
         except BaseException:
             _stop_forkserver()

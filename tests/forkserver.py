@@ -18,10 +18,16 @@ subprocess where a test needs a new one) and what torch read from the environmen
 No project module is imported here: a script imports its own common.py/model.py, as it would.
 
 Protocol (lines of JSON): this process prints {"ready": true} once; then for each request
-{"argv": [script, *args], "cwd", "env", "stdout", "stderr"} on stdin it prints {"pid": child}
-and, when the child has exited, {"returncode": n} (-signal if it was killed, as subprocess)."""
+{"argv": [script, *args], "cwd", "env", "stdout", "stderr"} on stdin it prints {"pid": child,
+"pids": [child]} and, when the child has exited, {"returncode": n} (-signal if it was killed, as
+subprocess). A request {"group": [request, ...]} (conftest.run_python's stand-in for torchrun:
+one request a rank, each with its RANK/WORLD_SIZE/MASTER_PORT environment and "append": true, so
+that all ranks write into the same two files) forks every rank at once and prints all their pids;
+when a rank fails the others get SIGTERM, as torchrun sends them, and the status is torchrun's:
+0 when every rank exited 0, else 1."""
 import json
 import os
+import signal
 import sys
 
 import numpy  # (imported for the children; each reseeds its global RNG)
@@ -43,9 +49,10 @@ def run_child(request):
         os.chdir(request['cwd'])
         os.environ.clear()
         os.environ.update(request['env'])
+        shared = os.O_APPEND if request.get('append') else os.O_TRUNC  # a torchrun group's ranks share the files
         for fd, path, flags in [(0, os.devnull, os.O_RDONLY),
-                                (1, request['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                                (2, request['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)]:
+                                (1, request['stdout'], os.O_WRONLY | os.O_CREAT | shared),
+                                (2, request['stderr'], os.O_WRONLY | os.O_CREAT | shared)]:
             new = os.open(path, flags, 0o644)
             os.dup2(new, fd)
             os.close(new)
@@ -99,12 +106,29 @@ def main():
     print(json.dumps({'ready': True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            run_child(request)
-        print(json.dumps({'pid': pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({'returncode': os.waitstatus_to_exitcode(status)}), flush=True)
+        group = request.get('group', [request])  # torchrun's ranks: started together, ended together
+        pids = []
+        for child in group:
+            pid = os.fork()
+            if pid == 0:
+                run_child(child)
+            pids.append(pid)
+        print(json.dumps({'pid': pids[0], 'pids': pids}), flush=True)
+        codes = {}
+        while len(codes) < len(pids):
+            pid, status = os.wait()
+            codes[pid] = os.waitstatus_to_exitcode(status)
+            if codes[pid] != 0:  # as torchrun: a failed rank stops the others (they would wait for it forever)
+                for other in set(pids) - set(codes):
+                    try:
+                        os.kill(other, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+        if 'group' in request:  # torchrun's own status: 1 when any rank failed
+            returncode = 0 if all(c == 0 for c in codes.values()) else 1
+        else:
+            returncode = codes[pids[0]]
+        print(json.dumps({'returncode': returncode}), flush=True)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """train.py, reward_train.py and dpo_train.py under torchrun: 2 CPU processes with the gloo
-backend, as nanoGPT runs DDP.
+backend, as nanoGPT runs DDP. The ranks are forked by tests/forkserver.py with the environment
+torchrun gives them (conftest.run_python; ~5 s less a launch); test_ddp_ranks_end_with_identical_weights
+runs the real torchrun.
 
 What is and is not equal between 2 ranks x accumulation k/2 and 1 process x accumulation k:
 - For SFT examples and preference pairs everything is: the ranks split each epoch's micro-batches
@@ -63,21 +65,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(script, args, cwd, nproc=2, check=True):
-    """`script` with `args`, under torchrun with nproc CPU processes (nproc=1: plain python)."""
+def launch(script, args, cwd, nproc=2, check=True, fresh=False):
+    """`script` with `args`, under torchrun with nproc CPU processes (nproc=1: plain python). The
+    ranks are forked by the tests' fork server with torchrun's environment (conftest.run_python);
+    fresh=True runs the real torchrun."""
     launcher = [sys.executable] if nproc == 1 else [
         sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', f'--nproc_per_node={nproc}',
         '--master_addr=127.0.0.1', f'--master_port={free_port()}']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     p = run_python([*launcher, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
-                   capture_output=True, text=True, timeout=300)
+                   capture_output=True, text=True, timeout=300, fresh=fresh)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 
-def train(args, cwd, nproc=2):
-    return launch('train.py', TINY + args, cwd, nproc)
+def train(args, cwd, nproc=2, fresh=False):
+    return launch('train.py', TINY + args, cwd, nproc, fresh=fresh)
 
 
 def rank_hashes(stdout):
@@ -94,7 +98,8 @@ def curve(out_dir, column='train/loss_step'):
 
 def test_ddp_ranks_end_with_identical_weights(workdir):
     out = str(workdir / 'out-ddp')
-    p = train(['--dataset=chars', f'--out_dir={out}', '--dropout=0.1', '--max_iters=6', '--eval_interval=3'], workdir)
+    p = train(['--dataset=chars', f'--out_dir={out}', '--dropout=0.1', '--max_iters=6', '--eval_interval=3'], workdir,
+              fresh=True)  # the real torchrun (the other tests fork its ranks)
     hashes = rank_hashes(p.stdout)  # each rank hashes its own replica at the end; rank 0 prints them all
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
     assert len(hashes) == 2 and hashes[0] == hashes[1] == state_sha256(ckpt['model'])[:16]

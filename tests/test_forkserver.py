@@ -146,3 +146,43 @@ def test_a_missing_shared_folder_stops_the_suite_in_one_message(tmp_path):
     out = p.stdout + p.stderr
     assert f"the tests read {tmp_path / 'shared'}/ beside the repository and it lacks data/tinyshakespeare/input.txt" in out
     assert "see the README's Quick start" in out
+
+
+RANKS = r'''
+import os, sys
+import torch.distributed as dist
+say = lambda line: os.write(1, (line + '\n').encode())  # one write a line: the ranks' lines never mix
+keys = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+say(' '.join(f'{k}={os.environ[k]}' for k in keys))
+say(f"forked {'forkserver.py' in ' '.join(sys.orig_argv)}")
+dist.init_process_group('gloo')
+t = __import__('torch').tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+say(f'rank {dist.get_rank()} sum {t.item():.0f}')
+if sys.argv[1] == 'fail' and dist.get_rank() == 1:
+    raise SystemExit('rank 1 gives up')
+dist.barrier()  # rank 0 waits here for rank 1, until rank 1's failure ends it
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.parametrize('mode', ['ok', 'fail'])
+def test_torchrun_ranks_forked_as_torchrun_runs_them(tmp_path, mode):
+    """`python -m torch.distributed.run` (tests/test_ddp.py's form): the forked ranks see the
+    variables torchrun sets, write into one stdout, and one failing rank ends the other and the run
+    with torchrun's status 1, as the real torchrun does."""
+    import socket
+    (tmp_path / 'ranks.py').write_text(RANKS)
+    for f, forked in ((run_python, True), (subprocess.run, False)):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=2',
+               '--master_addr=127.0.0.1', f'--master_port={port}', str(tmp_path / 'ranks.py'), mode]
+        p = f(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        lines = sorted(l.replace(str(port), 'PORT') for l in p.stdout.splitlines())
+        assert lines == ['RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 GROUP_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=PORT',
+                         'RANK=1 LOCAL_RANK=1 WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 GROUP_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=PORT',
+                         f'forked {forked}', f'forked {forked}', 'rank 0 sum 3', 'rank 1 sum 3'], p.stdout + p.stderr
+        assert p.returncode == (0 if mode == 'ok' else 1), p.stderr[-2000:]
+        assert ('rank 1 gives up' in p.stderr) == (mode == 'fail')
