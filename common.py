@@ -20,6 +20,7 @@ import pickle
 import random
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 
 import numpy as np
@@ -117,6 +118,9 @@ def configure(scope, argv=None):
                     exec(compile(f.read(), arg, 'exec'), file_scope)
             except SyntaxError as e:
                 raise UserError(f"{arg}, line {e.lineno}: syntax error: {e.msg}") from None
+            except Exception as e:  # e.g. a NameError from a typo (lr_decay_iters = max_iter)
+                lines = [t.lineno for t in traceback.extract_tb(e.__traceback__) if t.filename == arg]
+                raise UserError(f"{arg}, line {lines[-1] if lines else '?'}: {type(e).__name__}: {e}") from None
             for k, v in file_scope.items():
                 if k in keys:  # a config key: its value is checked whatever its type (a numpy int was skipped)
                     scope[k] = _check_type(k, v, default[k], arg)
@@ -128,7 +132,10 @@ def configure(scope, argv=None):
             k, text = arg[2:].split('=', 1)
             if k not in keys:
                 raise _unknown(k, keys, 'command line')
-            scope[k] = _check_type(k, parse_value(text), default[k], 'command line')
+            value = parse_value(text)
+            if isinstance(default[k], str) and not isinstance(value, str):
+                value = text  # a string key takes the text as written: --wandb_run_name=2024, --out_dir=1e3
+            scope[k] = _check_type(k, value, default[k], 'command line')
     return {k: scope[k] for k in keys}
 
 
@@ -430,23 +437,23 @@ def save_checkpoint(path, checkpoint, model):
     weights: the existing file stays as it was."""
     if not all_finite(model):
         raise UserError(f"model has NaN/inf weights; not saving {path} (the previous file is kept)")
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = path + '.tmp'
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, device='cpu'):
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} not found")
-    return torch.load(path, map_location=device, weights_only=False)
+    save_atomic(checkpoint, path)
 
 
 def checkpoint_model_args(path):
     """A checkpoint's model_args without reading its tensors (mmap): the shape a resume must keep."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found")
-    return dict(torch.load(path, map_location='cpu', mmap=True, weights_only=False)['model_args'])
+    try:
+        try:
+            checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
+        except RuntimeError:  # torch's pre-1.6 format (_use_new_zipfile_serialization=False) has no mmap
+            checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which one (as GPT.from_checkpoint does)
+        raise UserError(f"checkpoint {path} could not be read: {e}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('model_args'), dict):
+        raise UserError(f"{path} is not a checkpoint of this project (no 'model_args')")
+    return dict(checkpoint['model_args'])
 
 
 def unwrap(model):
@@ -651,31 +658,43 @@ def get_tokenizer(name=None, strict=False):
 def read_records(source, split='train'):
     """A list of dict records from a .json file (a list of objects), a .jsonl or .jsonl.gz file
     (one object a line), or else the name of a Hugging Face dataset (its `split`). A malformed
-    line is a UserError naming the file and line number; an empty source is an error too."""
-    if source.endswith(('.json', '.jsonl', '.gz')) or os.path.exists(source):
+    line is a UserError naming the file and line number; an empty source is an error too. A name
+    that cannot be a hub dataset (`name` or `owner/name`) is a local path: a missing one is a
+    'not found' error, not a download attempt."""
+    local = (source.endswith(('.json', '.jsonl', '.gz')) or os.path.exists(source) or source.count('/') > 1
+             or source.startswith(('.', '/', '~')))
+    if local:
         if not os.path.isfile(source):
             raise UserError(f"data file {source} not found")
         opener = gzip.open if source.endswith('.gz') else open
         records = []
-        with opener(source, 'rt', encoding='utf-8') as f:
-            if source.endswith('.json'):
-                try:
-                    records = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{source}, line {e.lineno}: invalid JSON: {e.msg}") from None
-                if not isinstance(records, list):
-                    raise UserError(f"{source}: expected a JSON list of records")
-            else:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
+        try:
+            with opener(source, 'rt', encoding='utf-8') as f:
+                if source.endswith('.json'):
                     try:
-                        records.append(json.loads(line))
+                        records = json.load(f)
                     except json.JSONDecodeError as e:
-                        raise UserError(f"{source}, line {lineno}: invalid JSON: {e.msg}") from None
+                        raise UserError(f"{source}, line {e.lineno}: invalid JSON: {e.msg}") from None
+                    if not isinstance(records, list):
+                        raise UserError(f"{source}: expected a JSON list of records")
+                else:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            records.append(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise UserError(f"{source}, line {lineno}: invalid JSON: {e.msg}") from None
+        except (OSError, EOFError, UnicodeDecodeError) as e:  # not gzip, cut off, not UTF-8
+            raise UserError(f"{source} could not be read: {e}") from None
     else:
         import datasets  # heavy import, only for hub datasets; HF_ENDPOINT mirrors work
-        records = list(datasets.load_dataset(source, split=split))
+        try:
+            records = list(datasets.load_dataset(source, split=split))
+        except Exception as e:  # no such dataset or split, no network: one line, not datasets' traceback
+            first = (str(e).strip().splitlines() or [''])[0][:300]
+            raise UserError(f"{source}: not a local file, and the Hugging Face hub could not load it "
+                            f"(split {split!r}): {type(e).__name__}: {first}") from None
     if not records:
         raise UserError(f"{source} has no records")
     for i, r in enumerate(records):
@@ -1174,10 +1193,14 @@ def source_identity(source):
 
 def save_atomic(obj, path):
     """torch.save to a temporary file in the same directory, then rename: readers see the old
-    file or the whole new one, never half of one (also with two runs writing at once)."""
+    file or the whole new one, never half of one (also with two runs writing at once, and after a
+    power cut: the new file is on disk before the rename)."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(obj, tmp)
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -1598,8 +1621,11 @@ def model_shape(source, config_dir='config', _seen=()):
         if not name.endswith('.py') or path in _seen:
             continue
         scope = {}
-        with open(path) as f:
-            exec(compile(f.read(), path, 'exec'), scope)
+        try:
+            with open(path) as f:
+                exec(compile(f.read(), path, 'exec'), scope)
+        except Exception:  # a config that reads the script's defaults (min_lr = learning_rate / 10), or
+            continue       # is broken: not the one looked for here (its own run reports its errors)
         if os.path.normpath(str(scope.get('out_dir', ''))) == out_dir:
             if 'init_from' in scope:
                 init = scope['init_from']
@@ -1728,7 +1754,9 @@ def plan_memory(script, config, device, check=True):
         print0(f"predicted peak GPU memory of {os.path.basename(script)} with this config:\n" + format_plan(plan, device_bytes))
     else:
         print0(f"predicted peak GPU memory on a GPU: {plan['total'] / GiB:.2f} GiB (breakdown: python bench.py --plan)")
-    if device_bytes:
+    if device_bytes and config.get('eval_only'):  # nanoGPT's config/eval_gpt2*.py: no gradients, no optimizer
+        print0("eval_only: that is a training step's peak, an upper bound for an evaluation; not checked")
+    elif device_bytes:
         check_fits(plan, device_bytes)
     return plan
 

@@ -472,6 +472,8 @@ class GPT(nn.Module):
         known = {f.name for f in fields(GPTConfig)}
         model_args = {k: v for k, v in checkpoint['model_args'].items() if k in known}
         block_size = overrides.pop('block_size', None)
+        if block_size is not None and block_size > model_args.get('block_size', 1024):  # only a crop is possible
+            raise ModelLoadError(f"block_size={block_size} is larger than {path}'s {model_args.get('block_size', 1024)}")
         model = cls(GPTConfig(**{**model_args, **overrides}))
         model.load_state_dict_checked(checkpoint['model'], path)
         if block_size is not None and block_size < model.config.block_size:
@@ -553,6 +555,8 @@ class GPT(nn.Module):
         config = GPTConfig(block_size=c['n_positions'], vocab_size=c['vocab_size'], n_layer=c['n_layer'],
                            n_head=c['n_head'], n_embd=c['n_embd'], bias=True,
                            layer_norm_epsilon=c['layer_norm_epsilon'], **overrides)
+        if block_size is not None and block_size > config.block_size:  # only a crop is possible
+            raise ModelLoadError(f"block_size={block_size} is larger than {name_or_path}'s {config.block_size}")
         model = cls(config)
         model.load_state_dict_checked(sd, name_or_path)
         if block_size is not None and block_size < config.block_size:

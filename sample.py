@@ -38,7 +38,7 @@ score = ''                  # a reward checkpoint (reward_train.py): print each 
 seed = 1337
 device = 'auto'             # 'auto' | 'cpu' | 'cuda' | 'mps'
 dtype = 'auto'              # 'auto' | 'float32' | 'bfloat16' | 'float16'
-compile = False             # torch.compile the model (CUDA only)
+compile = False             # nanoGPT's key, kept for its command lines: generation runs eager (see below)
 # -----------------------------------------------------------------------------
 config = configure(globals())
 print_config(config, file=sys.stderr)  # stdout holds only the samples
@@ -63,8 +63,8 @@ if init_from == 'resume' or is_checkpoint:  # this project's checkpoint: its dat
 else:
     model = GPT.from_pretrained(init_from)
 model.eval().to(device)
-if compile and device_type == 'cuda':
-    model = torch.compile(model)
+if compile:  # torch.compile(model) would not reach generate (a method of the eager module), as in nanoGPT
+    print("note: compile=True has no effect here: generate's KV-cache steps run eager")
 tokenizer = get_tokenizer(dataset)
 if isinstance(tokenizer, GPT2Tokenizer) and model.config.vocab_size < tokenizer.n_vocab:  # not GPT-2's BPE
     where = (f" and data/{dataset}/meta.pkl was not found: run sample.py from the directory holding data/"

@@ -20,8 +20,10 @@ Departures from nanoGPT:
    identical loss curve.
 2. A NaN/inf loss stops the run before the optimizer step, with a message; no checkpoint is
    written with NaN weights, and checkpoint writes are atomic.
-3. ckpt.pt is always the last eval's state and best.pt the best one; with
-   always_save_checkpoint=False (nanoGPT's finetuning choice) only improvements are saved, to ckpt.pt.
+3. ckpt.pt is always the last eval's state and best.pt the best one among this run's evals (the
+   start's eval, of a model the run did not train, is not a candidate: best.pt is never an earlier
+   run's); with always_save_checkpoint=False (nanoGPT's finetuning choice) only improvements on
+   the start are saved, to ckpt.pt, and no best.pt is written.
 4. device='auto' and dtype='auto' pick cuda/mps/cpu and bf16/fp16/fp32; compile applies on CUDA only.
 5. The first micro-batch of each iteration is fetched at its start (no prefetch across iterations),
    which is what makes resume exact; later micro-batches are prefetched as in nanoGPT.
@@ -136,6 +138,9 @@ for split in ('train', 'val') if not sft_data else ():
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: run python data/{dataset}/prepare.py first")
+    if os.path.getsize(path) % 2:
+        raise UserError(f"{path} has {os.path.getsize(path)} bytes, not a whole number of uint16 tokens "
+                        f"(a cut-off write?): run python data/{dataset}/prepare.py again")
     if os.path.getsize(path) // 2 <= block_size:
         raise UserError(f"{path} has {os.path.getsize(path) // 2} tokens, not more than block_size={block_size}")
 if truncation not in ('left', 'drop'):
@@ -216,7 +221,8 @@ if not sft_data and os.path.isfile(meta_path):
 # model
 torch.manual_seed(seed + ddp_rank)  # weight init (the same on every rank: DDP broadcasts rank 0's) and dropout
 iter_num = 0
-best_val_loss = 1e9
+best_val_loss = 1e9  # nanoGPT's: the lowest val loss seen, the start's eval included
+best_pt_loss = math.inf  # best.pt's: the lowest among this run's evals after its start
 checkpoint = None
 lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} without LoRA
 if init_from == 'scratch':
@@ -231,6 +237,7 @@ elif init_from == 'resume':
             print(f"note: {k}={getattr(model.config, k)} from the checkpoint (config says {config[k]})")
     block_size = model.config.block_size
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    best_pt_loss = checkpoint.get('best_pt_loss', best_val_loss)  # (not in older checkpoints)
 else:  # gpt2* name, Hugging Face directory or a checkpoint of this project: finetune from it
     model = run_adapters(GPT.from_pretrained(init_from, dropout=dropout), lora, init_from, print0)
     if block_size < model.config.block_size:
@@ -241,6 +248,9 @@ if model.config.lora_rank:
     print0(lora_summary(model))
 if meta_vocab_size is not None and meta_vocab_size > model.config.vocab_size:
     raise UserError(f"{meta_path} has {meta_vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}")
+if not sft_data and meta_vocab_size is None and model.config.vocab_size < 50257:  # no meta.pkl: GPT-2 BPE ids
+    raise UserError(f"{data_dir} holds GPT-2 BPE tokens (no meta.pkl) but the model's vocab_size is "
+                    f"{model.config.vocab_size} (a char-level model?): train it on its own dataset")
 if sft_data and tokenizer.n_vocab > model.config.vocab_size:  # SFT records are GPT-2 BPE tokens
     raise UserError(f"sft_data is GPT-2 tokens ({tokenizer.n_vocab}) but {init_from}'s vocab_size is "
                     f"{model.config.vocab_size} (a char-level model?): SFT needs a GPT-2-vocabulary model")
@@ -316,7 +326,7 @@ def rank_state():
 def checkpoint_state(rank_states=None):
     return {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
             'scaler': scaler.state_dict(), 'model_args': asdict(unwrap(model).config),
-            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+            'iter_num': iter_num, 'best_val_loss': best_val_loss, 'best_pt_loss': best_pt_loss, 'config': config,
             **rank_state(), 'rank_states': rank_states}  # rank_states: every DDP rank's rank_state()
 
 
@@ -347,11 +357,16 @@ while True:
         logger.log({'train/loss': losses['train'], 'val/loss': losses['val'], 'lr': lr}, iter_num)
         improved = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
+        # best.pt is chosen among this run's evals after its start (the start's is of a model this run
+        # did not train), so it is always this run's, never one left in out_dir by an earlier run
+        best_pt = always_save_checkpoint and iter_num > start_iter and losses['val'] < best_pt_loss
+        if best_pt:
+            best_pt_loss = losses['val']
         if iter_num > start_iter and (improved or always_save_checkpoint):
             state = checkpoint_state(rank_states)
             say(f"saving checkpoint to {out_dir}")
             save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
-            if improved and always_save_checkpoint:
+            if best_pt:
                 save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
     if eval_only or iter_num >= max_iters:  # eval_only: also after a resume at any iteration
         break

@@ -24,6 +24,12 @@ def test_flags_override_with_types():
     assert scope['compile'] is False and scope['top_k'] == 50 and scope['out_dir'] == 'runs/a'
     assert scope['betas'] == (0.8, 0.9)
     assert set(config) == {'out_dir', 'max_iters', 'learning_rate', 'compile', 'top_k', 'betas', 'name'}
+    # a string key takes what is written, even where it reads as a number, True or None (a wandb run
+    # name 2024 was 'must be str'); a quoted value is still the string inside the quotes
+    configure(scope, ['--name=2024', '--out_dir=1e3', "--name='quoted'"])
+    assert scope['out_dir'] == '1e3' and scope['name'] == 'quoted'
+    for text in ('2024', 'None', 'True', '(1, 2)'):
+        assert configure(scope, [f'--name={text}'])['name'] == text
 
 
 def test_imported_constants_are_not_config():
@@ -77,6 +83,9 @@ def test_config_file_errors(tmp_path):
         configure(defaults(), [str(bad)])
     bad.write_text("x = (\n")
     with pytest.raises(UserError, match=r'bad.py, line \d+: syntax error'):
+        configure(defaults(), [str(bad)])
+    bad.write_text("max_iters = 100\nlr = learning_rat / 10\n")  # a runtime error: the file's line, one message
+    with pytest.raises(UserError, match=rf"^{bad}, line 2: NameError: name 'learning_rat' is not defined$"):
         configure(defaults(), [str(bad)])
     with pytest.raises(UserError, match='config file nope.py not found'):
         configure(defaults(), ['nope.py'])

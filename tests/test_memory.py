@@ -164,6 +164,22 @@ def test_planner_refuses_gpt2_large_fp32_batch_16_and_names_the_fixes():
     check_fits(memory_plan(large, with_ckpt, 1024, dtype='float32', gradient_checkpointing=True), CARD)
 
 
+def test_eval_only_is_planned_but_not_refused(monkeypatch, capsys):
+    """nanoGPT's config/eval_gpt2_large.py (eval_only, batch 8, gpt2-large) needs no gradients nor
+    optimizer: the training step's plan (~33 GiB) is printed as an upper bound, not refused on a
+    24 GB card; the same config training is refused."""
+    import common
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda d: type('P', (), {'total_memory': CARD})())
+    args = ['--batch_size=8', '--eval_iters=500', '--wandb_log=False', '--init_from=gpt2-large']
+    config = common.configure(common.script_defaults(os.path.join(ROOT, 'train.py')), args + ['--eval_only=True'])
+    assert common.plan_memory('train.py', config, 'cuda')['total'] > CARD
+    assert "eval_only: that is a training step's peak, an upper bound for an evaluation; not checked" in capsys.readouterr().out
+    config = common.configure(common.script_defaults(os.path.join(ROOT, 'train.py')), args)
+    with pytest.raises(UserError, match='needs ~'):
+        common.plan_memory('train.py', config, 'cuda')
+
+
 def test_dpo_advice_names_the_reference_flags():
     large = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024)
     frozen = [('reference', large, 'float32', {"ref_dtype='bfloat16'": 'bfloat16', 'precompute_ref_logps=True': None})]

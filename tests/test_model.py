@@ -406,6 +406,15 @@ def test_crop_block_size(ours, tiny_hf):
     torch.testing.assert_close(model(idx)[0], ours(idx)[0])
     with pytest.raises(ValueError, match='longer than block_size'):
         model(torch.zeros(1, 17, dtype=torch.long))
+    # a longer context than the model's cannot be made: an error, not a shorter model than asked for
+    n = ours.config.block_size
+    with pytest.raises(ModelLoadError, match=f'block_size={n + 1} is larger than .*\'s {n}'):
+        GPT.from_pretrained(tiny_hf[0], block_size=n + 1)
+    ckpt = tiny_hf[0] + '-crop.pt'
+    torch.save({'model': model.state_dict(), 'model_args': dict(vars(model.config))}, ckpt)
+    with pytest.raises(ModelLoadError, match=f'block_size=17 is larger than {ckpt}\'s 16'):
+        GPT.from_checkpoint(ckpt, block_size=17)
+    assert GPT.from_checkpoint(ckpt, block_size=8)[0].config.block_size == 8
 
 
 def test_configure_optimizers_groups(ours):

@@ -96,6 +96,32 @@ def test_read_records_formats_and_errors(tmp_path):
         read_records(str(tmp_path / 'empty.jsonl'))
     with pytest.raises(UserError, match='not found'):
         read_records(str(tmp_path / 'missing.jsonl'))
+    # a mistyped path is not looked up on the hub (offline: datasets' traceback), whatever its ending
+    for typo in ('data/hh_rlhf/sft_train.jsnol', './sft.txt', str(tmp_path / 'data.txt')):
+        with pytest.raises(UserError, match=f'data file {typo} not found'):
+            read_records(typo)
+    # a .gz that is not gzip, a file that is not UTF-8: the file named in one line
+    (tmp_path / 'plain.jsonl.gz').write_text(json.dumps(recs[0]) + '\n')
+    (tmp_path / 'latin1.jsonl').write_bytes(b'{"prompt": "caf\xe9", "response": "b"}\n')
+    for name in ('plain.jsonl.gz', 'latin1.jsonl'):
+        with pytest.raises(UserError, match=f'{name} could not be read'):
+            read_records(str(tmp_path / name))
+
+
+def test_a_hub_dataset_that_cannot_load_is_one_line(monkeypatch):
+    """A name that may be a hub dataset goes to datasets.load_dataset; its failure (no network, no
+    such dataset or split) is one line naming the source, not datasets' traceback."""
+    import sys
+    import types
+
+    def load_dataset(name, split=None):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)\nmore detail")
+    monkeypatch.setitem(sys.modules, 'datasets', types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(UserError) as e:
+        read_records('someone/no-such-dataset', 'train')
+    assert str(e.value) == ("someone/no-such-dataset: not a local file, and the Hugging Face hub could not load it "
+                            "(split 'train'): ConnectionError: Couldn't reach 'someone/no-such-dataset' on the Hub "
+                            "(LocalEntryNotFoundError)")
 
 
 def test_token_budget_batches_respect_budget_and_cover_each_example_once():

@@ -139,6 +139,75 @@ def test_bad_input_is_one_clear_line(workdir, args, message):
     assert len(err) == 1 and err[0].startswith(message), p.stderr
 
 
+def test_broken_files_are_one_clear_line(workdir):
+    """A checkpoint that cannot be read (garbage, cut off; on resume or as init_from, with the memory
+    planner on), a config file that raises, a .bin cut mid-token, GPT-2 BPE data (no meta.pkl) for
+    a char-level model: one error line naming the file, not a traceback. A user config in
+    ./config that reads a default (min_lr = learning_rate / 10) leaves the planner's search for an
+    out_dir's config alone."""
+    def error(args):
+        p = run('train.py', TINY + args, workdir, check=False)
+        err = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
+        return err[0]
+
+    run('train.py', TINY + ['--out_dir=out-good', '--max_iters=2', '--eval_interval=2'], workdir)
+    good = (workdir / 'out-good' / 'ckpt.pt').read_bytes()
+    for name, data in (('garbage', b'hello\n'), ('cut', good[:5000])):
+        os.makedirs(workdir / f'out-{name}', exist_ok=True)
+        (workdir / f'out-{name}' / 'ckpt.pt').write_bytes(data)
+        assert error([f'--out_dir=out-{name}', '--init_from=resume']).startswith(
+            f'error: checkpoint out-{name}/ckpt.pt could not be read: ')
+        assert error([f'--out_dir=out-x', f'--init_from=out-{name}/ckpt.pt']).startswith(
+            f'error: checkpoint out-{name}/ckpt.pt could not be read: ')
+    (workdir / 'typo_cfg.py').write_text("max_iters = 100\nlr_decay_iters = max_iter\n")
+    assert error(['typo_cfg.py']) == "error: typo_cfg.py, line 2: NameError: name 'max_iter' is not defined"
+    os.makedirs(workdir / 'data' / 'odd', exist_ok=True)
+    for f in ('train.bin', 'meta.pkl'):
+        (workdir / 'data' / 'odd' / f).write_bytes((workdir / 'data' / 'tiny' / f).read_bytes())
+    (workdir / 'data' / 'odd' / 'val.bin').write_bytes((workdir / 'data' / 'tiny' / 'val.bin').read_bytes()[:2001])
+    assert error(['--dataset=odd']).startswith('error: data/odd/val.bin has 2001 bytes, not a whole number of uint16')
+    os.makedirs(workdir / 'data' / 'bpe', exist_ok=True)
+    for split in ('train', 'val'):  # GPT-2 ids, as data/shakespeare/prepare.py writes them (no meta.pkl)
+        np.random.default_rng(0).integers(0, 50257, 5000, dtype=np.uint16).tofile(workdir / 'data' / 'bpe' / f'{split}.bin')
+    assert error(['--dataset=bpe', '--init_from=out-good', '--out_dir=out-bpe']).startswith(
+        "error: data/bpe holds GPT-2 BPE tokens (no meta.pkl) but the model's vocab_size is 65")
+    os.makedirs(workdir / 'config', exist_ok=True)
+    (workdir / 'config' / 'mine.py').write_text("out_dir = 'out-mine'\nmin_lr = learning_rate / 10\n")
+    try:
+        assert error(['--init_from=resume', '--out_dir=out-none']) == 'error: checkpoint out-none/ckpt.pt not found'
+    finally:
+        os.remove(workdir / 'config' / 'mine.py')
+
+
+def test_a_checkpoint_in_torchs_old_format_resumes(workdir):
+    """torch.save(..., _use_new_zipfile_serialization=False) (torch < 1.6, old nanoGPT runs) cannot be
+    memory-mapped: reading its model_args falls back to a plain load."""
+    run('train.py', TINY + ['--out_dir=out-legacy', '--max_iters=2', '--eval_interval=2'], workdir)
+    path = workdir / 'out-legacy' / 'ckpt.pt'
+    torch.save(torch.load(path, weights_only=False), path, _use_new_zipfile_serialization=False)
+    run('train.py', TINY + ['--out_dir=out-legacy', '--init_from=resume', '--max_iters=3', '--eval_interval=3'], workdir)
+    assert torch.load(path, weights_only=False)['iter_num'] == 3
+
+
+def test_best_pt_is_always_this_runs(workdir):
+    """best.pt is the lowest val loss among this run's evals after its start: a new run in an out_dir
+    holding an earlier run's best.pt replaces it even when no eval beats its own start (here
+    learning_rate=0: every eval equals the start's); a resumed run keeps the best of the whole run."""
+    base = TINY + ['--out_dir=out-best', '--max_iters=4', '--eval_interval=2']
+    run('train.py', base, workdir)  # an earlier run, n_embd=32
+    run('train.py', base + ['--n_embd=16', '--learning_rate=0.0', '--min_lr=0.0'], workdir)
+    best = torch.load(workdir / 'out-best' / 'best.pt', weights_only=False)
+    assert best['model_args']['n_embd'] == 16 and best['iter_num'] == 2  # the first eval after the start
+    run('train.py', TINY + ['--out_dir=out-best2', '--max_iters=4', '--eval_interval=2'], workdir)
+    val = losses(str(workdir / 'out-best2'), 'val/loss')
+    run('train.py', TINY + ['--out_dir=out-best2', '--max_iters=8', '--eval_interval=2', '--init_from=resume',
+                            '--learning_rate=10.0', '--decay_lr=False'], workdir)  # later evals are worse
+    val.update(losses(str(workdir / 'out-best2'), 'val/loss'))
+    best = torch.load(workdir / 'out-best2' / 'best.pt', weights_only=False)
+    assert best['iter_num'] == min((2, 4, 6, 8), key=lambda i: val[i]) and best['best_pt_loss'] == min(val[i] for i in (2, 4, 6, 8))
+
+
 def test_checkpoint_of_a_different_architecture_is_one_clear_line(workdir):
     out = workdir / 'out-arch'
     os.makedirs(out)
@@ -161,6 +230,10 @@ def test_sample_from_checkpoint(workdir):
     assert len(samples) == 4 and samples[-1] == ''  # three samples, each followed by a separator
     assert len(set(samples[:3])) == 1 and all(s.startswith('ROMEO:') for s in samples[:3])
     assert run('sample.py', args + ['--temperature=0'], workdir).stdout == greedy
+    # nanoGPT's compile key is accepted and says it does nothing here (torch.compile(model) never reached generate)
+    compiled = run('sample.py', args + ['--temperature=0', '--compile=True'], workdir).stdout
+    assert compiled.splitlines()[-1 - len(greedy.splitlines())].startswith('note: compile=True has no effect here')
+    assert compiled.endswith(greedy)
     # the checkpoint named by init_from (its directory or file) is sampled with its own char-level
     # tokenizer, exactly as init_from='resume' does (not with GPT-2's BPE)
     for path in (out, os.path.join(out, 'ckpt.pt')):
