@@ -112,6 +112,44 @@ def test_bad_input(tmp_path):
     assert r.returncode == 1 and r.stderr.count('\n') == 1 and '--val_fraction' in r.stderr, r.stderr
 
 
+def test_nothing_usable_is_one_line_error_and_keeps_the_outputs(tmp_path):
+    """An input that would make any of the four files empty stops in one line before writing: the
+    good files already in out_dir stay, and no .tmp is left."""
+    out = tmp_path / 'out'
+    r = run('--input', HH_FILE, '--out_dir', str(out), '--max_examples', '100')
+    assert r.returncode == 0, r.stderr
+    before = {name: (out / name).read_bytes() for name in FILES}
+    good = {'chosen': "\n\nHuman: a\n\nAssistant: b", 'rejected': "\n\nHuman: a\n\nAssistant: c"}
+    no_turn = {'chosen': "\n\nHuman: a", 'rejected': "\n\nHuman: a"}
+    path = tmp_path / 'small.jsonl'
+    for rows, expected in (([], "sft_train.jsonl would be empty: 0 rows"),  # 4 rows: none for val at 10%
+                           ([no_turn] * 5, "sft_train.jsonl would be empty: 5 rows, 5 skipped (no/empty assistant"),
+                           ([good] * 4, "--val_fraction 0.1 of 4 rows leaves none for val: pass a larger")):
+        path.write_text(''.join(json.dumps(row) + '\n' for row in rows), encoding='utf-8')
+        r = run('--input', str(path), '--out_dir', str(out))
+        assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr
+        assert r.stderr.startswith(f"error: {path}: {expected}"), r.stderr
+        assert sorted(os.listdir(out)) == FILES and {name: (out / name).read_bytes() for name in FILES} == before
+    r = run('--input', str(path), '--out_dir', str(tmp_path / 'half'), '--val_fraction', '0.5')  # the remedy
+    assert r.returncode == 0, r.stderr
+    assert read(tmp_path / 'half' / 'sft_val.jsonl') == [{'prompt': "\n\nHuman: a\n\nAssistant:", 'response': " b"}] * 2
+    r = run('--input', str(path), '--out_dir', str(out), '--val_fraction', '0')  # 0 could only write an empty val
+    assert r.returncode == 1 and r.stderr == "error: --val_fraction must be in (0, 1), got 0.0\n", r.stderr
+
+
+def test_unreadable_gz_is_one_line_error(tmp_path):
+    """A .gz that is not gzip, or is cut short: one line naming the file, not gzip's traceback."""
+    plain, cut = tmp_path / 'plain.jsonl.gz', tmp_path / 'cut.jsonl.gz'
+    plain.write_text(json.dumps({'chosen': "a", 'rejected': "b"}) + '\n', encoding='utf-8')
+    with open(HH_FILE, 'rb') as f:
+        cut.write_bytes(f.read(3000))
+    for path, why in ((plain, "Not a gzipped file"), (cut, "Compressed file ended")):
+        r = run('--input', str(path), '--out_dir', str(tmp_path / 'out'))
+        assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr
+        assert r.stderr.startswith(f"error: {path}: cannot read it: {why}"), r.stderr
+        assert not (tmp_path / 'out').exists()
+
+
 def test_ultrafeedback(tmp_path):
     row = {'prompt': "Name a colour.",  # as HuggingFaceH4/ultrafeedback_binarized, extra fields ignored
            'chosen': [{'role': 'system', 'content': "Be brief."}, {'role': 'user', 'content': "Name a colour."},

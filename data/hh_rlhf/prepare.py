@@ -14,6 +14,8 @@ preference pairs whose chosen and rejected prompts differ, and pairs where one a
 '\n\nAssistant:' (a few hh-rlhf pairs: the split would cut that answer; for SFT only when it is the
 chosen one). The hub's train/test splits are train/val; a local file is split by --val_fraction.
 Rows are shuffled (--seed) before --max_examples takes the first N, and the output keeps that order.
+If any of the four files would be empty (an empty file, no usable rows, a val split of 0 rows), it stops in
+one line and writes nothing, so a good dataset already in --out_dir stays.
 """
 
 import argparse
@@ -84,17 +86,20 @@ def convert(rows):
 def read_jsonl(path, to_hh):
     """hh-rlhf rows from a .jsonl or .jsonl.gz file; a bad line stops with 'error: FILE:LINE: ...'."""
     rows = []
-    with (gzip.open if path.endswith('.gz') else open)(path, 'rt', encoding='utf-8') as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:  # json.JSONDecodeError is a ValueError
-                row = to_hh(json.loads(line))
-                if not (isinstance(row['chosen'], str) and isinstance(row['rejected'], str)):
-                    raise ValueError('"chosen" and "rejected" must be strings')
-            except (ValueError, KeyError, TypeError) as e:
-                sys.exit(f"error: {path}:{lineno}: {f'missing key {e}' if isinstance(e, KeyError) else e}")
-            rows.append(row)
+    try:
+        with (gzip.open if path.endswith('.gz') else open)(path, 'rt', encoding='utf-8') as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:  # json.JSONDecodeError is a ValueError
+                    row = to_hh(json.loads(line))
+                    if not (isinstance(row['chosen'], str) and isinstance(row['rejected'], str)):
+                        raise ValueError('"chosen" and "rejected" must be strings')
+                except (ValueError, KeyError, TypeError) as e:
+                    sys.exit(f"error: {path}:{lineno}: {f'missing key {e}' if isinstance(e, KeyError) else e}")
+                rows.append(row)
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # a .gz that is not gzip or is cut short, not UTF-8
+        sys.exit(f"error: {path}: cannot read it: {e}")  # no line: the file is read in blocks
     return rows
 
 
@@ -109,8 +114,8 @@ def main():
     parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)), help='where the .jsonl go')
     parser.error = lambda msg: sys.exit(f"error: {msg}")  # one line, not usage + message
     args = parser.parse_args()
-    if not 0 <= args.val_fraction < 1:
-        parser.error(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0 < args.val_fraction < 1:  # 0 would write an empty val split
+        parser.error(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
     if args.subset and args.source != 'hh':
         parser.error("--subset is for --source hh")
     if args.max_examples < 0:
@@ -137,11 +142,24 @@ def main():
             rng.shuffle(rows)  # hh-rlhf's splits are its subsets one after another
             splits[split] = [to_hh(row) for row in rows[:cap]]
 
-    # --- convert, write every file to .tmp, then rename them all, so a crash leaves no half files
+    # --- convert; an empty file would be no dataset, so stop first: nothing written, a good dataset in out_dir stays
+    converted = {split: convert(rows) for split, rows in splits.items()}
+    source = args.input or hub_id + (f' {args.subset}' if args.subset else '')
+    for split, (sft, pref, skipped) in converted.items():
+        for kind, records in (('sft', sft), ('pref', pref)):
+            if records:
+                continue
+            if split == 'val' and not splits['val'] and args.input:
+                sys.exit(f"error: {source}: --val_fraction {args.val_fraction} of {len(splits['train']):,} rows "
+                         f"leaves none for val: pass a larger --val_fraction or a bigger file (nothing written)")
+            why = ', '.join(f"{reason}: {n:,}" for reason, n in sorted(skipped[kind].items()))
+            sys.exit(f"error: {source}: {kind}_{split}.jsonl would be empty: {len(splits[split]):,} rows, "
+                     f"{sum(skipped[kind].values()):,} skipped{f' ({why})' if why else ''} (nothing written)")
+
+    # --- write every file to .tmp, then rename them all, so a crash leaves no half files
     os.makedirs(args.out_dir, exist_ok=True)
     paths = []
-    for split, rows in splits.items():
-        sft, pref, skipped = convert(rows)
+    for split, (sft, pref, skipped) in converted.items():
         for kind, records in (('sft', sft), ('pref', pref)):
             path = os.path.join(args.out_dir, f'{kind}_{split}.jsonl')
             with open(path + '.tmp', 'w', encoding='utf-8') as f:
