@@ -87,6 +87,20 @@ def test_openwebtext_local_txt(tmp_path):
     assert (ids == EOT).sum() == 3  # blank lines separate documents; a single newline doesn't
 
 
+def test_openwebtext_malformed_jsonl_is_one_line_error_naming_the_line(tmp_path):
+    """A bad .jsonl line stops in one line 'error: FILE:LINE: ...', as data/hh_rlhf/prepare.py's, before writing."""
+    (tmp_path / 'train.bin').write_bytes(b'good')
+    path = tmp_path / 'docs.jsonl'
+    for content, expected in (('{"text": "a b c"}\n{"text": broken\n{"text": "d e f"}\n', ':2: Expecting value'),
+                              ('{"text": "a b c"}\n\n{"txt": "d e f"}\n', ":3: missing key 'text'"),
+                              ('{"text": "a b c"}\n{"text": null}\n', ':2: "text" must be a string')):
+        path.write_text(content, encoding='utf-8')
+        r = run('openwebtext', '--input', str(path), '--num_proc', '1', '--out_dir', str(tmp_path))
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert r.stderr.startswith(f"error: {path}{expected}"), r.stderr
+        assert (tmp_path / 'train.bin').read_bytes() == b'good'
+
+
 @pytest.mark.parametrize('dataset', SCRIPTS)
 def test_missing_input_is_one_line_error(dataset, tmp_path):
     missing = str(tmp_path / 'nope.txt')

@@ -49,7 +49,17 @@ if args.input is None:
 else:
     with open(args.input, encoding='utf-8') as f:
         if args.input.endswith('.jsonl'):
-            docs = [json.loads(line)['text'] for line in f if line.strip()]
+            docs = []
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:  # json.JSONDecodeError is a ValueError; one line naming the file and line, as hh_rlhf's
+                    doc = json.loads(line)['text']
+                    if not isinstance(doc, str):
+                        raise ValueError('"text" must be a string')
+                except (ValueError, KeyError, TypeError) as e:
+                    sys.exit(f"error: {args.input}:{lineno}: {f'missing key {e}' if isinstance(e, KeyError) else e}")
+                docs.append(doc)
         else:
             docs = [d.strip() for d in f.read().split('\n\n') if d.strip()]
     if len(docs) < 2:
