@@ -29,10 +29,14 @@ Departures from a plain weight copy, each exact (the export computes the same nu
    classifier's ln_f differs from the policy's; do not use its trunk as a language model).
 4. The reward is read at the last real token, the EOS that ends the response (as reward_train.py
    trains it: score `prompt + response + "<|endoftext|>"`): the classifier's tokenizer appends
-   that EOS to every text (or text pair) itself, so tok(prompt + response) is scored right. HF finds the last token that is not
+   that EOS to every text (or text pair) itself, so tok(prompt + response) is scored right. It reads
+   a literal "<|endoftext|>" inside a text as ordinary tokens (split_special_tokens=True), as
+   score_texts does. HF finds the last token that is not
    pad_token_id, so pad cannot be EOS: the classifier gets one more token row, `<|pad|>` (id =
    vocabulary size, a zero embedding), as its pad_token_id, and its tokenizer pads on the right
-   and truncates on the left (truncation=True cuts the prompt's start, as score_texts does, not the EOS).
+   and truncates on the left: tok(prompt + response, truncation=True) or
+   tok(prompt, response, truncation='only_first') cuts the prompt's start, as score_texts does, not
+   the EOS (for a pair, truncation=True is 'longest_first': it cuts a longer response instead).
    HF's GPT-2 takes positions 0..T-1 whatever the mask, so left padding needs explicit position_ids.
 The policy's tokenizer pads with EOS on the left, as model.generate does.
 """
@@ -189,14 +193,21 @@ if gpt2_bpe:
     vocab, merges = gpt2_vocab_and_merges()
     if kind == 'reward':  # point 4: a pad distinct from EOS, right padding, EOS appended to every text
         from tokenizers.processors import TemplateProcessing
+        # split_special_tokens=True (saved in tokenizer_config.json): a literal "<|endoftext|>" (or
+        # "<|pad|>") inside a text is read as ordinary tokens, as GPT2Tokenizer.encode (encode_ordinary)
+        # does for score_texts / RewardModel, not as id 50256 mid-text; the EOS the reward is read at
+        # is still appended by id (the post-processor below)
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token=PAD_TOKEN, padding_side='right',
-                                    truncation_side='left', model_max_length=cfg.block_size)
+                                    truncation_side='left', model_max_length=cfg.block_size,
+                                    split_special_tokens=True)
         assert tokenizer.pad_token_id == pad_id, (tokenizer.pad_token_id, pad_id)
         # tok(prompt + response) and tok(prompt, response) both end in the EOS the reward is read at
         # (truncation keeps it: it cuts the text, then adds the EOS), so any tool scores as we do
         tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
             single='$A <|endoftext|>', pair='$A $B:0 <|endoftext|>', special_tokens=[('<|endoftext|>', EOT)])
-    else:  # generation: pad with EOS on the left
+    else:  # generation: pad with EOS on the left. A literal "<|endoftext|>" in a prompt stays the EOS
+        # token (default split_special_tokens=False), as sample.py reads its prompt (allow_eos=True, as
+        # nanoGPT) and as GPT-2's own HF tokenizer does; the training scripts' texts never reach this one
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token='<|endoftext|>', padding_side='left',
                                     model_max_length=cfg.block_size)
     tokenizer.save_pretrained(export_dir)  # tokenizer.json + tokenizer_config.json

@@ -208,9 +208,40 @@ def test_reward_score_equals_value_head_at_last_real_token(reward_export):
         torch.testing.assert_close(rm.score(prompts, responses, normalize=True), (ours - 0.25) / 1.5, atol=1e-4, rtol=0)
 
 
+def test_reward_tokenizer_reads_a_literal_endoftext_as_text(reward_export):
+    """score_texts (GPT2Tokenizer.encode) reads a literal '<|endoftext|>' inside a text as ordinary
+    tokens, with one EOS at the end; so does the exported reward tokenizer (split_special_tokens=True,
+    kept through tokenizer_config.json), so the export scores such a text as the checkpoint does
+    (before: the literal became EOS id 50256 mid-text and the reward differed)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model, _, path = reward_export
+    assert json.load(open(os.path.join(path, 'tokenizer_config.json')))['split_special_tokens'] is True
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.split_special_tokens
+    ours = GPT2Tokenizer()
+    pairs = [("\n\nHuman: what did the bot print?\n\nAssistant:", " It printed <|endoftext|> and stopped."),
+             ("<|endoftext|>Q: 2+2?<|pad|>", " 4 <|endoftext|>")]
+    for p, r in pairs:  # one text and the text pair: ordinary tokens, then the real EOS appended by id
+        expected = ours.encode(p + r) + [50256]
+        assert expected.count(50256) == 1
+        assert tok(p + r)['input_ids'] == expected
+        assert tok(p, r)['input_ids'] == ours.encode(p) + ours.encode(r) + [50256]
+    hf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(**tok([p + r for p, r in pairs], padding=True, return_tensors='pt')).logits[:, 0]
+    expected = score_texts(model, GPT2Tokenizer(), pairs, block_size=64, batch_size=8, device='cpu')
+    torch.testing.assert_close(theirs, expected, atol=1e-4, rtol=0)
+    prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+    for template in ('', '{prompt}{response}'):  # as ppo_train.py's reward_model
+        torch.testing.assert_close(HFRewardModel(path, template=template).score(prompts, responses), expected,
+                                   atol=1e-4, rtol=0)
+
+
 def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):
     """A text longer than block_size, tokenized with truncation=True, loses its start (as
-    score_texts cuts the prompt from the left), so the score is still read at the final EOS."""
+    score_texts cuts the prompt from the left), so the score is still read at the final EOS. A text
+    pair needs truncation='only_first' for that: truncation=True is 'longest_first' for a pair,
+    which cuts the response when it is the longer part."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model, _, path = reward_export
     hf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
@@ -222,6 +253,22 @@ def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):
         theirs = hf(**batch).logits[:, 0]
     ours = score_texts(model, GPT2Tokenizer(), pairs, block_size=64, batch_size=8, device='cpu')
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    # a pair whose response (40 tokens) is longer than its prompt (33), 73 + EOS > 64 tokens
+    prompt = "\n\nHuman: " + " ".join(f"p{i}" for i in range(12)) + "?\n\nAssistant:"
+    response = " " + " ".join(f"w{i}" for i in range(20))
+    enc = GPT2Tokenizer()
+    assert len(enc.encode(prompt)) < len(enc.encode(response)) and len(enc.encode(prompt + response)) + 1 > 64
+    ours = score_texts(model, enc, [(prompt, response)], block_size=64, batch_size=8, device='cpu')
+    pair = tok(prompt, response, truncation='only_first', return_tensors='pt')
+    single = tok(prompt + response, truncation=True, return_tensors='pt')
+    assert pair['input_ids'].shape[1] == 64 and pair['input_ids'][0, -1] == 50256
+    assert pair['input_ids'][0, -41:-1].tolist() == enc.encode(response)  # the whole response kept
+    assert pair['input_ids'].tolist() == single['input_ids'].tolist()  # the same ids as the one text
+    longest_first = tok(prompt, response, truncation=True, return_tensors='pt')  # cuts the response instead
+    assert longest_first['input_ids'][0, -41:-1].tolist() != enc.encode(response)
+    with torch.no_grad():
+        for batch in (pair, single):
+            torch.testing.assert_close(hf(**batch).logits[:, 0], ours, atol=1e-4, rtol=0)
 
 
 def test_value_head_checkpoint_without_reward_stats_exports_as_policy(reward_export, tmp_path):
