@@ -971,6 +971,7 @@ def reward_example(tokenizer, prompt, response, block_size):
     return ex
 
 
+@torch.no_grad()  # a scorer: no autograd graph, whoever calls it
 def score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx=nullcontext()):
     """Rewards (N,) of [(prompt, response), ...] texts under a value-head model: each scored as
     prompt + response + EOS (as reward_train.py trains it; the prompt is cut from its left to fit

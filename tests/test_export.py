@@ -199,6 +199,7 @@ def test_reward_score_equals_value_head_at_last_real_token(reward_export):
     ours = score_texts(model, GPT2Tokenizer(), pairs, block_size=64, batch_size=8, device='cpu')
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     assert ours.std() > 1e-3  # distinct scores: the test would notice a wrong position
+    assert not ours.requires_grad  # a scorer builds no autograd graph, even called with grad enabled
     # as ppo_train.py's reward_model: the text pair (the default) and a one-text template score the same
     # and normalize_reward=True uses the reward_mean/reward_std the export wrote (before: ignored, raw scores)
     for template in ('', '{prompt}{response}'):
