@@ -236,13 +236,24 @@ def logged_speed(out_dir, warmup):
     return statistics.median(r[1] for r in rows), statistics.median(r[2] for r in rows), len(rows)
 
 
-def flops_per_token(shape, seq_len):
+def flops_per_token(shape, seq_len, lm_head_share=1.0):
     """model.train_flops_per_token for a planner shape: the trained model's forward and backward
-    only (DPO's reference forward is not counted; LoRA's frozen base has no weight gradients)."""
+    only (DPO's reference forward is not counted; LoRA's frozen base has no weight gradients).
+    lm_head_share: the share of tokens whose logits are computed (a reward model's forward runs no
+    LM head: 0; with chosen_lm_coef > 0 its chosen rows do); the head's 6 V h a token (4 frozen) is
+    left out for the rest."""
     counts, wpe = param_counts(shape), shape['block_size'] * shape['n_embd']
     n = counts['total'] - wpe  # as GPT.get_num_params()
-    n_frozen = counts['total'] - counts['trainable'] - (wpe if counts['trainable'] < counts['total'] else 0)
-    return train_flops_per_token(n, shape['n_layer'], shape['n_embd'], seq_len, n_frozen)
+    lora = counts['trainable'] < counts['total']
+    n_frozen = counts['total'] - counts['trainable'] - (wpe if lora else 0)
+    head = (4 if lora else 6) * shape['vocab_size'] * shape['n_embd']
+    return train_flops_per_token(n, shape['n_layer'], shape['n_embd'], seq_len, n_frozen) - (1 - lm_head_share) * head
+
+
+def lm_head_share(inputs):
+    """The share of a memory plan's tokens whose logits the step computes (its logit_rows)."""
+    rows = inputs['batch_size'] * inputs['seq_len']
+    return 1.0 if inputs['logit_rows'] is None else inputs['logit_rows'] / rows
 
 
 def hf_gpt2_tokenizer():
@@ -431,8 +442,8 @@ def print_scripts_table(results, cuda, peak_flops, cap):
         step, tok = (f"{r['speed'][0]:.1f}", f"{r['speed'][1]:.0f}") if r['speed'] else ('-', '-')
         mfu = '-'
         if cuda and r['speed'] and r['plan'] and name != 'ppo':
-            shape = r['plan']['inputs']['cfg']
-            mfu = f"{r['speed'][1] * flops_per_token(shape, r['plan']['inputs']['seq_len']) / peak_flops:.1%}"
+            i = r['plan']['inputs']
+            mfu = f"{r['speed'][1] * flops_per_token(i['cfg'], i['seq_len'], lm_head_share(i)) / peak_flops:.1%}"
         peak = f"{r['peak']:.2f}" if r['peak'] is not None else '-'
         pred = f"{r['plan']['total'] / _GiB:.2f}" if r['plan'] else '-'
         ratio = f"{r['peak'] * _GiB / r['plan']['total']:.2f}" if r['peak'] is not None and r['plan'] else '-'

@@ -580,12 +580,14 @@ class GPT(nn.Module):
         extra = dict(fused=True) if use_fused else dict()
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, flops_promised=312e12):
+    def estimate_mfu(self, fwdbwd_per_iter, dt, flops_promised=312e12, seq_len=None):
         """Model flops utilisation: achieved training flops per second over `flops_promised`
-        (default: A100 bf16 peak, 312 TFLOPS; an RTX 4090D is about 165e12 dense bf16 with fp32
-        accumulate). Flops per token per the PaLM paper, appendix B: 6N + 12 L H Q T (less the weight
-        gradients of frozen weights, 2 flops per parameter, with LoRA)."""
-        T = self.config.block_size
+        (default: A100 bf16 peak, 312 TFLOPS; an RTX 4090 is about 165e12 dense bf16 with fp32
+        accumulate, a 4090D, with 114 of its 128 SMs, about 147e12). fwdbwd_per_iter sequences of
+        seq_len tokens (default block_size; SFT's rows are shorter). Flops per token per the PaLM
+        paper, appendix B: 6N + 12 L H Q T (less the weight gradients of frozen weights, 2 flops per
+        parameter, with LoRA)."""
+        T = seq_len or self.config.block_size
         n_frozen = sum(p.numel() for n, p in self.named_parameters()
                        if not p.requires_grad and n != 'transformer.wpe.weight')  # LoRA's base
         flops_per_iter = train_flops_per_token(self.get_num_params(), self.config.n_layer, self.config.n_embd, T,

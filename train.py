@@ -382,6 +382,7 @@ while True:
         next_batch = iter(micro_batches).__next__
     X, Y = next_batch()
     n_tokens = 0  # tokens processed this iteration, padding included
+    n_token_positions = 0  # sum over those tokens of their row's length: attention's flops grow with it
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
@@ -392,7 +393,7 @@ while True:
             else:  # pretraining: every micro-batch has batch_size * block_size targets
                 loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
         if micro_step < gradient_accumulation_steps - 1:
-            n_tokens += X.numel()
+            n_tokens, n_token_positions = n_tokens + X.numel(), n_token_positions + X.numel() * X.shape[1]
             X, Y = next_batch()  # prefetch while the GPU computes (SFT: already fetched above)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
@@ -412,11 +413,13 @@ while True:
     # timing and logging
     t1 = time.time()
     dt, t0 = t1 - t0, t1
-    n_tokens += X.numel()
+    n_tokens, n_token_positions = n_tokens + X.numel(), n_token_positions + X.numel() * X.shape[1]
     if iter_num % log_interval == 0 and master_process:
         if local_iter_num >= 5:  # let the training loop settle a bit
-            # the tokens this rank trained on (SFT micro-batches are padded to their longest example only)
-            mfu = raw_model.estimate_mfu(n_tokens / raw_model.config.block_size, dt)
+            # the tokens this rank trained on, at their rows' mean length (SFT micro-batches are padded
+            # to their longest example only, not to block_size)
+            seq_len = n_token_positions / n_tokens
+            mfu = raw_model.estimate_mfu(n_tokens / seq_len, dt, seq_len=seq_len)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         say(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%")
         logger.log({'train/loss_step': lossf, 'lr': lr, **({'mfu': running_mfu} if running_mfu >= 0 else {}),

@@ -431,6 +431,9 @@ def test_estimate_mfu_formula():
     N = model.get_num_params()
     flops = (6 * N + 12 * 2 * 2 * 8 * 8) * 8 * 4  # per token, times T, times 4 sequences
     assert model.estimate_mfu(4, dt=2.0, flops_promised=1e9) == pytest.approx(flops / 2.0 / 1e9)
+    # rows shorter than block_size (SFT's, padded to their longest example): attention at their length
+    flops = (6 * N + 12 * 2 * 2 * 8 * 5) * 32  # 32 tokens in rows of 5
+    assert model.estimate_mfu(32 / 5, dt=2.0, flops_promised=1e9, seq_len=5) == pytest.approx(flops / 2.0 / 1e9)
 
 
 def test_estimate_mfu_of_a_lora_model_leaves_out_the_frozen_weight_gradients():
@@ -450,6 +453,38 @@ def test_estimate_mfu_of_a_lora_model_leaves_out_the_frozen_weight_gradients():
     flops_per_token = load_definitions(os.path.join(ROOT, 'bench.py'), 'flops_per_token').flops_per_token
     assert flops_per_token(shape, 8) == per_token
     assert flops_per_token({**shape, 'lora_rank': 0}, 8) == 6 * (N - trainable) + 12 * 2 * 16 * 8  # no adapters
+
+
+def test_bench_mfu_of_a_reward_model_leaves_out_the_lm_head_it_never_runs():
+    """reward_train.py's forward (PairLoss) is trunk + value head: no LM head, whose 6 V h flops a
+    token (4 with LoRA's frozen wte) bench.py --scripts counted anyway (its reward MFU read 8 % high
+    at gpt2-large, 77 % here); with chosen_lm_coef > 0 the chosen rows, half the tokens, run it.
+    Checked against torch's flop counter: the formula is as close for the reward model as for an LM."""
+    import os
+    from torch.utils.flop_counter import FlopCounterMode
+    from conftest import ROOT, load_definitions
+    from common import plan_for_script, script_defaults
+    ns = load_definitions(os.path.join(ROOT, 'bench.py'), 'flops_per_token', 'lm_head_share')
+    shape = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=500, block_size=16)
+    full = ns.flops_per_token(shape, 16)
+    assert ns.flops_per_token(shape, 16, 0.0) == full - 6 * 500 * 32
+    lora = {**shape, 'lora_rank': 2, 'lora_targets': 'attn'}
+    assert ns.flops_per_token(lora, 16, 0.5) == ns.flops_per_token(lora, 16) - 0.5 * 4 * 500 * 32
+    model = GPT(GPTConfig(**shape, value_head=True))
+    ids = torch.randint(0, 500, (4, 16))
+    ratios = []
+    for share, step in ((0.0, lambda: model.value(model.trunk(ids)).sum()), (1.0, lambda: model(ids, ids)[1])):
+        with FlopCounterMode(display=False) as counter:
+            step().backward()
+        ratios.append(ns.flops_per_token(shape, 16, share) / (counter.get_total_flops() / ids.numel()))
+    assert 1.0 <= ratios[0] < 1.15 and abs(ratios[0] - ratios[1]) < 0.06, ratios
+    # the share bench.py reads from reward_train.py's plan: no LM term, or the chosen half
+    config = {**script_defaults(os.path.join(ROOT, 'reward_train.py')), 'init_from': 'gpt2', 'block_size': 64}
+    assert ns.lm_head_share(plan_for_script('reward_train.py', config)['inputs']) == 0.0
+    config['chosen_lm_coef'] = 0.1
+    assert ns.lm_head_share(plan_for_script('reward_train.py', config)['inputs']) == 0.5
+    assert ns.lm_head_share(plan_for_script('dpo_train.py', {**script_defaults(os.path.join(ROOT, 'dpo_train.py')),
+                                                             'init_from': 'gpt2'})['inputs']) == 1.0
 
 
 def test_train_flops_per_token_from_a_planner_shape():

@@ -286,11 +286,16 @@ def test_tiny_sft_learns_to_answer_and_stop(tmp_path):
 def test_sft_speed_figures_count_the_tokens_actually_trained(tmp_path):
     """SFT micro-batches are padded to their longest example, and with tokens_per_batch hold at most
     that many tokens, not batch_size x block_size: the printed tokens per iteration and the MFU (the
-    first one logged, at iteration 5, is not smoothed) count the tokens of the iteration."""
+    first one logged, at iteration 5, is not smoothed) count the tokens of the iteration, and its
+    attention term is at the rows' length, not block_size's (here every record is the same, so every
+    row has T = its prompt and response tokens: X is ids[:-1] of prompt + response + EOS)."""
     import csv
     from model import train_flops_per_token
+    record = {'prompt': '\n\nHuman: What color is a kiwi?\n\nAssistant:', 'response': ' green'}
+    T = len(GPT2Tokenizer().encode(record['prompt'])) + len(GPT2Tokenizer().encode(record['response']))
+    assert T < 32  # block_size
     data = tmp_path / 'sft.jsonl'
-    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    data.write_text('\n'.join(json.dumps(record) for _ in range(200)))
     out = tmp_path / 'out'
     p = run_train(SFT_TINY + [f'--sft_data={data}', f'--out_dir={out}', '--max_iters=6', '--eval_interval=6',
                               '--tokens_per_batch=64', '--gradient_accumulation_steps=2', '--log_interval=1'], tmp_path)
@@ -300,7 +305,7 @@ def test_sft_speed_figures_count_the_tokens_actually_trained(tmp_path):
     assert [rows[str(i)]['mfu'] for i in range(5)] == [''] * 5  # not measured yet: empty, not nanoGPT's -1
     row = rows['5']
     model, _ = GPT.from_checkpoint(str(out))
-    per_token = train_flops_per_token(model.get_num_params(), 2, 64, 32) / 312e12  # model.estimate_mfu's
+    per_token = train_flops_per_token(model.get_num_params(), 2, 64, T) / 312e12  # model.estimate_mfu's
     assert float(row['mfu']) == pytest.approx(float(row['tokens_per_s']) * per_token, rel=1e-6)
 
 
