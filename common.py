@@ -467,7 +467,10 @@ def unwrap(model):
 
 class Logger:
     """Metrics to a CSV file (a column per metric, grown as new metrics appear) and optionally
-    wandb. On resume, rows at or after the resumed step are dropped so the CSV stays one curve."""
+    wandb. On resume, rows at or after the resumed step are dropped so the CSV stays one curve.
+    The file is rewritten whole (beside it, then renamed: never half a file) at the first row and
+    at each new column, appended to otherwise; a run that stops before its first row leaves the
+    previous run's log as it was."""
 
     def __init__(self, path, wandb_log=False, wandb_project=None, wandb_run_name=None, config=None,
                  resume_step=None, enabled=True):
@@ -481,7 +484,7 @@ class Logger:
                 reader = csv.DictReader(f)
                 self.fields = list(reader.fieldnames or ['step'])
                 self.rows = [r for r in reader if int(float(r['step'])) < resume_step]
-        self._rewrite()
+        self.written = False  # the file is rewritten at the first row: a run that stops before it leaves the old log
         if wandb_log:
             try:
                 import wandb  # optional; WANDB_MODE=offline works without a network
@@ -490,18 +493,26 @@ class Logger:
             self.wandb = wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     def _rewrite(self):
+        """The whole CSV, written beside it and renamed over it: the old one or the new one, never half."""
         os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
-        with open(self.path, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):  # a failed write: no half file left behind either
+                os.remove(tmp)
+        self.written = True
 
     def log(self, metrics, step):
         if not self.enabled:
             return
         row = {'step': step, **{k: (v.item() if torch.is_tensor(v) else v) for k, v in metrics.items()}}
         self.rows.append(row)
-        if any(k not in self.fields for k in row):
+        if any(k not in self.fields for k in row) or not self.written:
             self.fields += [k for k in row if k not in self.fields]
             self._rewrite()
         else:
@@ -951,6 +962,9 @@ def load_preference_pairs(source, split, tokenizer, block_size, truncation):
             continue
         counts['truncated'] += pair[0][1] < len(prompt_ids)
         margin = record.get('margin')
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not math.isfinite(margin)):
+            raise UserError(f"{source}: record {i}: margin must be a finite number, got {margin!r}")
         pairs.append((pair[0], pair[1], float(margin) if margin is not None else None))
     if not pairs:
         raise UserError(f"{source}: no usable preference pair ({counts})")
@@ -1198,11 +1212,15 @@ def save_atomic(obj, path):
     power cut: the new file is on disk before the rename)."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write (a full disk): no half file left behind
+            os.remove(tmp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1254,11 +1272,18 @@ def lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets):
     lora_rank is 0), with lora_targets checked so a typo is a one-line UserError."""
     from model import parse_lora_targets
     try:
-        parse_lora_targets(lora_targets)
+        targets = parse_lora_targets(lora_targets)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if lora_rank < 0:
+        raise UserError(f"lora_rank must be >= 0 (0: no LoRA), got {lora_rank}")
     if not lora_rank:
         return {}
+    if not targets:
+        raise UserError(f"lora_rank={lora_rank} needs at least one of lora_targets (attn, mlp), got {lora_targets!r}")
+    if lora_alpha <= 0:
+        raise UserError(f"lora_alpha must be > 0 with lora_rank={lora_rank} (the adapters' scale is "
+                        f"lora_alpha / lora_rank), got {lora_alpha}")
     return dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
 
 
@@ -1584,7 +1609,8 @@ def make_optimizer(param_groups, optimizer, lr, betas, device_type, fused=None, 
 
 def script_defaults(script):
     """The default config of a script (train.py, dpo_train.py...) without running it: the literal
-    module-level assignments before its `configure(globals())` line, read with ast."""
+    module-level assignments before its `configure(globals())` line, read with ast (and arithmetic
+    on them; anything else is left out). Of a config file: its literal assignments, nothing run."""
     with open(script) as f:
         tree = ast.parse(f.read(), script)
     scope = {}
@@ -1621,12 +1647,10 @@ def model_shape(source, config_dir='config', _seen=()):
         path = os.path.join(config_dir, name)
         if not name.endswith('.py') or path in _seen:
             continue
-        scope = {}
-        try:
-            with open(path) as f:
-                exec(compile(f.read(), path, 'exec'), scope)
-        except Exception:  # a config that reads the script's defaults (min_lr = learning_rate / 10), or
-            continue       # is broken: not the one looked for here (its own run reports its errors)
+        try:  # read, never run: any .py file may sit beside a config (bench.py --plan dir/x.py)
+            scope = script_defaults(path)
+        except (SyntaxError, ValueError, OSError):  # not a config file
+            continue
         if os.path.normpath(str(scope.get('out_dir', ''))) == out_dir:
             if 'init_from' in scope:
                 init = scope['init_from']
@@ -1767,10 +1791,15 @@ def plan_config(config_file, overrides=(), script=None):
     --overrides` would run it; the script is guessed from the file's keys unless given."""
     if not os.path.isfile(config_file):
         raise UserError(f"config file {config_file} not found")
-    file_scope = {}
-    with open(config_file) as f:
-        exec(compile(f.read(), config_file, 'exec'), file_scope)
-    script = script or script_of_config(file_scope)
+    if script is None:  # guessed from the keys the file assigns; configure() below runs it as the script would
+        try:
+            with open(config_file) as f:
+                tree = ast.parse(f.read(), config_file)
+        except SyntaxError as e:
+            raise UserError(f"{config_file}, line {e.lineno}: syntax error: {e.msg}") from None
+        names = {t.id for node in tree.body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name)}
+        script = script_of_config(names)
     here = os.path.dirname(os.path.abspath(__file__))
     scope = {**script_defaults(os.path.join(here, script))}
     scope.update({k: v for k, v in PLANNER_KEYS.items() if k not in scope})

@@ -1,6 +1,7 @@
 """The shared plumbing: config overrides, LR schedule, checkpoints, CSV logging."""
 import csv
 import os
+import re
 import json
 import math
 
@@ -140,6 +141,19 @@ def test_checkpoint_write_is_atomic_and_refuses_nan(tmp_path):
         save_checkpoint(path, {'model': model.state_dict(), 'n': 2}, model)
     assert open(path, 'rb').read() == before
     assert not (tmp_path / 'ckpt.pt.tmp').exists()
+    # a write that fails midway (a full disk) leaves the old file whole and no temporary file
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = 0.0
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b'half a checkpoint')
+        raise OSError(28, 'No space left on device')
+    real_save, torch.save = torch.save, full_disk
+    try:
+        with pytest.raises(OSError):
+            save_checkpoint(path, {'model': model.state_dict(), 'n': 3}, model)
+    finally:
+        torch.save = real_save
+    assert open(path, 'rb').read() == before and os.listdir(tmp_path) == ['ckpt.pt']
 
 
 def test_logger_grows_columns_and_drops_rows_on_resume(tmp_path):
@@ -153,6 +167,28 @@ def test_logger_grows_columns_and_drops_rows_on_resume(tmp_path):
     Logger(path, resume_step=2).log({'loss': 0.7}, 2)  # resumed at 2: the old row 2 goes
     rows = list(csv.DictReader(open(path)))
     assert [(r['step'], r['loss']) for r in rows] == [('0', '1.0'), ('1', '0.9'), ('2', '0.7')]
+
+
+def test_logger_keeps_the_old_log_until_its_first_row_and_never_writes_half_a_file(tmp_path, monkeypatch):
+    """A new run's Logger leaves the previous run's log.csv as it is until it logs its first row (a
+    run that fails at start kept the old ckpt.pt beside an emptied log), and a rewrite that fails
+    midway (a full disk) leaves the old file whole, with no temporary file behind."""
+    path = tmp_path / 'log.csv'
+    old = Logger(str(path))
+    old.log({'loss': 1.0}, 0)
+    old.log({'loss': 0.5}, 1)
+    before = path.read_text()
+    log = Logger(str(path))  # a fresh run in the same out_dir
+    assert path.read_text() == before
+    def full_disk(self, rows):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(csv.DictWriter, 'writerows', full_disk)
+    with pytest.raises(OSError):
+        log.log({'loss': 2.0, 'lr': 1e-3}, 0)
+    assert path.read_text() == before and os.listdir(tmp_path) == ['log.csv']
+    monkeypatch.undo()
+    Logger(str(path)).log({'loss': 2.0}, 0)  # the run started again
+    assert [(r['step'], r['loss']) for r in csv.DictReader(open(path))] == [('0', '2.0')]
 
 
 
@@ -224,6 +260,21 @@ def test_a_literal_endoftext_in_data_is_text_not_the_eos(tmp_path):
     (chosen, n_prompt), (rejected, _), _ = load_preference_pairs(str(path), 'train', tok, 64, 'left')[0][0]
     assert chosen.count(tok.eot_token) == 1 and chosen[-1] == tok.eot_token  # only the EOS appended at the end
     assert rejected.count(tok.eot_token) == 1 and rejected[-1] == tok.eot_token
+
+
+def test_a_preference_margin_must_be_a_finite_number(tmp_path):
+    """reward_train.py's optional margin: a string was a ValueError traceback naming nothing, NaN
+    passed and stopped the run later with a generic alarm; both now name the file and record."""
+    from common import GPT2Tokenizer, load_preference_pairs
+    path = tmp_path / 'pairs.jsonl'
+    for margin in ('big', float('nan'), True):
+        rows = [{'prompt': 'Q:', 'chosen': ' yes', 'rejected': ' no', 'margin': 1}, {'prompt': 'Q:', 'chosen': ' a',
+                                                                                    'rejected': ' b', 'margin': margin}]
+        path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+        with pytest.raises(UserError, match=re.escape(f"{path}: record 1: margin must be a finite number, got {margin!r}")):
+            load_preference_pairs(str(path), 'train', GPT2Tokenizer(), 64, 'left')
+    path.write_text(json.dumps({'prompt': 'Q:', 'chosen': ' yes', 'rejected': ' no', 'margin': 2}) + '\n')
+    assert load_preference_pairs(str(path), 'train', GPT2Tokenizer(), 64, 'left')[0][0][2] == 2.0
 
 
 def test_saved_rank_state_per_rank_and_the_note_when_counts_differ(capsys):

@@ -1,6 +1,7 @@
 """LoRA in model.py: zero-init adapters change nothing, only adapters train, disable_adapters gives
 the base model back exactly, merge_lora keeps the function, and checkpoints round-trip."""
 import math
+import re
 
 import pytest
 import torch
@@ -170,6 +171,14 @@ def test_bad_lora_targets_are_a_clear_error(tiny_hf):
         GPTConfig(**TINY, lora_rank=2, lora_targets='')
     with pytest.raises(ValueError, match='lora_rank'):
         GPTConfig(**TINY, lora_rank=-1)
+    # the scripts' keys (common.lora_overrides): one-line UserErrors, not GPTConfig's ValueError traceback
+    from common import UserError, lora_overrides
+    for args, message in (((-2, 16.0, 0.0, 'attn'), 'lora_rank must be >= 0 (0: no LoRA), got -2'),
+                          ((4, 16.0, 0.0, ''), "lora_rank=4 needs at least one of lora_targets (attn, mlp), got ''"),
+                          ((4, 0.0, 0.0, 'attn'), 'lora_alpha must be > 0 with lora_rank=4')):
+        with pytest.raises(UserError, match=re.escape(message)):
+            lora_overrides(*args)
+    assert lora_overrides(0, 0.0, 0.0, '') == {}  # no LoRA: the other keys do not matter
 
 
 def test_lora_checkpoint_round_trip(tmp_path):

@@ -348,6 +348,27 @@ def test_bench_plan_prints_the_table_without_running_anything():
         assert p.stderr.startswith(f'error: {message}'), p.stderr
 
 
+def test_plan_config_reads_configs_as_the_scripts_do_and_runs_no_other_file(tmp_path):
+    """bench.py --plan runs the planned config as the script would (its defaults visible:
+    warmup_iters = lr_decay_iters // 10), a file that is not Python is one line, and looking for the
+    config whose out_dir makes an untrained init_from reads the files beside it, never runs them (a
+    launcher there ran, side effects and all)."""
+    from common import plan_config
+    d = tmp_path / 'exp'
+    d.mkdir()
+    (d / 'dpo.py').write_text("beta = 0.1\ninit_from = 'out-sft'\nwarmup_iters = lr_decay_iters // 10\n")
+    (d / 'sft.py').write_text("out_dir = 'out-sft'\ninit_from = 'gpt2-medium'\nlr_decay_iters = 10 * 5\n")
+    marker = tmp_path / 'launched'
+    (d / 'launch.py').write_text(f"open({str(marker)!r}, 'w').write('ran')\nout_dir = 'out-launch'\n")
+    script, config, plan = plan_config(str(d / 'dpo.py'))
+    assert script == 'dpo_train.py' and config['warmup_iters'] == config['lr_decay_iters'] // 10
+    assert plan['inputs']['cfg']['n_layer'] == 24  # out-sft: sft.py's init_from, gpt2-medium
+    assert not marker.exists()
+    (d / 'notes.md').write_text("# plan\nrun it: python dpo_train.py exp/dpo.py\n")
+    with pytest.raises(UserError, match=r'notes.md, line 2: syntax error'):
+        plan_config(str(d / 'notes.md'))
+
+
 # ----------------------------------------------------------------------------------------------
 # the optimizer flag
 
