@@ -84,11 +84,28 @@ def positivity(prompts, responses):
             for r in responses]
 
 
-def stage(name, output):
-    """True when the stage must run; prints why not otherwise."""
+def unfinished(output, key=None):
+    """Why a stage's existing checkpoint is not its finished result, or None when it is: the scripts
+    write ckpt.pt/best.pt at every eval, so after an interrupted demo the file of a half-trained
+    run is there. Finished: iter_num reached the run's max_iters, or the checkpoint holds `key` (a
+    reward model's best.pt: reward_std, which its run adds last). Other outputs are written whole."""
+    if not output.endswith('.pt'):
+        return None
+    ckpt = torch.load(output, map_location='cpu', mmap=True, weights_only=False)
+    if key is not None:
+        return None if key in ckpt else f"it has no {key} (its run did not finish)"
+    it, last = ckpt.get('iter_num', 0), ckpt.get('config', {}).get('max_iters', 0)
+    return None if it >= last else f"its run stopped at iteration {it} of {last}"
+
+
+def stage(name, output, key=None):
+    """True when the stage must run (no output yet, or an unfinished run's); prints why not otherwise."""
     if os.path.exists(output):
-        print(f"== {name}: {output} exists, skipped")
-        return False
+        why = unfinished(output, key)
+        if why is None:
+            print(f"== {name}: {output} exists, skipped")
+            return False
+        print(f"== {name}: {output} is not finished ({why}): run again")
     print(f"== {name} ({time.time() - t_start:.0f}s so far)")
     return True
 
@@ -153,9 +170,10 @@ train_prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), ge
 eval_prompts = [p for p, _ in line_prompts(text[split_at:])]
 eval_prompts = [eval_prompts[i] for i in torch.randperm(len(eval_prompts), generator=g)[:n_eval_prompts].tolist()]
 prompts_path = os.path.join(out_dir, 'prompts_train.jsonl')
-if not os.path.exists(prompts_path):
-    with open(prompts_path, 'w') as f:
+if not os.path.exists(prompts_path):  # written whole or not at all (an interrupted write is never read as done)
+    with open(prompts_path + '.tmp', 'w') as f:
         f.writelines(json.dumps({'prompt': p}) + '\n' for p in train_prompts)
+    os.replace(prompts_path + '.tmp', prompts_path)
 
 
 @torch.no_grad()
@@ -217,7 +235,7 @@ if stage('2. preference pairs', pairs_path):
     print(f"{len(pairs)} pairs from {len(chosen)} prompts x {samples_per_prompt} samples (equal rewards make no pair)")
 
 # 3. reward model
-if stage('3. reward model', os.path.join(out_dir, 'reward', 'best.pt')):
+if stage('3. reward model', os.path.join(out_dir, 'reward', 'best.pt'), key='reward_std'):
     run('reward_train.py', 'demo_reward.py', f'--out_dir={out_dir}/reward', f'--init_from={out_dir}/pretrain',
         f'--pref_data={pairs_path}')
 
@@ -363,7 +381,8 @@ if envelope_seeds:
         runs = []
         for k in range(1, envelope_seeds + 1):
             d = os.path.join(out_dir, 'envelope', f'{algo}_seed{k}')
-            if not os.path.exists(os.path.join(d, 'ckpt.pt')):
+            ckpt = os.path.join(d, 'ckpt.pt')
+            if not os.path.exists(ckpt) or unfinished(ckpt) is not None:
                 if algo == 'dpo':
                     run('dpo_train.py', 'demo_dpo.py', f'--out_dir={d}', f'--init_from={out_dir}/pretrain',
                         f'--pref_data={pairs_path}', '--beta=0.1', f'--seed={k}')

@@ -10,13 +10,14 @@ import os
 import sys
 
 import pytest
+import torch
 
 from common import Logger
 from conftest import ROOT, SHARED, load_definitions, run_python
 
 INPUT = os.path.join(SHARED, 'data', 'tinyshakespeare', 'input.txt')
 demo = load_definitions(os.path.join(ROOT, 'demo.py'), 'POSITIVE', 'NEGATIVE', 'positivity', 'preference_pairs',
-                        'log_by_step', 'envelope_table', 'mean_se', 'paired_z')
+                        'log_by_step', 'envelope_table', 'mean_se', 'paired_z', 'unfinished')
 
 
 def test_load_definitions_runs_nothing_of_the_script(capsys):
@@ -155,3 +156,20 @@ def test_demo_pipeline_end_to_end(tmp_path):
     p = run_python(cmd[:-1], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith('error: ') \
         and 'pass --input_txt=path/to/input.txt again' in p.stderr, p.stderr[-2000:]
+
+
+def test_a_stage_whose_run_was_interrupted_is_not_taken_as_done(tmp_path):
+    """The scripts write ckpt.pt/best.pt at every eval: after a demo stopped mid-stage (Ctrl-C) the
+    file of a half-trained run is there. It counted as done, so the next demo evaluated a half-trained
+    "DPO" or ran PPO against a reward model without its normalisation stats."""
+    path = str(tmp_path / 'ckpt.pt')
+    torch.save({'iter_num': 50, 'config': {'max_iters': 100}}, path)
+    assert demo.unfinished(path) == 'its run stopped at iteration 50 of 100'
+    torch.save({'iter_num': 100, 'config': {'max_iters': 100}}, path)
+    assert demo.unfinished(path) is None
+    torch.save({'iter_num': 40, 'config': {'max_iters': 100}}, path)  # a reward model's best.pt: any iteration,
+    assert demo.unfinished(path, key='reward_std') == 'it has no reward_std (its run did not finish)'
+    torch.save({'iter_num': 40, 'config': {'max_iters': 100}, 'reward_mean': 0.1, 'reward_std': 2.0}, path)
+    assert demo.unfinished(path, key='reward_std') is None  # the stats come last: the run finished
+    assert demo.unfinished(str(tmp_path / 'pairs.jsonl')) is None  # written whole (tmp + rename)
+
