@@ -100,7 +100,7 @@ check_memory = True             # print the predicted peak GPU memory; on CUDA, 
 # -----------------------------------------------------------------------------
 config = configure(globals())
 require_positive(config, 'batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval',
-                 'log_interval', 'eval_iters')
+                 'log_interval', 'eval_iters', 'norm_samples')
 # -----------------------------------------------------------------------------
 
 # DDP (as train.py) and devices
@@ -208,6 +208,9 @@ if model.config.vocab_size < tokenizer.n_vocab:
     raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
 model.to(device)
 start_iter = iter_num
+# the checkpoints of this run, which get the normalisation stats at the end: a resumed run's are its own
+# already; a new run's are those it saves (another run's files in out_dir are left as they are)
+saved = {'ckpt.pt', 'best.pt'} if init_from == 'resume' else set()
 
 scaler = grad_scaler(device_type, dtype, checkpoint and checkpoint.get('scaler'))
 model.config.gradient_checkpointing = gradient_checkpointing
@@ -322,8 +325,10 @@ while True:
             state = checkpoint_state(rank_states)
             if improved or always_save_checkpoint:
                 save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), state, raw_model)
+                saved.add('ckpt.pt')
             if improved:
                 save_checkpoint(os.path.join(out_dir, 'best.pt'), state, raw_model)
+                saved.add('best.pt')
     if iter_num >= max_iters:
         break
 
@@ -390,7 +395,9 @@ if master_process:
         # texts again (score_texts encodes them as PPO will); an empty prompt, tokenized as [EOS], is ''
         prompt_text = lambda ids: '' if ids == [tokenizer.eot_token] else tokenizer.decode(ids)
         norm_pairs = pick_norm([(prompt_text(c[0][:c[1]]), tokenizer.decode(c[0][c[1]:-1])) for c, _, _ in pairs['train']])
-    for name in ('ckpt.pt', 'best.pt'):
+    if not saved:
+        print(f"note: this run saved no checkpoint: nothing in {out_dir} gets reward normalisation stats")
+    for name in sorted(saved):  # this run's files only: another run's in out_dir keep theirs
         path = os.path.join(out_dir, name)
         if not os.path.isfile(path):
             continue

@@ -212,6 +212,28 @@ def test_best_pt_is_this_runs_and_the_stats_never_divide_by_zero(tmp_path):
                    capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and 'step 1' not in p.stdout
     assert p.stderr.strip().splitlines()[-1] == 'error: norm.jsonl: record 6: a response of 80 tokens does not fit block_size=64'
+    p = run_python([sys.executable, reward, *base, '--norm_samples=0'], cwd=tmp_path, capture_output=True, text=True,
+                   timeout=300)  # refused at the start (it crashed after training, leaving checkpoints without stats)
+    assert p.returncode != 0 and p.stderr.strip().splitlines() == ['error: norm_samples=0 must be > 0'], p.stderr[-500:]
+
+
+def test_a_run_that_saves_nothing_leaves_another_runs_checkpoints_alone(tmp_path):
+    """The normalisation pass at the end writes stats into the checkpoints this run saved, not into
+    every ckpt.pt/best.pt in out_dir: a run that saved nothing (max_iters=0) rewrote an earlier run's
+    files with its own data's stats (and crashed on one of another shape)."""
+    import hashlib
+    out = tmp_path / 'out'
+    base = frozen_run_args(tmp_path) + ['--eval_interval=1', '--norm_samples=4', f'--out_dir={out}']
+    reward = os.path.join(ROOT, 'reward_train.py')
+    p = run_python([sys.executable, reward, *base, '--max_iters=1'], cwd=tmp_path, capture_output=True, text=True,
+                   timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sha = {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in ('ckpt.pt', 'best.pt')}
+    p = run_python([sys.executable, reward, *base, '--max_iters=0'], cwd=tmp_path, capture_output=True, text=True,
+                   timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f'note: this run saved no checkpoint: nothing in {out} gets reward normalisation stats' in p.stdout
+    assert {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in ('ckpt.pt', 'best.pt')} == sha
 
 
 def test_resume_from_an_older_checkpoint_keeps_its_best_accuracy_as_the_bar(tmp_path):
