@@ -456,6 +456,31 @@ def checkpoint_model_args(path):
     return dict(checkpoint['model_args'])
 
 
+def checkpoint_script(checkpoint):
+    """Which script wrote a checkpoint: its 'script' entry, or for one saved before checkpoints named
+    it, the keys only that script writes (a nanoGPT checkpoint is train.py's); None for a bare
+    {'model', 'model_args'}."""
+    if checkpoint.get('script'):
+        return checkpoint['script']
+    for key, script in (('kl_coef', 'ppo_train.py'), ('ref_is_base', 'dpo_train.py'), ('best_val_acc', 'reward_train.py'),
+                        ('best_val', 'reward_train.py'), ('best_val_loss', 'train.py')):
+        if key in checkpoint:
+            return script
+    return None
+
+
+def check_resumable(checkpoint, script, path):
+    """init_from='resume' reads what `script` itself saved: another script's checkpoint (a DPO
+    out_dir resumed by ppo_train.py) or a bare one is one line saying how to start from its weights
+    instead (it was a KeyError traceback)."""
+    writer = checkpoint_script(checkpoint)
+    if writer != script:
+        what = f"a {writer} checkpoint" if writer else "not a training run's checkpoint (no iteration, no optimizer)"
+        out_dir = os.path.dirname(path) or '.'
+        raise UserError(f"{path} is {what}, not {script}'s: init_from='resume' continues a {script} run; to start "
+                        f"one from its weights use --init_from={out_dir} and another out_dir")
+
+
 def unwrap(model):
     """The plain GPT under DDP and/or torch.compile wrappers."""
     model = getattr(model, 'module', model)

@@ -51,7 +51,8 @@ import torch
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_source_unchanged, configure,
+from common import (EpochBatches, Logger, PTDTYPE, UserError, check_resumable,
+                    accumulation_weights, check_source_unchanged, configure,
                     ddp_broadcast, ddp_device, ddp_gather, ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer,
                     grad_scaler, holdout_by_prompt, load_preference_pairs, lora_overrides, lora_summary, make_optimizer,
                     nonfinite_loss_error, plan_memory, preference_logps, print0, print_config, require_positive,
@@ -165,9 +166,7 @@ lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} w
 iter_num, best_val_loss, checkpoint = 0, 1e9, None
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)
-    if 'ref_source' not in checkpoint:
-        raise UserError(f"{out_dir}/ckpt.pt is not a dpo_train.py checkpoint; to start DPO from it, "
-                        f"use --init_from={out_dir} and another out_dir")
+    check_resumable(checkpoint, 'dpo_train.py', os.path.join(out_dir, 'ckpt.pt'))
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     ref_source, ref_is_base = ref_from or checkpoint['ref_source'], checkpoint['ref_is_base']
     if ref_is_base and ref_from:
@@ -374,7 +373,7 @@ def checkpoint_state(rank_states=None):
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
             'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
             'ref_source': ref_source, 'ref_is_base': ref_is_base, 'ref_fingerprint': ref_fingerprint,
-            'monitor': monitor.state_dict()}
+            'monitor': monitor.state_dict(), 'script': 'dpo_train.py'}
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,

@@ -33,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
-from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, check_source_unchanged, configure,
+from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, check_resumable,
+                    check_source_unchanged, configure,
                     get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left,
                     plan_memory, run_adapters, preference_triple, print_config, read_records, render_chat,
                     require_positive, resolve_device, response_forward, response_values, save_checkpoint,
@@ -238,9 +239,11 @@ shared_critic = advantage_estimator == 'gae' and critic == 'shared'
 iter_num, checkpoint, rollout_seeding = 0, None, 'stream'  # rollout_seeding: see stream_seed
 if init_from == 'resume':
     policy, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=0.0)
-    if 'ref_source' not in checkpoint:
-        raise UserError(f"{out_dir}/ckpt.pt is not a ppo_train.py checkpoint; to start PPO from it, "
-                        f"use --init_from={out_dir} and another out_dir")
+    check_resumable(checkpoint, 'ppo_train.py', os.path.join(out_dir, 'ckpt.pt'))
+    for key in ('advantage_estimator', 'critic'):  # the run's algorithm and its critic's place stay as begun
+        if key in checkpoint['config'] and checkpoint['config'][key] != config[key]:
+            raise UserError(f"this run used {key}={checkpoint['config'][key]!r}, not {config[key]!r}: a resume "
+                            f"continues it as begun; start a new run (another out_dir) to change it")
     iter_num, ref_source = checkpoint['iter_num'], checkpoint['ref_source']
     ref_fingerprint = checkpoint.get('ref_fingerprint')
     rollout_seeding = checkpoint.get('rollout_seeding', 'seed+iter')  # a run from before stream_seed goes on as begun
@@ -346,7 +349,7 @@ def checkpoint_state():
              'model_args': asdict(policy.config), 'iter_num': iter_num, 'kl_coef': kl_coef, 'config': config,
              'rng': get_rng_state(), 'prompt_loader': prompt_loader.state_dict(), 'ref_source': ref_source,
              'ref_fingerprint': ref_fingerprint, 'rollout_seeding': rollout_seeding,
-             'monitor': monitor.state_dict()}
+             'monitor': monitor.state_dict(), 'script': 'ppo_train.py'}
     if critic_model is not None:
         state['critic'] = critic_model.state_dict()
     return state

@@ -35,7 +35,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, UserError, accumulation_weights, configure, ddp_broadcast, ddp_device,
+from common import (EpochBatches, Logger, UserError, check_resumable,
+                    accumulation_weights, configure, ddp_broadcast, ddp_device,
                     ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
                     holdout_by_prompt, load_preference_pairs, lora_overrides, lora_summary, make_optimizer,
                     nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records, require_positive,
@@ -190,6 +191,7 @@ lora = lora_overrides(lora_rank, lora_alpha, lora_dropout, lora_targets)  # {} w
 iter_num, best_val, checkpoint = 0, None, None  # best.pt's (val accuracy, -val loss): accuracy first, loss breaks ties
 if init_from == 'resume':
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), dropout=dropout)
+    check_resumable(checkpoint, 'reward_train.py', os.path.join(out_dir, 'ckpt.pt'))
     iter_num = checkpoint['iter_num']
     best_val = tuple(checkpoint['best_val']) if checkpoint.get('best_val') else None
     if best_val is None and (checkpoint.get('best_val_acc') or -1) >= 0:  # an older checkpoint: accuracy only
@@ -281,7 +283,7 @@ def checkpoint_state(rank_states=None):
             'model_args': asdict(raw_model.config), 'iter_num': iter_num, 'best_val': best_val,
             'best_val_acc': best_val[0] if best_val else None,
             'config': config, **rank_state(), 'rank_states': rank_states,  # rank_states: every DDP rank's
-            'monitor': monitor.state_dict()}
+            'monitor': monitor.state_dict(), 'script': 'reward_train.py'}
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,

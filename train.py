@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, accumulation_weights, checkpoint_model_args,
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, check_resumable,
+                    accumulation_weights, checkpoint_model_args,
                     configure, ddp_device, ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr, get_rng_state,
                     grad_scaler, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error, plan_memory,
                     print0, print_config, read_records, require_positive, run_adapters, save_checkpoint,
@@ -232,6 +233,7 @@ if init_from == 'scratch':
 elif init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     model, checkpoint = GPT.from_checkpoint(ckpt_path, device='cpu', dropout=dropout)
+    check_resumable(checkpoint, 'train.py', ckpt_path)
     for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias'):
         if config[k] != getattr(model.config, k) and master_process:
             print(f"note: {k}={getattr(model.config, k)} from the checkpoint (config says {config[k]})")
@@ -327,7 +329,7 @@ def checkpoint_state(rank_states=None):
     return {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
             'scaler': scaler.state_dict(), 'model_args': asdict(unwrap(model).config),
             'iter_num': iter_num, 'best_val_loss': best_val_loss, 'best_pt_loss': best_pt_loss, 'config': config,
-            **rank_state(), 'rank_states': rank_states}  # rank_states: every DDP rank's rank_state()
+            **rank_state(), 'rank_states': rank_states, 'script': 'train.py'}  # rank_states: every DDP rank's rank_state()
 
 
 logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wandb_run_name, config,

@@ -341,6 +341,33 @@ def test_separate_critic_starts_on_the_normalised_score_scale(tiny, tmp_path):
 TIMING = ('time_ms', 'tokens_per_s', 'mem/peak_gib', 'time/rollout', 'time/score', 'time/train')
 
 
+def test_resume_refuses_another_scripts_checkpoint_and_another_algorithm(tiny, tmp_path):
+    """init_from='resume' on another script's out_dir (a DPO run's, which also carries ref_source) was
+    a KeyError traceback, as was a resume with another critic; another advantage_estimator silently
+    changed the algorithm mid-run. Each is one line now; an older checkpoint is told by its keys."""
+    args = ['--batch_size=8', '--mini_batch_size=4', '--max_iters=1', '--eval_interval=100']
+    p = run_ppo(tiny, tmp_path, args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=False)
+    assert ckpt['script'] == 'ppo_train.py'
+    for key, value in (('critic', 'separate'), ('advantage_estimator', 'rloo')):
+        ppo_fails(None, tmp_path, args + ['--init_from=resume', '--max_iters=2', f'--{key}={value}'],
+                  f"error: this run used {key}={ckpt['config'][key]!r}, not {value!r}: a resume continues it as begun")
+    os.makedirs(tmp_path / 'dpo')  # a DPO checkpoint from before checkpoints named their script
+    dpo = {k: v for k, v in ckpt.items() if k not in ('script', 'kl_coef')}
+    torch.save({**dpo, 'ref_is_base': False, 'best_val_loss': 0.7}, tmp_path / 'dpo' / 'ckpt.pt')
+    ppo_fails(None, tmp_path, args + ['--init_from=resume', '--out_dir=dpo'],
+              "error: dpo/ckpt.pt is a dpo_train.py checkpoint, not ppo_train.py's: init_from='resume' continues a "
+              "ppo_train.py run; to start one from its weights use --init_from=dpo and another out_dir")
+    from common import UserError, check_resumable
+    for checkpoint, writer in (({'iter_num': 3, 'best_val_loss': 1.2}, 'a train.py checkpoint'),  # nanoGPT's too
+                               ({'best_val': (0.7, -0.5), 'best_val_acc': 0.7}, 'a reward_train.py checkpoint'),
+                               ({'model': {}, 'model_args': {}}, "not a training run's checkpoint")):
+        with pytest.raises(UserError, match=f"^x/ckpt.pt is {writer}"):
+            check_resumable(checkpoint, 'dpo_train.py', 'x/ckpt.pt')
+    check_resumable({'script': 'dpo_train.py', 'kl_coef': 1}, 'dpo_train.py', 'x/ckpt.pt')  # its own name decides
+
+
 def test_resume_continues_the_identical_run(tiny, tmp_path):
     """4 iterations straight == 2, then init_from=resume to 4: the same log.csv metrics, samples.csv
     and final weights and optimizer state. Regression: the sampling generator was seeded once from

@@ -338,3 +338,24 @@ def test_a_short_last_micro_batch_weighs_by_its_pairs(tmp_path, script):
     # the model after step 1 (its weights are not compared: Adam turns the rounding of a gradient that is 0
     # in exact arithmetic, as a key bias's, into a whole step of lr, which changes no output)
     assert val_split[2] == pytest.approx(val_whole[2], abs=2e-6) and abs(val_whole[2] - val_whole[0]) > 1e-3
+
+def test_resume_of_another_scripts_checkpoint_is_one_line(tmp_path):
+    """reward_train.py resuming a DPO run's out_dir (or DPO a reward run's, train.py either) was a
+    KeyError traceback, after the optimizer state had loaded; each checkpoint now names its script."""
+    base = frozen_run_args(tmp_path) + ['--max_iters=1', '--eval_interval=1']
+    runs = {'reward_train.py': 'out-r', 'dpo_train.py': 'out-d'}
+    for script, out in runs.items():
+        extra = ['--norm_samples=4'] if script == 'reward_train.py' else []
+        p = run_python([sys.executable, os.path.join(ROOT, script), *base, *extra, f'--out_dir={out}'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert torch.load(tmp_path / out / 'ckpt.pt', weights_only=False)['script'] == script
+    for script, out, writer in (('dpo_train.py', 'out-r', 'reward_train.py'), ('reward_train.py', 'out-d', 'dpo_train.py'),
+                                ('train.py', 'out-r', 'reward_train.py')):
+        (tmp_path / 'sft.jsonl').write_text('\n'.join(json.dumps({'prompt': 'Q:', 'response': f' {i}'}) for i in range(20)))
+        args = base if script != 'train.py' else ['--device=cpu', '--sft_data=sft.jsonl']
+        p = run_python([sys.executable, os.path.join(ROOT, script), *args, '--init_from=resume', f'--out_dir={out}',
+                        '--max_iters=2', '--check_memory=False'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0 and p.stderr.strip().splitlines() == [
+            f"error: {out}/ckpt.pt is a {writer} checkpoint, not {script}'s: init_from='resume' continues a {script} "
+            f"run; to start one from its weights use --init_from={out} and another out_dir"], (script, p.stderr[-2000:])
