@@ -481,6 +481,18 @@ def check_resumable(checkpoint, script, path):
                         f"one from its weights use --init_from={out_dir} and another out_dir")
 
 
+def check_tokenizer_vocab(tokenizer, vocab_size, source):
+    """A model's vocabulary (vocab_size, of `source`) must cover the tokenizer's ids, and a char-level
+    tokenizer's must be the model's own: a model with more ids (GPT-2's 50257) samples ids that the
+    characters do not name (decoding them failed mid-run). One line otherwise."""
+    if vocab_size < tokenizer.n_vocab:
+        raise UserError(f"{source} has vocab_size {vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} "
+                        f"tokens (a char-level model? set tokenizer to its dataset)")
+    if isinstance(tokenizer, CharTokenizer) and vocab_size != tokenizer.n_vocab:
+        raise UserError(f"{source} has vocab_size {vocab_size}, not the {tokenizer.n_vocab} characters of the "
+                        f"char-level tokenizer (a model of GPT-2's vocabulary? its tokenizer is 'gpt2')")
+
+
 def unwrap(model):
     """The plain GPT under DDP and/or torch.compile wrappers."""
     model = getattr(model, 'module', model)

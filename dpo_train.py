@@ -51,13 +51,13 @@ import torch
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, PTDTYPE, UserError, check_resumable,
-                    accumulation_weights, check_source_unchanged, configure,
-                    ddp_broadcast, ddp_device, ddp_gather, ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, holdout_by_prompt, load_preference_pairs, lora_overrides, lora_summary, make_optimizer,
-                    nonfinite_loss_error, plan_memory, preference_logps, print0, print_config, require_positive,
-                    run_adapters, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
-                    setup_device, source_identity, split_accumulation, step_metrics, weights_fingerprint)
+from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_resumable,
+                    check_source_unchanged, check_tokenizer_vocab, configure, ddp_broadcast, ddp_device, ddp_gather,
+                    ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, holdout_by_prompt,
+                    load_preference_pairs, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error,
+                    plan_memory, preference_logps, print0, print_config, require_positive, run_adapters, save_atomic,
+                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, source_identity,
+                    split_accumulation, step_metrics, weights_fingerprint)
 from losses import dpo_loss
 from model import GPT
 
@@ -183,8 +183,7 @@ if block_size < model.config.block_size:
     model.crop_block_size(block_size)
 elif block_size > model.config.block_size:
     raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
-if model.config.vocab_size < tokenizer.n_vocab:
-    raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
+check_tokenizer_vocab(tokenizer, model.config.vocab_size, init_from)
 if model.value_head is not None:  # from a reward/PPO checkpoint: DPO never uses the head, and DDP would
     model.value_head.requires_grad_(False)  # wait for a gradient it never gets
 if model.config.lora_rank:

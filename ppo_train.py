@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, check_resumable,
-                    check_source_unchanged, configure,
-                    get_lr, get_rng_state, get_tokenizer, grad_scaler, lora_overrides, make_optimizer, pad_left,
-                    plan_memory, run_adapters, preference_triple, print_config, read_records, render_chat,
-                    require_positive, resolve_device, response_forward, response_values, save_checkpoint,
-                    set_rng_state, setup_device, single_process, step_metrics, stream_seed, weights_fingerprint)
+                    check_source_unchanged, check_tokenizer_vocab, configure, get_lr, get_rng_state, get_tokenizer,
+                    grad_scaler, lora_overrides, make_optimizer, pad_left, plan_memory, preference_triple, print_config,
+                    read_records, render_chat, require_positive, resolve_device, response_forward, response_values,
+                    run_adapters, save_checkpoint, set_rng_state, setup_device, single_process, step_metrics,
+                    stream_seed, weights_fingerprint)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -260,8 +260,7 @@ else:
     policy = run_adapters(GPT.from_pretrained(init_from, dropout=0.0, value_head=shared_critic), lora, init_from)
     ref_source = init_from  # the reference is the initial policy, also after a resume
     ref_fingerprint = None if lora_rank else weights_fingerprint(ref_source)  # checked when a resumed run reloads it
-if policy.config.vocab_size < tokenizer.n_vocab:
-    raise UserError(f"{init_from} has vocab_size {policy.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} (a char-level model? set tokenizer to its dataset)")
+check_tokenizer_vocab(tokenizer, policy.config.vocab_size, init_from)
 if block_size < policy.config.block_size:
     policy.crop_block_size(block_size)
 elif block_size > policy.config.block_size:  # prompts were kept for block_size: they would not fit the policy

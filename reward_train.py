@@ -35,13 +35,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from alarms import HealthMonitor, TrainingHealthError
-from common import (EpochBatches, Logger, UserError, check_resumable,
-                    accumulation_weights, configure, ddp_broadcast, ddp_device,
-                    ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler,
-                    holdout_by_prompt, load_preference_pairs, lora_overrides, lora_summary, make_optimizer,
-                    nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records, require_positive,
-                    reward_example, reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state,
-                    setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
+from common import (EpochBatches, Logger, UserError, accumulation_weights, check_resumable,
+                    check_tokenizer_vocab, configure, ddp_broadcast, ddp_device, ddp_gather, ddp_mean, ddp_wrap,
+                    finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, holdout_by_prompt,
+                    load_preference_pairs, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error,
+                    pad_right, plan_memory, print0, print_config, read_records, require_positive, reward_example,
+                    reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
+                    setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -206,8 +206,7 @@ elif block_size > model.config.block_size:
     raise UserError(f"block_size={block_size} is larger than the model's {model.config.block_size}")
 if model.config.lora_rank:  # the value head trains too (LoRA freezes only the base weights)
     print0(lora_summary(model))
-if model.config.vocab_size < tokenizer.n_vocab:
-    raise UserError(f"{init_from} has vocab_size {model.config.vocab_size}, fewer than the tokenizer's {tokenizer.n_vocab} tokens (a char-level model? set tokenizer to its dataset)")
+check_tokenizer_vocab(tokenizer, model.config.vocab_size, init_from)
 model.to(device)
 start_iter = iter_num
 # the checkpoints of this run, which get the normalisation stats at the end: a resumed run's are its own

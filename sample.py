@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from common import (CHAT_TAGS, GPT2Tokenizer, RewardModel, UserError, configure, get_tokenizer, print_config,
-                    require_positive, seed_everything, setup_device)
+from common import (CHAT_TAGS, GPT2Tokenizer, RewardModel, UserError, check_tokenizer_vocab, configure, get_tokenizer,
+                    print_config, require_positive, seed_everything, setup_device)
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -70,6 +70,8 @@ if isinstance(tokenizer, GPT2Tokenizer) and model.config.vocab_size < tokenizer.
     where = (f" and data/{dataset}/meta.pkl was not found: run sample.py from the directory holding data/"
              if dataset else " and no char-level dataset is named")
     raise UserError(f"the model's vocabulary ({model.config.vocab_size} tokens) is not GPT-2's BPE{where}")
+if dataset:  # a checkpoint's char-level vocabulary must be its model's (a GPT-2 model sampled ids it cannot decode)
+    check_tokenizer_vocab(tokenizer, model.config.vocab_size, f"{path}, whose config names dataset {dataset!r},")
 
 if start.startswith('FILE:'):
     path = start[5:]

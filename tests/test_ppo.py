@@ -1108,3 +1108,13 @@ def test_the_rewards_the_loop_builds_from_scores_kl_and_missing_eos(tmp_path, mo
             assert abs(mean.item()) < 1e-5 and var.item() == pytest.approx(1.0, abs=1e-3)
     else:
         assert seen['whitened'] == []
+
+
+def test_a_char_tokenizer_with_a_gpt2_vocab_policy_is_one_line(tiny, tmp_path):
+    """tokenizer=<a char-level meta.pkl> with a policy of GPT-2's vocabulary: the policy samples ids
+    the 96 characters do not name, and decoding them was a KeyError traceback mid-rollout."""
+    from test_reward import char_vocab
+    n = char_vocab(tmp_path / 'meta.pkl')
+    ppo_fails(tiny, tmp_path, ['--max_iters=1', '--batch_size=4', '--mini_batch_size=4', '--max_new_tokens=4',
+                               f'--tokenizer={tmp_path / "meta.pkl"}'],
+              f"error: {tiny / 'hf'} has vocab_size 50257, not the {n} characters of the char-level tokenizer")

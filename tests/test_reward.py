@@ -339,6 +339,7 @@ def test_a_short_last_micro_batch_weighs_by_its_pairs(tmp_path, script):
     # in exact arithmetic, as a key bias's, into a whole step of lr, which changes no output)
     assert val_split[2] == pytest.approx(val_whole[2], abs=2e-6) and abs(val_whole[2] - val_whole[0]) > 1e-3
 
+
 def test_resume_of_another_scripts_checkpoint_is_one_line(tmp_path):
     """reward_train.py resuming a DPO run's out_dir (or DPO a reward run's, train.py either) was a
     KeyError traceback, after the optimizer state had loaded; each checkpoint now names its script."""
@@ -359,3 +360,29 @@ def test_resume_of_another_scripts_checkpoint_is_one_line(tmp_path):
         assert p.returncode != 0 and p.stderr.strip().splitlines() == [
             f"error: {out}/ckpt.pt is a {writer} checkpoint, not {script}'s: init_from='resume' continues a {script} "
             f"run; to start one from its weights use --init_from={out} and another out_dir"], (script, p.stderr[-2000:])
+
+
+def char_vocab(path):
+    """A char-level meta.pkl of printable ASCII and the newline (its EOS): 96 tokens."""
+    import pickle
+    chars = ['\n'] + [chr(i) for i in range(32, 127)]
+    with open(path, 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)},
+                     'itos': dict(enumerate(chars))}, f)
+    return len(chars)
+
+
+def test_a_char_tokenizer_with_a_gpt2_vocab_model_is_one_line(tmp_path):
+    """tokenizer=<a char-level meta.pkl> with a model of GPT-2's vocabulary (50257 ids, not the 96
+    characters) trained without a word: ids the characters do not name (a KeyError in PPO and
+    sample.py, which decode). Refused at start, in one line naming the model and both sizes."""
+    n = char_vocab(tmp_path / 'meta.pkl')
+    args = frozen_run_args(tmp_path) + ['--max_iters=1', '--eval_interval=1', f'--tokenizer={tmp_path / "meta.pkl"}']
+    for script in ('reward_train.py', 'dpo_train.py'):
+        p = run_python([sys.executable, os.path.join(ROOT, script), *args, f'--out_dir={tmp_path / script}'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        err = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and 'Traceback' not in p.stderr, (script, p.stderr[-2000:])
+        assert err[-1] == f"error: {tmp_path / 'hf'} has vocab_size 50257, not the {n} characters of the char-level " \
+                          f"tokenizer (a model of GPT-2's vocabulary? its tokenizer is 'gpt2')", (script, err[-1])
+        assert not os.path.exists(tmp_path / script / 'ckpt.pt')

@@ -268,3 +268,20 @@ def test_memory_keys_are_wired(workdir):
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1] == \
         "error: optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes), not cpu; use optimizer='adamw'"
     assert not os.path.exists(workdir / 'out-8bit' / 'ckpt.pt')
+
+
+def test_sample_of_a_gpt2_vocab_checkpoint_with_a_char_dataset_is_one_line(workdir):
+    """A checkpoint of GPT-2's vocabulary whose config names a char-level dataset (gpt2 finetuned with
+    dataset='shakespeare_char', a nanoGPT mistake): its samples hold ids the characters do not name,
+    and decoding them was a KeyError traceback. One line naming the checkpoint and both sizes."""
+    make_hf_gpt2(str(workdir / 'hf-gpt2vocab'), n_embd=16, vocab_size=50257, n_positions=64)
+    model = GPT.from_pretrained(str(workdir / 'hf-gpt2vocab'))
+    os.makedirs(workdir / 'out-gpt2char', exist_ok=True)
+    torch.save({'model': model.state_dict(), 'model_args': model.config.__dict__, 'config': {'dataset': 'tiny'}},
+               workdir / 'out-gpt2char' / 'ckpt.pt')
+    p = run('sample.py', ['--init_from=out-gpt2char', '--device=cpu', '--num_samples=1', '--max_new_tokens=5',
+                          '--start=RO'], workdir, check=False)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and 'Traceback' not in p.stderr, p.stderr[-2000:]
+    assert err[-1].startswith("error: out-gpt2char, whose config names dataset 'tiny', has vocab_size 50257, not the "
+                              "65 characters of the char-level tokenizer"), err[-1]
