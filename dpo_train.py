@@ -246,6 +246,25 @@ def ref_cache_path(source, pairs):
     return os.path.join(folder, f"{os.path.basename(source)}.ref_logps.{h.hexdigest()[:16]}.pt")
 
 
+def read_ref_cache(path, n_pairs):
+    """(the cache at path, None) or (None, the one-line problem): a file cut short, another file, keys
+    missing, log-probs of another shape or not finite (rank 0 reads it; every rank raises the problem)."""
+    try:
+        cache = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # one line of the reason (torch's can span several)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None, f"{path}: not a readable reference cache ({reason}); delete it to recompute"
+    if not isinstance(cache, dict) or not isinstance(cache.get('logps'), torch.Tensor) \
+            or not isinstance(cache.get('vocab_size'), int):
+        return None, f"{path}: not a reference cache (no 'logps' tensor and 'vocab_size'); delete it to recompute"
+    if tuple(cache['logps'].shape) != (n_pairs, 2):  # the key hashes the pairs: a foreign file
+        return None, (f"{path} holds {tuple(cache['logps'].shape)} reference log-probs for {n_pairs} pairs: "
+                      f"not this data's cache; delete it")
+    if not torch.isfinite(cache['logps']).all():
+        return None, f"{path}: the reference log-probs are not all finite (NaN/inf); delete it to recompute"
+    return cache, None
+
+
 # cached reference log-probs (N, 2) per source, or None to compute them on line
 source_ref_logps = {name: None for name in sources}
 reference = None
@@ -258,12 +277,11 @@ if precompute_ref_logps:
     for name, (source, _) in sources.items():
         path = paths[name]
         if cached[name]:
-            cache = torch.load(path, map_location='cpu', weights_only=True) if master_process else None
-            cache = ddp_broadcast(cache) if ddp else cache
+            cache, problem = read_ref_cache(path, len(source_pairs[name])) if master_process else (None, None)
+            cache, problem = ddp_broadcast((cache, problem)) if ddp else (cache, problem)
+            if problem:
+                raise UserError(problem)
             check_reference_vocab(cache['vocab_size'])
-            if tuple(cache['logps'].shape) != (len(source_pairs[name]), 2):  # the key hashes the pairs: a foreign file
-                raise UserError(f"{path} holds {tuple(cache['logps'].shape)} reference log-probs for "
-                                f"{len(source_pairs[name])} pairs: not this data's cache; delete it")
             print0(f"reference log-probs of {len(source_pairs[name])} pairs loaded from {path}")
         else:
             if not loaded:

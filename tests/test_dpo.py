@@ -376,3 +376,26 @@ def test_nan_loss_stops_with_the_health_report_and_keeps_the_checkpoint(dpo_dir)
     assert hashlib.sha256((out / 'ckpt.pt').read_bytes()).hexdigest() == before
     last = list(csv.DictReader(open(out / 'log.csv')))[-1]  # the row it stopped on reaches the CSV (and wandb)
     assert last['loss'] == 'nan' and last['alarm/nonfinite'] == '1.0', last
+
+
+def test_a_cache_that_cannot_be_read_or_is_not_finite_is_one_line(dpo_dir, tmp_path):
+    """A reference cache cut short (a bad copy, a full disk), without its keys, or holding NaN
+    log-probs: one line naming the file and saying to delete it (a RuntimeError or KeyError traceback,
+    or NaN losses blamed on the learning rate by the health alarm)."""
+    import shutil
+    shutil.copy(dpo_dir / 'pref.jsonl', tmp_path / 'pref.jsonl')
+    args = DPO_TINY + [f'--init_from={dpo_dir / "init"}', '--pref_data=pref.jsonl', '--precompute_ref_logps=True',
+                       '--max_iters=1', f'--out_dir={tmp_path / "out"}']
+    assert run_dpo(args, tmp_path).returncode == 0
+    [path] = (tmp_path / '.cache').glob('pref.jsonl.ref_logps.*.pt')
+    good = path.read_bytes()
+    cache = torch.load(path, weights_only=True)
+    for damage, message in ((lambda: path.write_bytes(good[:100]), ': not a readable reference cache ('),
+                            (lambda: torch.save({'logps': cache['logps']}, path), ": not a reference cache (no 'logps'"),
+                            (lambda: torch.save({**cache, 'logps': cache['logps'] * float('nan')}, path),
+                             ': the reference log-probs are not all finite')):
+        damage()
+        p = run_dpo(args, tmp_path)
+        err = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
+        assert err[0].startswith(f'error: {path}{message}') and err[0].endswith('delete it to recompute'), err[0]
