@@ -493,6 +493,19 @@ def check_tokenizer_vocab(tokenizer, vocab_size, source):
                         f"char-level tokenizer (a model of GPT-2's vocabulary? its tokenizer is 'gpt2')")
 
 
+def make_out_dir(out_dir):
+    """Create out_dir (and its parents) if needed; one line, not a traceback, when it cannot be
+    (a file there, a file on the way, no permission)."""
+    if os.path.isdir(out_dir):
+        return
+    if os.path.exists(out_dir):
+        raise UserError(f"out_dir {out_dir} is a file, not a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"out_dir {out_dir} cannot be created: {e.strerror or e}") from None
+
+
 def unwrap(model):
     """The plain GPT under DDP and/or torch.compile wrappers."""
     model = getattr(model, 'module', model)

@@ -54,10 +54,10 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, PTDTYPE, UserError, accumulation_weights, check_resumable,
                     check_source_unchanged, check_tokenizer_vocab, configure, ddp_broadcast, ddp_device, ddp_gather,
                     ddp_wrap, finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, holdout_by_prompt,
-                    load_preference_pairs, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error,
-                    plan_memory, preference_logps, print0, print_config, require_positive, run_adapters, save_atomic,
-                    save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, source_identity,
-                    split_accumulation, step_metrics, weights_fingerprint)
+                    load_preference_pairs, lora_overrides, lora_summary, make_optimizer, make_out_dir,
+                    nonfinite_loss_error, plan_memory, preference_logps, print0, print_config, require_positive,
+                    run_adapters, save_atomic, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
+                    setup_device, source_identity, split_accumulation, step_metrics, weights_fingerprint)
 from losses import dpo_loss
 from model import GPT
 
@@ -133,7 +133,7 @@ device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 if master_process:
     print_config(config)
-    os.makedirs(out_dir, exist_ok=True)
+    make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
 if truncation not in ('left', 'drop'):
     raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
 if ref_dtype not in ('float32', 'bfloat16'):

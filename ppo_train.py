@@ -35,10 +35,10 @@ from tqdm import tqdm
 from alarms import HealthMonitor, distinct_n, duplicate_fraction, explained_variance, zero_std_fraction
 from common import (EpochBatches, HFRewardModel, Logger, RewardModel, UserError, check_resumable,
                     check_source_unchanged, check_tokenizer_vocab, configure, get_lr, get_rng_state, get_tokenizer,
-                    grad_scaler, lora_overrides, make_optimizer, pad_left, plan_memory, preference_triple, print_config,
-                    read_records, render_chat, require_positive, resolve_device, response_forward, response_values,
-                    run_adapters, save_checkpoint, set_rng_state, setup_device, single_process, step_metrics,
-                    stream_seed, weights_fingerprint)
+                    grad_scaler, lora_overrides, make_optimizer, make_out_dir, pad_left, plan_memory, preference_triple,
+                    print_config, read_records, render_chat, require_positive, resolve_device, response_forward,
+                    response_values, run_adapters, save_checkpoint, set_rng_state, setup_device, single_process,
+                    step_metrics, stream_seed, weights_fingerprint)
 from losses import (adaptive_kl_coef, gae, grpo_advantages, kl_estimate, masked_mean, masked_whiten,
                     ppo_policy_loss, ppo_value_loss, rloo_advantages)
 from model import GPT
@@ -169,7 +169,7 @@ if advantage_estimator == 'grpo' and not kl_in_loss and kl_coef > 0:
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 print_config(config)
-os.makedirs(out_dir, exist_ok=True)
+make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
 torch.manual_seed(seed)
 tokenizer = get_tokenizer(tokenizer, strict=True)
 eos = tokenizer.eot_token

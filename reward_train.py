@@ -38,10 +38,10 @@ from alarms import HealthMonitor, TrainingHealthError
 from common import (EpochBatches, Logger, UserError, accumulation_weights, check_resumable,
                     check_tokenizer_vocab, configure, ddp_broadcast, ddp_device, ddp_gather, ddp_mean, ddp_wrap,
                     finish_ddp, get_lr, get_rng_state, get_tokenizer, grad_scaler, holdout_by_prompt,
-                    load_preference_pairs, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error,
-                    pad_right, plan_memory, print0, print_config, read_records, require_positive, reward_example,
-                    reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp,
-                    setup_device, sft_pair, split_accumulation, step_metrics)
+                    load_preference_pairs, lora_overrides, lora_summary, make_optimizer, make_out_dir,
+                    nonfinite_loss_error, pad_right, plan_memory, print0, print_config, read_records, require_positive,
+                    reward_example, reward_stats, run_adapters, save_checkpoint, saved_rank_state, set_rng_state,
+                    setup_ddp, setup_device, sft_pair, split_accumulation, step_metrics)
 from losses import bradley_terry_loss, gather_last, lm_loss
 from model import GPT
 
@@ -114,7 +114,7 @@ device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 if master_process:
     print_config(config)
-    os.makedirs(out_dir, exist_ok=True)
+    make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
 if truncation not in ('left', 'drop'):
     raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
 torch.manual_seed(seed + ddp_rank)  # dropout differs per rank; DDP broadcasts rank 0's initial weights

@@ -38,13 +38,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, check_resumable,
-                    accumulation_weights, checkpoint_model_args,
-                    configure, ddp_device, ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr, get_rng_state,
-                    grad_scaler, lora_overrides, lora_summary, make_optimizer, nonfinite_loss_error, plan_memory,
-                    print0, print_config, read_records, require_positive, run_adapters, save_checkpoint,
-                    saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch, sft_pair, split_accumulation,
-                    step_metrics, tokenize_pair, unwrap)
+from common import (EpochBatches, GPT2Tokenizer, Logger, UserError, accumulation_weights, check_resumable,
+                    checkpoint_model_args, configure, ddp_device, ddp_gather, ddp_mean, ddp_wrap, finish_ddp, get_lr,
+                    get_rng_state, grad_scaler, lora_overrides, lora_summary, make_optimizer, make_out_dir,
+                    nonfinite_loss_error, plan_memory, print0, print_config, read_records, require_positive,
+                    run_adapters, save_checkpoint, saved_rank_state, set_rng_state, setup_ddp, setup_device, sft_batch,
+                    sft_pair, split_accumulation, step_metrics, tokenize_pair, unwrap)
 from model import GPT, GPTConfig, IGNORE_INDEX
 
 # -----------------------------------------------------------------------------
@@ -124,7 +123,7 @@ if init_from == 'resume':  # a resumed run keeps the checkpoint's block_size: it
     block_size = checkpoint_model_args(os.path.join(out_dir, 'ckpt.pt'))['block_size']
 if master_process:
     print_config(config)
-    os.makedirs(out_dir, exist_ok=True)
+    make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if sft_data and tokens_per_batch > 0:  # token-budget micro-batches: at most tokens_per_batch tokens each
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * tokens_per_batch

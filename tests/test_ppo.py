@@ -259,6 +259,8 @@ def test_ppo_bad_inputs_fail_before_work(tiny, tmp_path):
     ppo_fails(tiny, tmp_path, ['--top_p=0', '--max_iters=1'], 'error: top_k=0, top_p=0.0: top_k must be >= 0')
     ppo_fails(tiny, tmp_path, ['--kl_estimator=k4', '--max_iters=1'],
               "error: kl_estimator='k4': only 'k1' (log pi - log pi_ref) belongs in the reward")
+    ppo_fails(tiny, tmp_path, ['--out_dir=prompts.jsonl', '--max_iters=1'],  # a FileExistsError traceback
+              'error: out_dir prompts.jsonl is a file, not a directory')
 
 
 def test_the_kl_penalty_in_the_reward_is_k1_and_grpo_keeps_it_out_of_the_std_normalisation(tiny, tmp_path):

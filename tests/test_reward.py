@@ -386,3 +386,18 @@ def test_a_char_tokenizer_with_a_gpt2_vocab_model_is_one_line(tmp_path):
         assert err[-1] == f"error: {tmp_path / 'hf'} has vocab_size 50257, not the {n} characters of the char-level " \
                           f"tokenizer (a model of GPT-2's vocabulary? its tokenizer is 'gpt2')", (script, err[-1])
         assert not os.path.exists(tmp_path / script / 'ckpt.pt')
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(tmp_path):
+    """out_dir naming a file, or a path under one: one line (a FileExistsError or NotADirectoryError
+    traceback), and the file is left as it was."""
+    args = frozen_run_args(tmp_path) + ['--max_iters=1', '--eval_interval=1']
+    before = (tmp_path / 'pref.jsonl').read_bytes()
+    for script in ('reward_train.py', 'dpo_train.py'):
+        for out, message in (('pref.jsonl', 'is a file, not a directory'), ('pref.jsonl/run', 'cannot be created: ')):
+            p = run_python([sys.executable, os.path.join(ROOT, script), *args, f'--out_dir={out}'], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+            err = p.stderr.strip().splitlines()
+            assert p.returncode != 0 and 'Traceback' not in p.stderr, (script, p.stderr[-2000:])
+            assert err[-1].startswith(f'error: out_dir {out} {message}'), (script, err[-1])
+    assert (tmp_path / 'pref.jsonl').read_bytes() == before

@@ -131,6 +131,8 @@ def test_finetune_from_hf_directory(workdir):
     (['--init_from=no/such/dir'], "error: 'no/such/dir' is neither a directory nor one of gpt2"),
     (['--init_from=resume', '--out_dir=out-none'], 'error: checkpoint out-none/ckpt.pt not found'),
     (['config/nope.py'], 'error: config file config/nope.py not found'),
+    (['--out_dir=data/tiny/meta.pkl'], 'error: out_dir data/tiny/meta.pkl is a file, not a directory'),
+    (['--out_dir=data/tiny/meta.pkl/run'], 'error: out_dir data/tiny/meta.pkl/run cannot be created: Not a directory'),
 ])
 def test_bad_input_is_one_clear_line(workdir, args, message):
     p = run('train.py', TINY + args, workdir, check=False)
