@@ -39,10 +39,21 @@ Departures from a plain weight copy, each exact (the export computes the same nu
    the EOS (for a pair, truncation=True is 'longest_first': it cuts a longer response instead).
    HF's GPT-2 takes positions 0..T-1 whatever the mask, so left padding needs explicit position_ids.
 The policy's tokenizer pads with EOS on the left, as model.generate does.
+
+Where it writes: everything goes first into a sibling directory, <export_dir>.tmp-<pid>, and the
+verification reloads it from there. Only when that has passed does it replace export_dir (the old
+directory is renamed aside, the new one renamed in, then the old one deleted), so an export never
+mixes with an earlier one's files (e.g. GPT-2's tokenizer files left beside a char-level model) and
+a failed export or verify leaves the previous export_dir as it was. An existing export_dir must be
+an earlier Hugging Face export (it holds config.json and no .pt checkpoint) or empty; a directory
+holding other files, or a file, is refused in one line, before anything is written.
 """
 
+import atexit
 import json
+import math
 import os
+import shutil
 
 import torch
 
@@ -93,6 +104,19 @@ if kind == 'reward':
 if not export_dir:
     ckpt_dir = ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)
     export_dir = os.path.join(ckpt_dir or '.', 'hf')
+export_dir = os.path.normpath(export_dir)
+if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    raise UserError(f"export_dir={export_dir!r} is a file, not a directory; choose another --export_dir")
+if os.path.isdir(export_dir):
+    entries = os.listdir(export_dir)
+    if entries and ('config.json' not in entries or any(e.endswith('.pt') for e in entries)):
+        raise UserError(f"export_dir={export_dir!r} holds files that are not a Hugging Face export "
+                        f"(no config.json, or a .pt checkpoint); the export replaces the whole directory, "
+                        f"so choose a new or empty --export_dir")
+# written here, verified, then moved into place (see the docstring); removed if the script fails
+tmp_dir = os.path.abspath(export_dir) + f'.tmp-{os.getpid()}'
+shutil.rmtree(tmp_dir, ignore_errors=True)
+atexit.register(shutil.rmtree, tmp_dir, ignore_errors=True)
 
 # -----------------------------------------------------------------------------
 # the HF model, weights copied
@@ -146,8 +170,8 @@ hf.load_state_dict(sd, strict=True)
 hf.to({'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]).eval()
 if kind == 'policy' and gpt2_bpe:
     hf.generation_config.pad_token_id = EOT  # generate pads finished rows with EOS, as model.generate
-hf.save_pretrained(export_dir)
-print(f"saved {type(hf).__name__} ({dtype}) to {export_dir}")
+hf.save_pretrained(tmp_dir)
+print(f"wrote {type(hf).__name__} ({dtype})")
 
 
 # -----------------------------------------------------------------------------
@@ -210,13 +234,13 @@ if gpt2_bpe:
         # nanoGPT) and as GPT-2's own HF tokenizer does; the training scripts' texts never reach this one
         tokenizer = HFGPT2Tokenizer(vocab=vocab, merges=merges, pad_token='<|endoftext|>', padding_side='left',
                                     model_max_length=cfg.block_size)
-    tokenizer.save_pretrained(export_dir)  # tokenizer.json + tokenizer_config.json
+    tokenizer.save_pretrained(tmp_dir)  # tokenizer.json + tokenizer_config.json
     # the classic slow-tokenizer pair as well, for tools that read GPT-2's original files
-    with open(os.path.join(export_dir, 'vocab.json'), 'w', encoding='utf-8') as f:
+    with open(os.path.join(tmp_dir, 'vocab.json'), 'w', encoding='utf-8') as f:
         json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(export_dir, 'merges.txt'), 'w', encoding='utf-8') as f:
+    with open(os.path.join(tmp_dir, 'merges.txt'), 'w', encoding='utf-8') as f:
         f.write('#version: 0.2\n' + ''.join(f"{a} {b}\n" for a, b in merges))
-    print(f"saved GPT-2's tokenizer ({len(vocab)} tokens, {len(merges)} merges) to {export_dir}")
+    print(f"wrote GPT-2's tokenizer ({len(vocab)} tokens, {len(merges)} merges)")
 else:
     print(f"no tokenizer files: vocab_size {cfg.vocab_size} is not GPT-2's BPE (a char-level model?); "
           f"encode with the dataset's meta.pkl")
@@ -225,7 +249,7 @@ else:
 # check: the reloaded export computes what our model computes
 if verify:
     cls = GPT2ForSequenceClassification if kind == 'reward' else GPT2LMHeadModel
-    reloaded = cls.from_pretrained(export_dir, dtype=torch.float32).eval()
+    reloaded = cls.from_pretrained(tmp_dir, dtype=torch.float32).eval()
     n_real = min(GPT2_VOCAB if gpt2_bpe else cfg.vocab_size, vocab_size)  # real token ids (not <|pad|>)
     idx = torch.randint(n_real, (2, min(16, cfg.block_size)), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -238,5 +262,24 @@ if verify:
     diff = (theirs - mine).abs().max().item()
     what = 'score' if kind == 'reward' else 'logit'
     print(f"verify: max |{what} difference| on random tokens = {diff:.2e}")
+    if not math.isfinite(diff):  # NaN > 1e-3 is False: a diverged checkpoint's NaNs would pass
+        raise UserError(f"{ckpt} or its {dtype} export computes non-finite {what}s on random tokens "
+                        f"(NaN/inf weights, or an overflow in {dtype}); {export_dir} is left as it was")
     if dtype == 'float32' and diff > 1e-3:
-        raise UserError(f"the exported model differs from {ckpt} by {diff:.2e} (max |{what} difference|)")
+        raise UserError(f"the exported model differs from {ckpt} by {diff:.2e} (max |{what} difference|); "
+                        f"{export_dir} is left as it was")
+
+# -----------------------------------------------------------------------------
+# into place: the old export renamed aside, the new one renamed in, then the old one deleted
+final = os.path.abspath(export_dir)
+old_dir = final + f'.old-{os.getpid()}'
+if os.path.isdir(final):
+    os.rename(final, old_dir)
+try:
+    os.rename(tmp_dir, final)
+except BaseException:
+    if os.path.isdir(old_dir):
+        os.rename(old_dir, final)  # put the previous export back
+    raise
+shutil.rmtree(old_dir, ignore_errors=True)
+print(f"saved {type(hf).__name__} ({dtype}){' and its tokenizer' if gpt2_bpe else ''} to {export_dir}")

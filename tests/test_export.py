@@ -298,3 +298,70 @@ def test_one_line_errors(tmp_path):
         assert r.stderr.startswith('error: ') and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not os.path.exists(tmp_path / 'out')
+
+
+def siblings(path):
+    """What an export left beside export_dir: its .tmp-<pid> / .old-<pid> directories, if any."""
+    base = os.path.basename(path)
+    return [f for f in os.listdir(os.path.dirname(path)) if f.startswith(base + '.')]
+
+
+def test_export_over_an_earlier_export_replaces_it_whole(policy_export, tmp_path):
+    """A char-level export into the directory of a GPT-2 one: GPT-2's tokenizer files go with the old
+    export (before: they stayed, and AutoTokenizer loaded GPT-2's BPE for a 65-token model)."""
+    import shutil
+    from transformers import GPT2LMHeadModel
+    ex = str(tmp_path / 'ex')
+    shutil.copytree(policy_export[1], ex)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    save_project_checkpoint(str(tmp_path / 'char'), model)
+    export_ok(str(tmp_path / 'char'), ex)
+    assert not any(f.startswith(('tokenizer', 'vocab', 'merges')) for f in os.listdir(ex)), os.listdir(ex)
+    assert GPT2LMHeadModel.from_pretrained(ex).config.vocab_size == 65
+    assert siblings(ex) == []
+
+
+def test_a_failed_export_leaves_the_previous_export_untouched(policy_export, tmp_path):
+    """A checkpoint whose verify fails (NaN weights: before, NaN > 1e-3 was False and it 'passed') is
+    refused in one line, and the earlier export in export_dir stays byte-identical."""
+    import shutil
+    ex = str(tmp_path / 'ex')
+    shutil.copytree(policy_export[1], ex)
+    before = {f: open(os.path.join(ex, f), 'rb').read() for f in os.listdir(ex)}
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.fill_(float('nan'))  # a diverged run
+    os.makedirs(tmp_path / 'nan')  # torch.save: save_checkpoint itself refuses NaN weights
+    torch.save({'model': model.state_dict(), 'model_args': asdict(model.config)}, tmp_path / 'nan' / 'ckpt.pt')
+    r = export(f'--ckpt={tmp_path / "nan"}', f'--export_dir={ex}')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]  # (transformers' progress bars before it)
+    assert r.stderr.strip().splitlines()[-1].startswith('error: ') and 'non-finite' in r.stderr, r.stderr[-3000:]
+    assert {f: open(os.path.join(ex, f), 'rb').read() for f in os.listdir(ex)} == before
+    assert siblings(ex) == []
+
+
+def test_export_dir_that_is_a_file_or_holds_other_files_is_refused(tmp_path):
+    """Nothing written, nothing deleted: a file (before: a NotADirectoryError traceback after
+    'saved ... to afile'), a directory of other files (before: exported into, mixed with them; now
+    the export would replace the directory, so it is refused), a run directory with its ckpt.pt."""
+    policy = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    save_project_checkpoint(str(tmp_path / 'policy'), policy)
+    (tmp_path / 'afile').write_text('x')
+    os.makedirs(tmp_path / 'notes')
+    (tmp_path / 'notes' / 'todo.txt').write_text('mine')
+    (tmp_path / 'notes' / 'config.json').write_text('{}')  # not enough with a checkpoint beside it:
+    (tmp_path / 'notes' / 'ckpt.pt').write_text('a run')
+    os.makedirs(tmp_path / 'other')
+    (tmp_path / 'other' / 'todo.txt').write_text('mine')
+    for target, message in (('afile', 'is a file'), ('notes', 'not a Hugging Face export'),
+                            ('other', 'not a Hugging Face export'), ('policy', 'not a Hugging Face export')):
+        before = sorted(os.listdir(tmp_path))
+        r = export('--ckpt=' + str(tmp_path / 'policy'), '--export_dir=' + str(tmp_path / target))
+        assert r.returncode == 1, (target, r.stdout[-2000:], r.stderr[-2000:])
+        assert r.stderr.startswith('error: ') and message in r.stderr and target in r.stderr, (target, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert sorted(os.listdir(tmp_path)) == before
+    assert (tmp_path / 'afile').read_text() == 'x' and (tmp_path / 'other' / 'todo.txt').read_text() == 'mine'
+    assert sorted(os.listdir(tmp_path / 'notes')) == ['ckpt.pt', 'config.json', 'todo.txt']
+    assert sorted(os.listdir(tmp_path / 'policy')) == ['ckpt.pt']
