@@ -20,12 +20,12 @@ Several logs are overlaid in every panel, one colour each, labelled. matplotlib 
 import math
 import os
 
-from common import UserError, configure, print_config, read_log
+from common import UserError, configure, print_config, read_log, require_positive
 
 # -----------------------------------------------------------------------------
 logs = 'out/log.csv'        # a log.csv or a run directory holding one; several comma-separated are overlaid
 labels = ''                 # legend labels, comma-separated, one per log ('' = each log's directory name)
-out = ''                    # the PNG ('' = curves.png next to the first log)
+out = ''                    # the image ('' = curves.png next to the first log); its extension picks the format (.png, .pdf, .svg, ...)
 columns = ''                # metrics to plot, comma-separated ('' = chosen by the kind of log, see above)
 smooth = 0.0                # exponential moving average weight in [0, 1): 0 = raw; 0.9 for noisy PPO curves
 panel_width = 4.5           # inches per panel (the PNG is n_cols * panel_width * dpi pixels wide)
@@ -41,6 +41,9 @@ config = configure(globals())
 print_config(config)
 if not 0.0 <= smooth < 1.0:
     raise UserError(f"smooth must be in [0, 1), got {smooth}")
+require_positive(config, 'max_cols', 'dpi', 'panel_width', 'panel_height')
+if out and os.path.isdir(out):
+    raise UserError(f"out={out!r} is a directory; give the image's file name, e.g. {os.path.join(out, 'curves.png')}")
 PPO_COLUMNS = ['objective/scores', 'objective/rlhf_reward', 'objective/kl', 'objective/entropy',
                'loss/policy', 'loss/value', 'policy/clipfrac', 'policy/approxkl', 'val/clipfrac',
                'objective/kl_coef', 'response_length', 'val/num_eos_tokens']
@@ -96,6 +99,9 @@ if not names:  # the run directory's name; the whole path where two runs share a
         names = [p for p, _ in runs]
 available = list(dict.fromkeys(c for _, series in runs for c in series))  # in logging order
 ppo = any('objective/scores' in series for _, series in runs)
+if not available:
+    raise UserError(f"nothing to plot: {', '.join(p for p, _ in runs)} "
+                    f"{'has' if len(runs) == 1 else 'have'} no column of numbers besides 'step'")
 if columns:
     wanted = [c.strip() for c in columns.split(',') if c.strip()]
     unknown = [c for c in wanted if c not in available]
@@ -131,6 +137,13 @@ except ImportError:
     raise UserError("plot.py needs matplotlib, an optional dependency: pip install matplotlib") from None
 matplotlib.use('Agg')  # files only, no display needed
 import matplotlib.pyplot as plt
+from matplotlib.backend_bases import FigureCanvasBase
+
+formats = FigureCanvasBase.get_supported_filetypes()  # extension -> description: png, pdf, svg, jpg, ...
+extension = os.path.splitext(out)[1].lstrip('.').lower()
+if extension and extension not in formats:  # (no extension: savefig writes a PNG)
+    raise UserError(f"out={out!r}: matplotlib cannot write .{extension} files; "
+                    f"use one of: {', '.join('.' + f for f in sorted(formats))}")
 
 n_cols = min(max_cols, len(panels))
 n_rows = math.ceil(len(panels) / n_cols)

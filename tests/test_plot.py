@@ -136,12 +136,43 @@ def test_run_overlaid_on_reference_envelope(tmp_path):
     (['--logs={a}', '--columns=val/los'], "no column 'val/los'"),
     (['--logs={a},{a}', '--labels=one'], '1 labels for 2 logs'),
     (['--logs={a}', '--smooth=1.0'], 'smooth must be in'),
+    (['--logs={a}', '--max_cols=0'], 'max_cols=0 must be > 0'),  # before: ZeroDivisionError
+    (['--logs={a}', '--dpi=0'], 'dpi=0 must be > 0'),  # before: matplotlib's ValueError tracebacks
+    (['--logs={a}', '--panel_width=-1'], 'panel_width=-1.0 must be > 0'),
+    (['--logs={a}', '--panel_height=0'], 'panel_height=0.0 must be > 0'),
+    (['--logs={a}', '--out={a}'], 'is a directory'),  # before: IsADirectoryError from savefig
 ])
 def test_one_line_errors(tmp_path, args, message):
     a = write_train_log(str(tmp_path / 'a'))
     r = plot(*[x.format(a=a) for x in args])
     assert r.returncode == 1 and r.stderr.startswith('error: ') and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@needs_mpl
+def test_out_extension_matplotlib_cannot_write_is_one_line(tmp_path):
+    """Refused before drawing, naming the formats it can write (before: a ValueError traceback
+    from savefig, after drawing); .pdf / .svg are fine."""
+    a = write_train_log(str(tmp_path / 'a'))
+    r = plot(f'--logs={a}', f'--out={tmp_path / "curves.xyz"}')
+    assert r.returncode == 1 and r.stderr.startswith('error: '), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'cannot write .xyz' in r.stderr and '.png' in r.stderr and '.pdf' in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / 'curves.xyz')
+    r = plot(f'--logs={a}', f'--out={tmp_path / "curves.svg"}')
+    assert r.returncode == 0, r.stderr
+    assert open(tmp_path / 'curves.svg').read(200).lstrip().startswith('<?xml')
+
+
+def test_log_without_numeric_columns_is_one_line(tmp_path):
+    """A log whose columns are all text: said plainly (before: 'choose --columns among: ', an
+    empty list)."""
+    (tmp_path / 'log.csv').write_text('step,note\n0,started\n1,running\n')
+    for args in ([], ['--columns=note']):
+        r = plot(f'--logs={tmp_path}', *args)
+        assert r.returncode == 1 and r.stderr.startswith('error: '), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "no column of numbers besides 'step'" in r.stderr, r.stderr
 
 
 def test_missing_matplotlib_is_one_line_error(tmp_path):
