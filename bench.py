@@ -120,6 +120,14 @@ from model import GPT, IGNORE_INDEX, train_flops_per_token
 # --scripts: every training script run for a few iterations, in this process, as
 # `python <script> <config> --key=value ...` would run it; its own log.csv gives the speed
 
+def require_at_least(values, **minimums):
+    """One error line for a count below its minimum (threads=-1 was a RuntimeError traceback from
+    torch.set_num_threads, repeats=0 a table of 'ok' rows without numbers)."""
+    for name, low in minimums.items():
+        if not values[name] >= low:
+            raise UserError(f"{name}={values[name]!r} must be >= {low}")
+
+
 SCRIPT = dict(pretrain='train.py', sft='train.py', reward='reward_train.py', dpo='dpo_train.py',
               dpo_cached='dpo_train.py', ppo='ppo_train.py')  # entry -> its script, in the table's order
 LARGE_CONFIG = dict(pretrain='config/finetune_shakespeare.py', sft='config/sft_gpt2large.py',
@@ -324,6 +332,7 @@ def run_scripts(argv):
         peak_flops=312e12,      # for MFU (CUDA): A100 bf16 312e12, H100 SXM bf16 989e12
     )
     configure(opts, [a for a in argv if a != '--scripts'])
+    require_at_least(opts, threads=0, iters=0, warmup=0, repeats=1, cap_gb=0)  # 0: a default, see above
     transformers.utils.logging.disable_progress_bar()
     device, device_type, _, _ = setup_device(opts['device'], 'auto')
     cuda = device_type == 'cuda'
@@ -495,6 +504,7 @@ train_goal = 1.15      # ours/HF speed ratios we aim for
 sample_goal = 1.2
 # -----------------------------------------------------------------------------
 configure(globals())
+require_at_least(globals(), threads=0, iters=1, warmup=0, repeats=1)
 if gen_prompt_len + gen_tokens > block_size:  # HF's generate would index past its positions; ours drops its cache
     raise UserError(f"gen_prompt_len + gen_tokens = {gen_prompt_len + gen_tokens} must fit block_size={block_size}")
 device, device_type, dtype, ctx = setup_device(device, dtype)

@@ -41,6 +41,23 @@ def test_scripts_unknown_entry_is_one_clear_line():
                                 "pretrain, sft, reward, dpo, dpo_cached, ppo, trl")
 
 
+def test_scripts_bad_counts_are_one_clear_line():
+    """Refused before any work: threads=-1 was a RuntimeError traceback from torch.set_num_threads,
+    repeats=0 printed every entry 'ok' with no numbers, iters=-3 ran with eval_interval=-1."""
+    for flag, message in (('--threads=-1', 'threads=-1 must be >= 0'), ('--repeats=0', 'repeats=0 must be >= 1'),
+                          ('--iters=-3', 'iters=-3 must be >= 0'), ('--warmup=-1', 'warmup=-1 must be >= 0'),
+                          ('--cap_gb=-2', 'cap_gb=-2.0 must be >= 0')):
+        p = bench('--only=reward', flag)
+        assert p.returncode == 1 and p.stderr.strip() == f"error: {message}", (flag, p.stdout[-2000:], p.stderr[-2000:])
+
+
+def test_default_mode_bad_counts_are_one_clear_line():
+    for flag, message in (('--threads=-1', 'threads=-1 must be >= 0'), ('--repeats=0', 'repeats=0 must be >= 1'),
+                          ('--iters=0', 'iters=0 must be >= 1'), ('--warmup=-1', 'warmup=-1 must be >= 0')):
+        p = run_python([sys.executable, 'bench.py', flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and p.stderr.strip() == f"error: {message}", (flag, p.stdout[-2000:], p.stderr[-2000:])
+
+
 def test_scripts_trl_alone_is_one_clear_line():
     p = bench('--only=trl')  # it printed an empty table: trl is timed next to dpo/dpo_cached only
     assert p.returncode == 1 and p.stderr.strip().startswith("error: --only=trl times TRL's DPOTrainer"), p.stderr
