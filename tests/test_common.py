@@ -436,3 +436,16 @@ def test_ddp_wrap_keeps_the_gradients_in_the_buckets(tmp_path):
         assert len(dropped[2]) > 1 and len(dropped[4]) > 1  # set to None: each step's unsynced micro-step allocates
     finally:
         dist.destroy_process_group()
+
+
+def test_a_nanogpt_checkpoint_is_train_pys_to_resume():
+    """nanoGPT's train.py saves model, optimizer, model_args, iter_num, best_val_loss and config (no
+    'script'): init_from='resume' in train.py takes it as its own, and the other scripts refuse it."""
+    from common import check_resumable, checkpoint_script
+    nanogpt = {'model': {}, 'optimizer': {}, 'model_args': {}, 'iter_num': 5000, 'best_val_loss': torch.tensor(1.47),
+               'config': {'dataset': 'shakespeare_char'}}
+    assert checkpoint_script(nanogpt) == 'train.py'
+    check_resumable(nanogpt, 'train.py', 'out/ckpt.pt')
+    for script in ('reward_train.py', 'dpo_train.py', 'ppo_train.py'):
+        with pytest.raises(UserError, match=f"^out/ckpt.pt is a train.py checkpoint, not {script}'s"):
+            check_resumable(nanogpt, script, 'out/ckpt.pt')
