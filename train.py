@@ -15,9 +15,11 @@ what init_from='resume' reads), best.pt (lowest val loss), log.csv (every metric
 
 Departures from nanoGPT:
 1. Exact resume: the checkpoint holds the optimizer, GradScaler, iteration, best val loss and
-   every RNG state, training batches are drawn from their own saved generator, and evaluation
-   draws from a fixed one (the same val batches at every eval), so a resumed run continues the
-   identical loss curve.
+   every RNG state (as they were before the batch of the checkpoint's iteration was drawn), so a
+   resumed run continues the identical loss curve. The random numbers are nanoGPT's: one global
+   stream seeded `seed` draws the weight init, the training batches (the next one prefetched
+   during the last micro-step), dropout and the random eval batches, in nanoGPT's order, so a run
+   prints nanoGPT's losses for the same seed and config.
 2. A NaN/inf loss stops the run before the optimizer step, with a message; no checkpoint is
    written with NaN weights, and checkpoint writes are atomic.
 3. ckpt.pt is always the last eval's state and best.pt the best one among this run's evals (the
@@ -25,8 +27,8 @@ Departures from nanoGPT:
    run's); with always_save_checkpoint=False (nanoGPT's finetuning choice) only improvements on
    the start are saved, to ckpt.pt, and no best.pt is written.
 4. device='auto' and dtype='auto' pick cuda/mps/cpu and bf16/fp16/fp32; compile applies on CUDA only.
-5. The first micro-batch of each iteration is fetched at its start (no prefetch across iterations),
-   which is what makes resume exact; later micro-batches are prefetched as in nanoGPT.
+5. SFT mode (sft_data) has no nanoGPT counterpart: epochs over the examples from their own
+   seeded loader, and the same val batches at every eval.
 """
 
 import math
@@ -149,10 +151,10 @@ if 0 < tokens_per_batch < block_size:
     raise UserError(f"tokens_per_batch={tokens_per_batch} must be at least block_size={block_size}")
 
 
-def get_batch(split, generator):
+def get_batch(split):
     # re-open the memmap every batch: a long-lived one leaks memory (nanoGPT's note)
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    ix = torch.randint(len(data) - block_size, (batch_size,))  # the global RNG, as nanoGPT
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])      # (B, T)
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])  # (B, T)
     if device_type == 'cuda':  # pinned memory lets the copy run asynchronously
@@ -219,7 +221,7 @@ if not sft_data and os.path.isfile(meta_path):
 
 # -----------------------------------------------------------------------------
 # model
-torch.manual_seed(seed + ddp_rank)  # weight init (the same on every rank: DDP broadcasts rank 0's) and dropout
+torch.manual_seed(seed + ddp_rank)  # weight init (the same on every rank: DDP broadcasts rank 0's), batches, dropout
 iter_num = 0
 best_val_loss = 1e9  # nanoGPT's: the lowest val loss seen, the start's eval included
 best_pt_loss = math.inf  # best.pt's: the lowest among this run's evals after its start
@@ -261,21 +263,21 @@ start_iter = iter_num
 scaler = grad_scaler(device_type, dtype, checkpoint and checkpoint.get('scaler'))  # a no-op unless float16
 model.config.gradient_checkpointing = gradient_checkpointing
 optimizer = make_optimizer(model.param_groups(weight_decay), optimizer, learning_rate, (beta1, beta2), device_type)
-train_gen = torch.Generator().manual_seed(seed + ddp_rank)  # training batches; its state is checkpointed
 if sft_data:  # epochs over the examples; the DDP ranks split each epoch
     sft_loader = sft_batches('train', seed, ddp_rank, ddp_world_size)
     next_train_batch = sft_loader.next
 else:
-    next_train_batch = lambda: get_batch('train', train_gen)
+    next_train_batch = lambda: get_batch('train')
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     # each DDP rank resumes its own RNGs and data position, so the ranks do not all continue with
     # rank 0's batches
     state = saved_rank_state(checkpoint, ddp_rank, ddp_world_size)
     if state is not None:
-        if 'train_gen' in state:  # nanoGPT checkpoints have no RNG state: resume is then not exact
-            train_gen.set_state(state['train_gen'])
+        if 'rng' in state:  # nanoGPT checkpoints have no RNG state: resume is then not exact
             set_rng_state(state['rng'])
+        if 'train_gen' in state:  # a checkpoint of an older train.py (batches from their own generator)
+            print0("note: the checkpoint is from an older train.py: the resumed run draws other batches")
         if sft_data and state.get('sft_loader'):
             sft_loader.load_state_dict(state['sft_loader'])
     checkpoint = None  # free memory
@@ -291,13 +293,12 @@ if ddp:
 
 
 def eval_batches(split):
-    """The same eval_iters batches of a split at every eval (a fixed seed), so val losses compare
-    across evals and evaluation never moves the training RNG."""
+    """eval_iters random batches of a split, drawn from the global RNG as nanoGPT does (fresh ones at
+    every eval); in SFT mode the same batches at every eval (a fixed seed), so val losses compare."""
     if sft_data:
         loader = sft_batches(split, seed + 1)
         return (loader.next() for _ in range(min(eval_iters, len(loader.batches))))
-    gen = torch.Generator().manual_seed(seed + 1)
-    return (get_batch(split, gen) for _ in range(eval_iters))
+    return (get_batch(split) for _ in range(eval_iters))
 
 
 @torch.no_grad()
@@ -319,9 +320,9 @@ def estimate_loss():
 
 
 def rank_state():
-    """What differs between DDP ranks and an exact resume needs: the RNGs and the data position."""
-    return {'rng': get_rng_state(), 'train_gen': train_gen.get_state(),
-            'sft_loader': sft_loader.state_dict() if sft_data else None}
+    """What differs between DDP ranks and an exact resume needs: the RNGs (as they were before this
+    iteration's first batch was drawn: a resume draws it again) and the SFT data position."""
+    return {'rng': resume_rng, 'sft_loader': sft_loader.state_dict() if sft_data else None}
 
 
 def checkpoint_state(rank_states=None):
@@ -339,6 +340,9 @@ logger = Logger(os.path.join(out_dir, 'log.csv'), wandb_log, wandb_project, wand
 # training loop
 pbar = tqdm(total=max_iters, initial=iter_num, disable=None if master_process else True, dynamic_ncols=True)
 say = tqdm.write  # prints above the progress bar
+resume_rng = get_rng_state()  # what a checkpoint saved at the next eval resumes from
+if not sft_data:
+    X, Y = next_train_batch()  # the very first batch, drawn before the first eval (nanoGPT's order)
 t0 = time.time()
 local_iter_num = 0
 running_mfu = -1.0
@@ -381,12 +385,13 @@ while True:
         n_targets = torch.stack([(y != IGNORE_INDEX).sum() for _, y in micro_batches]).float()  # (k,)
         weights = accumulation_weights(n_targets, ddp_world_size)  # n_i * world_size / N (all ranks' N)
         next_batch = iter(micro_batches).__next__
-    X, Y = next_batch()
+        X, Y = next_batch()
     n_tokens = 0  # tokens processed this iteration, padding included
     n_token_positions = 0  # sum over those tokens of their row's length: attention's flops grow with it
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce gradients on the last micro-step only
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        n_tokens, n_token_positions = n_tokens + X.numel(), n_token_positions + X.numel() * X.shape[1]
         with ctx:
             logits, loss = model(X, Y)
             if sft_data:
@@ -394,8 +399,11 @@ while True:
             else:  # pretraining: every micro-batch has batch_size * block_size targets
                 loss = loss / gradient_accumulation_steps  # scale to the mean over micro-steps
         if micro_step < gradient_accumulation_steps - 1:
-            n_tokens, n_token_positions = n_tokens + X.numel(), n_token_positions + X.numel() * X.shape[1]
             X, Y = next_batch()  # prefetch while the GPU computes (SFT: already fetched above)
+        else:  # the RNGs before the next iteration's first batch is drawn: a resume there draws it again
+            resume_rng = get_rng_state()
+            if not sft_data:
+                X, Y = next_batch()  # prefetched across iterations, as nanoGPT (SFT: fetched at the top)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:
@@ -414,7 +422,6 @@ while True:
     # timing and logging
     t1 = time.time()
     dt, t0 = t1 - t0, t1
-    n_tokens, n_token_positions = n_tokens + X.numel(), n_token_positions + X.numel() * X.shape[1]
     if iter_num % log_interval == 0 and master_process:
         if local_iter_num >= 5:  # let the training loop settle a bit
             # the tokens this rank trained on, at their rows' mean length (SFT micro-batches are padded

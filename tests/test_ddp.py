@@ -6,9 +6,9 @@ runs the real torchrun.
 What is and is not equal between 2 ranks x accumulation k/2 and 1 process x accumulation k:
 - For SFT examples and preference pairs everything is: the ranks split each epoch's micro-batches
   (common.EpochBatches), test_dpo_train_two_ranks_equal_one_process.
-- In pretraining the data is not: rank r draws its batches from its own generator seeded with seed + r (nanoGPT
-  seeds each rank differently so the ranks do not train on the same batches), so a 2-rank run
-  sees rank 0's k/2 batches plus rank 1's k/2, where one process sees the first k of seed's stream.
+- In pretraining the data is not: rank r draws its batches from the global RNG seeded with seed + r
+  (nanoGPT seeds each rank differently so the ranks do not train on the same batches), so a 2-rank
+  run sees rank 0's k/2 batches plus rank 1's k/2, where one process sees k of seed's stream.
   Their loss curves differ; test_ddp_iteration_0_loss recomputes the 2-rank figure exactly.
 - The arithmetic is: the gradient of an iteration is the mean over all k micro-batches either way
   (each rank averages its k/2, DDP averages the ranks). With data where every batch is the same
@@ -108,35 +108,43 @@ def test_ddp_ranks_end_with_identical_weights(workdir):
     steps = [s for s, _ in curve(out)]
     assert steps == list(range(6))
     assert p.stdout.count('saving checkpoint') == 2  # iterations 3 and 6, by rank 0 only
-    # every rank's RNGs are in the checkpoint, and the ranks' batch generators differ
+    # every rank's RNGs are in the checkpoint, and the ranks' streams differ (batches and dropout)
     states = ckpt['rank_states']
-    assert len(states) == 2 and not torch.equal(states[0]['train_gen'], states[1]['train_gen'])
-    assert torch.equal(states[0]['train_gen'], ckpt['train_gen'])
+    assert len(states) == 2 and not torch.equal(states[0]['rng']['torch'], states[1]['rng']['torch'])
+    assert torch.equal(states[0]['rng']['torch'], ckpt['rng']['torch'])
 
 
 def test_ddp_iteration_0_loss(workdir):
-    """The logged loss of iteration 0 is the mean over rank 0's 2 batches (seed) and rank 1's 2
-    (seed + 1): accumulation 4 is split 2 + 2 across the ranks, and the ranks see different data."""
+    """The logged loss of iteration 0 is the mean over rank 0's 2 batches and rank 1's 2: accumulation
+    4 is split 2 + 2 across the ranks, and rank r draws from the global RNG seeded seed + r after its
+    weight init, in nanoGPT's order (rank 0: the first batch, the eval's 2 x eval_iters, the next)."""
     out = str(workdir / 'out-ddp0')
     train(['--dataset=chars', f'--out_dir={out}', '--max_iters=1', '--eval_interval=1'], workdir)
     logged = curve(out)[0]
-    torch.manual_seed(SEED)  # train.py's initialisation on rank 0, which DDP broadcasts
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, bias=False, vocab_size=65, dropout=0.0))
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, bias=False, vocab_size=65, dropout=0.0)
+    torch.manual_seed(SEED)
+    model = GPT(config)  # train.py's initialisation on rank 0, which DDP broadcasts
     data = np.fromfile(workdir / 'data' / 'chars' / 'train.bin', dtype=np.uint16).astype(np.int64)
 
-    def batch_losses(seed, n):
-        gen, out = torch.Generator().manual_seed(seed), []
-        for _ in range(n):  # train.py's get_batch
-            ix = torch.randint(len(data) - BLOCK, (BATCH,), generator=gen)
-            x = torch.stack([torch.from_numpy(data[i:i + BLOCK]) for i in ix])
-            y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + BLOCK]) for i in ix])
-            with torch.no_grad():
-                logits, _ = model(x)
-            out.append(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
-        return out
+    def draw():  # train.py's get_batch (train.bin and val.bin are the same here)
+        ix = torch.randint(len(data) - BLOCK, (BATCH,))
+        return torch.stack([torch.from_numpy(data[i:i + BLOCK]) for i in ix]), \
+            torch.stack([torch.from_numpy(data[i + 1:i + 1 + BLOCK]) for i in ix])
 
-    ddp = np.mean(batch_losses(SEED, 2) + batch_losses(SEED + 1, 2))
-    one_process = np.mean(batch_losses(SEED, 4))  # what python train.py with accumulation 4 would log
+    def rank_batches(rank, n, evaluates):
+        torch.manual_seed(SEED + rank)
+        GPT(config)  # every rank initialises a model (drawing from its stream) before DDP broadcasts rank 0's
+        batches = [draw()]
+        if evaluates:  # rank 0 evaluates at iteration 0: train and val, eval_iters=2 batches each
+            [draw() for _ in range(4)]
+        return batches + [draw() for _ in range(n - 1)]
+
+    def loss(batches):
+        with torch.no_grad():
+            return np.mean([F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item() for x, y in batches])
+
+    ddp = np.mean([loss(rank_batches(0, 2, True)), loss(rank_batches(1, 2, False))])
+    one_process = loss(rank_batches(0, 4, True))  # what python train.py with accumulation 4 would log
     assert logged == (0, pytest.approx(ddp, abs=1e-5))
     assert abs(ddp - one_process) > 1e-4  # different data, so not the single-process figure
 

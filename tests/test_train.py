@@ -84,6 +84,43 @@ def test_resume_continues_the_identical_loss_curve(workdir):
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
+def test_batches_come_in_nanogpts_order(workdir):
+    """One global stream seeded `seed` draws the weight init, then the first batch, then each eval's
+    eval_iters train and val batches, then the training batches, each iteration's first prefetched
+    during the previous iteration's last micro-step, before the eval (karpathy/nanoGPT's train.py),
+    so a run prints nanoGPT's losses. learning_rate=0 keeps the weights at their init, so each logged
+    loss is the init model's on the batches recomputed here."""
+    out = str(workdir / 'out-order')
+    run('train.py', TINY + [f'--out_dir={out}', '--max_iters=2', '--eval_interval=1', '--eval_iters=2',
+                            '--learning_rate=0.0', '--min_lr=0.0'], workdir)
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=65))
+    data = {split: np.fromfile(workdir / 'data' / 'tiny' / f'{split}.bin', dtype=np.uint16).astype(np.int64)
+            for split in ('train', 'val')}
+
+    def loss(split):  # the loss of the init model on the next batch of the stream (train.py's get_batch)
+        ix = torch.randint(len(data[split]) - 32, (8,))
+        x = torch.stack([torch.from_numpy(data[split][i:i + 32]) for i in ix])
+        y = torch.stack([torch.from_numpy(data[split][i + 1:i + 33]) for i in ix])
+        with torch.no_grad():
+            return model(x, y)[1].item()
+
+    first = loss('train')
+    expected_train, expected_val = {}, {}
+    for it in range(3):
+        evals = {split: np.mean([loss(split) for _ in range(2)]) for split in ('train', 'val')}
+        expected_val[it] = evals['val']
+        if it < 2:  # accumulation 2: this iteration's first (prefetched) batch, then its second
+            second = loss('train')
+            expected_train[it], first = (first + second) / 2, loss('train')
+    logged_train, logged_val = losses(out), losses(out, 'val/loss')
+    assert sorted(logged_train) == [0, 1] and sorted(logged_val) == [0, 1, 2]
+    for it in expected_train:
+        assert logged_train[it] == pytest.approx(expected_train[it], abs=1e-4), it
+    for it in expected_val:
+        assert logged_val[it] == pytest.approx(expected_val[it], abs=1e-4), it
+
+
 def test_eval_only_of_a_resumed_checkpoint_evaluates_once_and_trains_nothing(workdir):
     """eval_only=True evaluates at the start and exits, also with init_from='resume' at an iteration
     that is not a multiple of eval_interval (nanoGPT's `iter_num == 0 and eval_only` test never fires
@@ -195,12 +232,14 @@ def test_a_checkpoint_in_torchs_old_format_resumes(workdir):
 def test_best_pt_is_always_this_runs(workdir):
     """best.pt is the lowest val loss among this run's evals after its start: a new run in an out_dir
     holding an earlier run's best.pt replaces it even when no eval beats its own start (here
-    learning_rate=0: every eval equals the start's); a resumed run keeps the best of the whole run."""
+    learning_rate=10: every eval is worse than the start's); a resumed run keeps the best of the whole run."""
     base = TINY + ['--out_dir=out-best', '--max_iters=4', '--eval_interval=2']
     run('train.py', base, workdir)  # an earlier run, n_embd=32
-    run('train.py', base + ['--n_embd=16', '--learning_rate=0.0', '--min_lr=0.0'], workdir)
+    run('train.py', base + ['--n_embd=16', '--learning_rate=10.0', '--decay_lr=False'], workdir)
+    val = losses(str(workdir / 'out-best'), 'val/loss')
+    assert val[2] > val[0] and val[4] > val[0]  # no eval beats the start
     best = torch.load(workdir / 'out-best' / 'best.pt', weights_only=False)
-    assert best['model_args']['n_embd'] == 16 and best['iter_num'] == 2  # the first eval after the start
+    assert best['model_args']['n_embd'] == 16 and best['iter_num'] == min((2, 4), key=lambda i: val[i])
     run('train.py', TINY + ['--out_dir=out-best2', '--max_iters=4', '--eval_interval=2'], workdir)
     val = losses(str(workdir / 'out-best2'), 'val/loss')
     run('train.py', TINY + ['--out_dir=out-best2', '--max_iters=8', '--eval_interval=2', '--init_from=resume',
