@@ -493,13 +493,16 @@ def check_tokenizer_vocab(tokenizer, vocab_size, source):
                         f"char-level tokenizer (a model of GPT-2's vocabulary? its tokenizer is 'gpt2')")
 
 
-def make_out_dir(out_dir):
+def make_out_dir(out_dir, resume=False):
     """Create out_dir (and its parents) if needed; one line, not a traceback, when it cannot be
-    (a file there, a file on the way, no permission)."""
+    (a file there, a file on the way, no permission). resume=True (init_from='resume'): it must
+    exist already, and a missing one is an error that creates nothing."""
     if os.path.isdir(out_dir):
         return
     if os.path.exists(out_dir):
         raise UserError(f"out_dir {out_dir} is a file, not a directory")
+    if resume:
+        raise UserError(f"init_from='resume' but out_dir {out_dir} does not exist: nothing to resume")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:

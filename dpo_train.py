@@ -133,7 +133,7 @@ device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 if master_process:
     print_config(config)
-    make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
+    make_out_dir(out_dir, resume=init_from == 'resume')  # one line, not a traceback, when out_dir is a file
 if truncation not in ('left', 'drop'):
     raise UserError(f"truncation must be 'left' or 'drop', got {truncation!r}")
 if ref_dtype not in ('float32', 'bfloat16'):

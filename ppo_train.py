@@ -169,7 +169,7 @@ if advantage_estimator == 'grpo' and not kl_in_loss and kl_coef > 0:
 device, device_type, dtype, ctx = setup_device(device, dtype)
 plan_memory(__file__, config, device, check_memory)  # before any model is loaded
 print_config(config)
-make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
+make_out_dir(out_dir, resume=init_from == 'resume')  # one line, not a traceback, when out_dir is a file
 torch.manual_seed(seed)
 tokenizer = get_tokenizer(tokenizer, strict=True)
 eos = tokenizer.eot_token

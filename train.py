@@ -125,7 +125,7 @@ if init_from == 'resume':  # a resumed run keeps the checkpoint's block_size: it
     block_size = checkpoint_model_args(os.path.join(out_dir, 'ckpt.pt'))['block_size']
 if master_process:
     print_config(config)
-    make_out_dir(out_dir)  # one line, not a traceback, when out_dir is a file
+    make_out_dir(out_dir, resume=init_from == 'resume')  # one line, not a traceback, when out_dir is a file
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if sft_data and tokens_per_batch > 0:  # token-budget micro-batches: at most tokens_per_batch tokens each
     tokens_per_iter = gradient_accumulation_steps * ddp_world_size * tokens_per_batch

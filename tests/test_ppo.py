@@ -261,6 +261,9 @@ def test_ppo_bad_inputs_fail_before_work(tiny, tmp_path):
               "error: kl_estimator='k4': only 'k1' (log pi - log pi_ref) belongs in the reward")
     ppo_fails(tiny, tmp_path, ['--out_dir=prompts.jsonl', '--max_iters=1'],  # a FileExistsError traceback
               'error: out_dir prompts.jsonl is a file, not a directory')
+    ppo_fails(tiny, tmp_path, ['--out_dir=gone', '--init_from=resume', '--max_iters=1'],  # it made an empty gone/
+              "error: init_from='resume' but out_dir gone does not exist: nothing to resume")
+    assert not os.path.exists(tmp_path / 'gone')
 
 
 def test_the_kl_penalty_in_the_reward_is_k1_and_grpo_keeps_it_out_of_the_std_normalisation(tiny, tmp_path):

@@ -400,4 +400,10 @@ def test_an_out_dir_that_is_a_file_is_one_line(tmp_path):
             err = p.stderr.strip().splitlines()
             assert p.returncode != 0 and 'Traceback' not in p.stderr, (script, p.stderr[-2000:])
             assert err[-1].startswith(f'error: out_dir {out} {message}'), (script, err[-1])
+        # resuming from an out_dir that does not exist: one line, and no empty out_dir left behind
+        p = run_python([sys.executable, os.path.join(ROOT, script), *args, '--out_dir=gone', '--init_from=resume'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0 and p.stderr.strip().splitlines()[-1] == \
+            "error: init_from='resume' but out_dir gone does not exist: nothing to resume", (script, p.stderr[-2000:])
+        assert not os.path.exists(tmp_path / 'gone')
     assert (tmp_path / 'pref.jsonl').read_bytes() == before
