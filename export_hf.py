@@ -168,6 +168,12 @@ for k, v in hf.state_dict().items():
         raise UserError(f"{ckpt}: no weight for HF's {k}")
 hf.load_state_dict(sd, strict=True)
 hf.to({'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]).eval()
+# never export NaN/inf weights (a diverged run, or float16's overflow past 65504), verify or not:
+# --verify=False skips only the comparison below, and NaN logits would not be caught without it
+bad = [k for k, v in hf.state_dict().items() if not torch.isfinite(v).all()]
+if bad:
+    raise UserError(f"{ckpt} has non-finite (NaN/inf) weights in {dtype} ({len(bad)} tensor(s), first {bad[0]}); "
+                    f"nothing exported, {export_dir} is left as it was")
 if kind == 'policy' and gpt2_bpe:
     hf.generation_config.pad_token_id = EOT  # generate pads finished rows with EOS, as model.generate
 hf.save_pretrained(tmp_dir)

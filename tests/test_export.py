@@ -341,6 +341,23 @@ def test_a_failed_export_leaves_the_previous_export_untouched(policy_export, tmp
     assert siblings(ex) == []
 
 
+@pytest.mark.parametrize('weight, dtype', [(float('nan'), 'float32'), (1e6, 'float16')])
+def test_verify_false_still_refuses_nonfinite_weights(tmp_path, weight, dtype):
+    """--verify=False exported a NaN model (before: exit 0, model.safetensors written; the only
+    finiteness check was verify's). NaN weights, or finite ones that overflow float16, are a one-line
+    error before anything is written."""
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = weight
+    os.makedirs(tmp_path / 'run')  # torch.save: save_checkpoint itself refuses NaN weights
+    torch.save({'model': model.state_dict(), 'model_args': asdict(model.config)}, tmp_path / 'run' / 'ckpt.pt')
+    r = export(f'--ckpt={tmp_path / "run"}', f'--export_dir={tmp_path / "hf"}', f'--dtype={dtype}', '--verify=False')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'non-finite' in last and 'mlp.c_fc.weight' in last, r.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ['run']  # no export_dir, no leftover .tmp-<pid>
+
+
 def test_export_dir_that_is_a_file_or_holds_other_files_is_refused(tmp_path):
     """Nothing written, nothing deleted: a file (before: a NotADirectoryError traceback after
     'saved ... to afile'), a directory of other files (before: exported into, mixed with them; now
