@@ -209,10 +209,15 @@ def prompt_text(record, where):
         return record['prompt']
     if 'messages' in record:  # the dialogue before the assistant's answer (an SFT record's ends with one)
         messages = record['messages']
-        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
-                and messages[-1].get('role') == 'assistant':
+        ends_with_answer = isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) \
+            and messages[-1].get('role') == 'assistant'
+        if not isinstance(messages, list) or len(messages) == ends_with_answer:  # [] or only the answer: the
+            # prompt would be a bare "\n\nAssistant:", a question nobody asked
+            raise UserError(f"{where}: 'messages' needs a list with at least one message before the assistant's "
+                            f"answer (the prompt), got {str(messages)[:80]}")
+        if ends_with_answer:
             return render_chat(messages, where)[0]
-        return render_chat(list(messages) + [{'role': 'assistant', 'content': ''}], where)[0]
+        return render_chat(messages + [{'role': 'assistant', 'content': ''}], where)[0]
     return preference_triple(record, where)[0]
 
 

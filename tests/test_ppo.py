@@ -175,6 +175,23 @@ def test_prompt_of_each_record_shape_excludes_the_response():
     assert prompt_text({'messages': [hi, {'role': 'assistant', 'content': 'Hello'}]}, 'r') == expected
 
 
+def test_a_messages_record_with_no_dialogue_before_the_answer_is_one_line(tmp_path):
+    """{"messages": []} (or only the assistant's answer) was accepted as the prompt "\n\nAssistant:",
+    and {"messages": null} was a TypeError traceback; each is now a one-line error naming the file
+    and record, before any model is loaded."""
+    from common import UserError
+    prompt_text = load_definitions(os.path.join(ROOT, 'ppo_train.py'), 'prompt_text').prompt_text
+    for messages in ([], [{'role': 'assistant', 'content': 'Hello'}], None):
+        with pytest.raises(UserError, match="p.jsonl: record 3: 'messages' needs a list with at least one message"):
+            prompt_text({'messages': messages}, 'p.jsonl: record 3')
+    (tmp_path / 'empty_chat.jsonl').write_text(json.dumps({'prompt': 'Hi'}) + '\n' + json.dumps({'messages': []}))
+    p = run_ppo(None, tmp_path, ['--prompt_data=empty_chat.jsonl', '--max_iters=1'])
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == (
+        "error: empty_chat.jsonl: record 1: 'messages' needs a list with at least one message before the "
+        "assistant's answer (the prompt), got []"), p.stderr[-1500:]
+    assert 'Traceback' not in p.stderr
+
+
 def test_invariant_stops_training_at_another_temperature(tiny, tmp_path, monkeypatch):
     """The start-up invariant: when the training pass computes log-probs at a different
     temperature than sampling (here: response_forward patched to use 1.5x the temperature), the run
