@@ -1028,26 +1028,32 @@ def load_preference_pairs(source, split, tokenizer, block_size, truncation):
 # scoring with a reward model
 
 @torch.no_grad()
-def reward_example(tokenizer, prompt, response, block_size):
+def reward_example(tokenizer, prompt, response, block_size, cut_response=False):
     """A (prompt, response) text as score_texts scores it: tokenize_pair's (ids, n_prompt) of
-    prompt + response + EOS within block_size, the prompt cut from its left; a UserError when the
-    response does not fit with one prompt token."""
-    ex = tokenize_pair(tokenizer.encode(prompt), tokenizer.encode(response), tokenizer.eot_token, block_size - 1, 'left')
+    prompt + response + EOS within block_size, the prompt cut from its left. A response that does
+    not fit with one prompt token is a UserError, or with cut_response=True keeps its last
+    block_size - 2 tokens (the reward is read at its end: the whole text is cut from the left)."""
+    response_ids = tokenizer.encode(response)
+    if cut_response:
+        response_ids = response_ids[max(0, len(response_ids) - (block_size - 2)):]
+    ex = tokenize_pair(tokenizer.encode(prompt), response_ids, tokenizer.eot_token, block_size - 1, 'left')
     if ex is None:
-        raise UserError(f"a response of {len(tokenizer.encode(response))} tokens does not fit block_size={block_size}")
+        raise UserError(f"a response of {len(response_ids)} tokens does not fit block_size={block_size}")
     return ex
 
 
 @torch.no_grad()  # a scorer: no autograd graph, whoever calls it
-def score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx=nullcontext()):
+def score_texts(model, tokenizer, texts, block_size, batch_size, device, ctx=nullcontext(), cut_response=False):
     """Rewards (N,) of [(prompt, response), ...] texts under a value-head model: each scored as
     prompt + response + EOS (as reward_train.py trains it; the prompt is cut from its left to fit
-    block_size), right-padded, the value head read at each row's EOS. Puts the model in eval mode."""
+    block_size, and with cut_response=True a response too long alone too: see reward_example),
+    right-padded, the value head read at each row's EOS. Puts the model in eval mode."""
     from losses import gather_last
     model.eval()
     out = []
     for i in range(0, len(texts), batch_size):
-        examples = [reward_example(tokenizer, prompt, response, block_size) for prompt, response in texts[i:i + batch_size]]
+        examples = [reward_example(tokenizer, prompt, response, block_size, cut_response)
+                    for prompt, response in texts[i:i + batch_size]]
         ids, attention_mask, _ = pad_right(examples, tokenizer.eot_token, device)
         with ctx:
             values = model.value(model.trunk(ids))  # right padding: causal attention needs no mask
@@ -1064,7 +1070,8 @@ def reward_stats(model, tokenizer, texts, block_size, batch_size, device, ctx=nu
 class RewardModel:
     """A reward checkpoint of reward_train.py, loaded for scoring texts (PPO, sample.py). score()
     returns raw rewards, or (r - reward_mean) / reward_std with normalize=True. weights_dtype
-    'bfloat16' holds the frozen weights in bf16 (half the memory)."""
+    'bfloat16' holds the frozen weights in bf16 (half the memory). A response longer than the model's
+    block_size - 2 tokens is scored on its last block_size - 2 (after the prompt's last token), not refused."""
 
     def __init__(self, path, device='cpu', dtype='float32', batch_size=8, weights_dtype='float32'):
         from model import GPT
@@ -1082,8 +1089,10 @@ class RewardModel:
     def score(self, prompts, responses, normalize=False):
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        # cut_response: a response longer than the model's context (sample.py's long samples; in PPO, whose
+        # max_new_tokens is checked at start, a decoded response that re-encodes longer) keeps its end
         rewards = score_texts(self.model, self.tokenizer, list(zip(prompts, responses)),
-                              self.model.config.block_size, self.batch_size, self.device, self.ctx)
+                              self.model.config.block_size, self.batch_size, self.device, self.ctx, cut_response=True)
         return (rewards - self.mean) / self.std if normalize else rewards
 
 

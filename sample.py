@@ -107,7 +107,11 @@ with torch.no_grad(), ctx:
                 response = response[:response.index(eos_token_id)]
             print(tokenizer.decode(response if chat else row))
             if scorer is not None:  # scored as prompt + response + EOS, as the reward model was trained
+                text = tokenizer.decode(response)
                 cut = "" if ended or not chat else " (no EOS within max_new_tokens: scored as if it ended here)"
-                print(f"reward: {scorer.score([start], [tokenizer.decode(response)])[0].item():.4f}{cut}")
+                n_tokens, room = len(scorer.tokenizer.encode(text)), scorer.model.config.block_size - 2
+                if n_tokens > room:  # RewardModel keeps the end, where the reward is read (as in ppo_train.py)
+                    cut += f" (response of {n_tokens} tokens: scored on its last {room}, as many as fit the reward model)"
+                print(f"reward: {scorer.score([start], [text])[0].item():.4f}{cut}")
             print('---------------')
         done += n

@@ -427,3 +427,29 @@ def test_chat_prompt_from_a_file_is_the_typed_prompt(tmp_path):
     assert 'reward: ' in typed.stdout and from_file.stdout == typed.stdout
     # 4 tokens of a random model end without EOS: the score says it read a cut answer
     assert '(no EOS within max_new_tokens: scored as if it ended here)' in typed.stdout
+
+
+def test_score_of_a_response_longer_than_the_reward_model_keeps_its_end(tmp_path):
+    """sample.py --score with responses longer than the reward model's block_size (64 here) printed the
+    first sample, then stopped with 'a response of 100 tokens does not fit block_size=64'. Each sample is
+    now scored, as RewardModel scores it for PPO, on the prompt's last token + the response's last 62
+    tokens + EOS (the reward is read at the end), with a note saying so."""
+    model, ckpt = random_value_head_checkpoint(tmp_path)
+    p = run_python([sys.executable, os.path.join(ROOT, 'sample.py'), f'--init_from={ckpt}', f'--score={ckpt}',
+                    '--chat=True', '--start=Tell me a story', '--num_samples=2', '--max_new_tokens=100', '--device=cpu'],
+                   cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    note = f'note: {ckpt} has no reward normalisation stats; normalize=True uses mean 0, std 1\n'
+    assert p.stdout.startswith(note)  # (RewardModel's, on stdout before the samples)
+    samples = p.stdout[len(note):].split('\n---------------\n')[:-1]
+    assert len(samples) == 2
+    enc = GPT2Tokenizer()
+    last_prompt_token = enc.encode('\n\nHuman: Tell me a story\n\nAssistant:')[-1]
+    for sample in samples:
+        answer, reward = sample.rsplit('\nreward: ', 1)
+        n = len(enc.encode(answer))
+        assert n > 62 and f'(response of {n} tokens: scored on its last 62, as many as fit the reward model)' in reward
+        ids = torch.tensor([[last_prompt_token] + enc.encode(answer)[-62:] + [enc.eot_token]])  # (1, 64)
+        with torch.no_grad():
+            expected = model.value(model.trunk(ids))[0, -1].item()
+        assert abs(float(reward.split()[0]) - expected) < 1e-3, (reward, expected)
