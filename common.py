@@ -1110,9 +1110,10 @@ class HFRewardModel:
     every shorter text of a batch at its padding); a model whose config has none (HF scores the last
     token; or whose pad_token_id is no id of its vocabulary) is padded with an id that no text of the
     batch contains, so a text ending in EOS is scored at that EOS, as alone. normalize=True uses the reward_mean and reward_std of the model's
-    config.json (export_hf.py writes this project's there), mean 0 and std 1 where it has none."""
+    config.json (export_hf.py writes this project's there), mean 0 and std 1 where it has none. The model
+    runs in weights_dtype with autocast off, also when score() is called under the policy's autocast."""
 
-    def __init__(self, name_or_path, device='cpu', dtype='float32', batch_size=8, template='', weights_dtype='float32'):
+    def __init__(self, name_or_path, device='cpu', batch_size=8, template='', weights_dtype='float32'):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy, only when used
         if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, 'config.json')):
             raise UserError(f"reward_model {name_or_path} is a directory without a Hugging Face config.json "
@@ -1150,8 +1151,10 @@ class HFRewardModel:
                             f"config tells its max length; set model_max_length in its tokenizer_config.json")
         self.max_length = min(limits)
         self.model.to(device=device, dtype=PTDTYPE[weights_dtype]).eval()
+        # autocast off, whoever calls: the model computes in its own weights_dtype, not the policy's (the
+        # policy's bf16 autocast rounded a float32 reward model's scores to bf16)
+        self.no_autocast = torch.autocast(torch.device(device).type, enabled=False)
         self.device, self.batch_size, self.template = device, batch_size, template
-        self.ctx = autocast_context('cuda' if device.startswith('cuda') else device, dtype)
 
     def encode(self, prompts, responses):
         """The model's inputs for a batch of texts: input_ids, attention_mask (and token_type_ids)."""
@@ -1195,7 +1198,7 @@ class HFRewardModel:
                 lengths = inputs['attention_mask'].sum(1).tolist()
                 batches = [{k: v[j:j + 1, :n] for k, v in inputs.items()} for j, n in enumerate(lengths)]
             for x in batches:
-                with self.ctx:
+                with self.no_autocast:
                     out.append(self.model(**{k: v.to(self.device) for k, v in x.items()}).logits[:, 0].float().cpu())
         rewards = torch.cat(out) if out else torch.zeros(0)
         return (rewards - self.mean) / self.std if normalize else rewards

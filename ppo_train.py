@@ -186,8 +186,9 @@ if reward_fn:
 else:
     if reward_model.endswith('.pt') and not os.path.exists(reward_model):
         raise UserError(f"reward_model {reward_model} not found (train one with reward_train.py, or set reward_fn)")
-    where = dict(device=resolve_device(reward_device) if reward_device else device, dtype=dtype, weights_dtype=reward_dtype)
-    scorer = RewardModel(reward_model, **where) if reward_model.endswith('.pt') \
+    where = dict(device=resolve_device(reward_device) if reward_device else device, weights_dtype=reward_dtype)
+    # an HF model runs in its own dtype (reward_dtype), outside the policy's autocast
+    scorer = RewardModel(reward_model, dtype=dtype, **where) if reward_model.endswith('.pt') \
         else HFRewardModel(reward_model, template=reward_template, **where)
     score_fn = lambda prompts, responses: scorer.score(prompts, responses, normalize=normalize_reward).tolist()
     if isinstance(scorer, RewardModel) and max_new_tokens + 2 > scorer.model.config.block_size:  # + EOS, + a prompt token

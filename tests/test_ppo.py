@@ -502,6 +502,24 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
         rm.score(['a'], [' '.join(words)])
 
 
+def test_hf_reward_model_runs_in_its_own_dtype_outside_the_policys_autocast(hf_rm):
+    """ppo_train.py gave HFRewardModel the policy's dtype and it ran the model under that autocast (bf16 on a
+    recent GPU), so a float32 reward model's scores carried bf16 rounding. It now runs in its own dtype
+    (reward_dtype) with autocast off, also when called under one: under a bf16 autocast (the CPU's here, as
+    CUDA's in a run) a float32 model scores exactly as alone in float32, a bf16 one as alone in bf16."""
+    from transformers import AutoModelForSequenceClassification
+    from common import HFRewardModel
+    prompts, responses = ['once upon a time', 'the cat sat on the mat 3', 'a'], [' yes good', ' no', ' the cat']
+    for weights_dtype, dt in (('float32', torch.float32), ('bfloat16', torch.bfloat16)):
+        rm = HFRewardModel(str(hf_rm / 'bert'), batch_size=3, weights_dtype=weights_dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(hf_rm / 'bert').to(dt).eval()
+        with torch.no_grad():
+            alone = model(**rm.encode(prompts, responses)).logits[:, 0].float()
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # the policy's
+            got = rm.score(prompts, responses)
+        assert torch.equal(got, alone), (weights_dtype, got, alone)
+
+
 def test_hf_reward_model_scores_a_text_ending_in_eos_at_that_eos(hf_rm):
     """A GPT-2-style classifier whose config names no pad token is scored by HF at a text's last token
     (alone, batch 1). HFRewardModel pads such a batch with EOS; HF pools at the rightmost token that is
