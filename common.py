@@ -1104,7 +1104,8 @@ class HFRewardModel:
     template such as '{prompt}{response}' as that one text. The reward is logits[:, 0]; a model
     with num_labels > 1 is refused (which label would be the reward is the model's business).
     Batches are right-padded with an attention mask; a pair longer than the model's max length
-    loses the start of its prompt (of the whole text with a template). The padding positions hold
+    loses the start of its prompt (of the whole text with a template; a response too long alone
+    keeps its end, see _tokenize). The padding positions hold
     the config's pad_token_id, whatever the tokenizer pads with (HF's decoder classifiers score the
     rightmost token that is not that id: padding with another one, e.g. a tokenizer's EOS, scored
     every shorter text of a batch at its padding); a model whose config has none (HF scores the last
@@ -1155,6 +1156,7 @@ class HFRewardModel:
         # policy's bf16 autocast rounded a float32 reward model's scores to bf16)
         self.no_autocast = torch.autocast(torch.device(device).type, enabled=False)
         self.device, self.batch_size, self.template = device, batch_size, template
+        self.noted_cut = False  # _note_cut's: once per model
 
     def encode(self, prompts, responses):
         """The model's inputs for a batch of texts: input_ids, attention_mask (and token_type_ids)."""
@@ -1169,22 +1171,37 @@ class HFRewardModel:
         return inputs
 
     def _tokenize(self, prompts, responses):
+        # Too long a text loses tokens from the left (truncation_side='left'): the reward is read at the
+        # end, so the end of the response is kept. A response too long on its own keeps its end too,
+        # rather than stopping a PPO run mid-way (the policy's max_new_tokens GPT-2 tokens can be any
+        # number of this tokenizer's), with a note the first time
         tok = self.tokenizer
-        if self.template:  # the template around a response, without its prompt, must fit
-            longest = max(map(len, tok([self.template.format(prompt='', response=r) for r in responses])['input_ids']))
-            if longest > self.max_length:
-                raise UserError(f"a response of {longest} reward-model tokens (in the template, with special "
-                                f"tokens) does not fit its max length {self.max_length}; lower max_new_tokens")
+        if self.template:  # one text, cut from its left: the prompt's start, then the response's
+            longest = max(map(len, tok([self.template.format(prompt='', response=r) for r in responses],
+                                       verbose=False)['input_ids']))  # (measured: no too-long warning)
+            self._note_cut(longest, longest > self.max_length)
             texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
             return tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors='pt')
-        # what only_first can free, keeping one prompt token (a prompt cut to none is a tokenizer error)
+        # a pair: only_first cuts the prompt's start, keeping the whole response when it fits with one
+        # prompt token (a prompt cut to none is a tokenizer error); a longer response is cut by HF's
+        # 'longest_first' (what truncation=True does for a pair in TRL and HF's pipelines): the longer of
+        # the two first, each from its start, down to half the room each
         room = self.max_length - tok.num_special_tokens_to_add(pair=True) - 1
-        longest = max(len(ids) for ids in tok(responses, add_special_tokens=False)['input_ids'])
-        if longest > room:
-            raise UserError(f"a response of {longest} reward-model tokens does not fit its max length "
-                            f"{self.max_length}; lower max_new_tokens")
-        return tok(prompts, responses, padding=True, truncation='only_first', max_length=self.max_length,
-                   return_tensors='pt')
+        lengths = [len(ids) for ids in tok(responses, add_special_tokens=False, verbose=False)['input_ids']]
+        self._note_cut(max(lengths), max(lengths) > room)
+        if max(lengths) <= room:
+            return tok(prompts, responses, padding=True, truncation='only_first', max_length=self.max_length,
+                       return_tensors='pt')
+        rows = [tok(p, r, truncation='only_first' if n <= room else 'longest_first', max_length=self.max_length)
+                for p, r, n in zip(prompts, responses, lengths)]
+        return tok.pad(rows, padding=True, return_tensors='pt')
+
+    def _note_cut(self, n_tokens, cut):
+        if cut and not self.noted_cut:
+            self.noted_cut = True
+            print0(f"note: a response of {n_tokens} reward-model tokens is longer than the reward model's max "
+                   f"length {self.max_length} holds with its prompt: scored on its end (cut from the left); "
+                   f"noted once")
 
     @torch.no_grad()
     def score(self, prompts, responses, normalize=False):

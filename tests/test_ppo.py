@@ -492,14 +492,13 @@ def test_hf_reward_model_scores_as_the_model_does_alone(hf_rm):
         got16 = rm16.score(prompts, responses)
         assert torch.equal(got16, alone16)
     # 40 prompt words + [CLS] [SEP] 2 response words [SEP] = 45 > 32 tokens: the first 13 prompt words go
-    from common import UserError
     rm = HFRewardModel(str(hf_rm / 'bert'))
     words = [WORDS[5 + i * 7 % 23] for i in range(40)]
     long_score = rm.score([' '.join(words)], ['yes no'])
     torch.testing.assert_close(long_score, rm.score([' '.join(words[13:])], ['yes no']), atol=1e-6, rtol=0)
     assert (long_score - rm.score([' '.join(words[14:])], ['yes no'])).abs().item() > 1e-6  # 13 exactly
-    with pytest.raises(UserError, match='a response of 40 reward-model tokens does not fit its max length 32'):
-        rm.score(['a'], [' '.join(words)])
+    # a response of 40 words (it was a UserError): the prompt and the response's last 28 words
+    torch.testing.assert_close(rm.score(['a'], [' '.join(words)]), rm.score(['a'], [' '.join(words[12:])]), atol=1e-6, rtol=0)
 
 
 def test_hf_reward_model_runs_in_its_own_dtype_outside_the_policys_autocast(hf_rm):
@@ -597,20 +596,27 @@ def test_hf_reward_model_without_a_free_pad_id_scores_one_text_at_a_time(tmp_pat
 def test_hf_reward_model_response_that_fills_the_max_length(hf_rm):
     """Pair mode: a response that leaves no room for a single prompt token (29 words + [CLS] [SEP] [SEP]
     = 32 = max length) passed the length check, and the fast tokenizer then raised 'Truncation error:
-    Sequence to truncate too short' in the middle of a run; it is a UserError before tokenising, and
-    28 words (one prompt token left) score. With a template the check was missing: a response longer
-    than the max length was silently scored with its start and the whole prompt cut off."""
-    from common import HFRewardModel, UserError
+    Sequence to truncate too short' in the middle of a run; then it was a UserError, which still stopped
+    PPO mid-run. Such a response now keeps its end (the reward is read there): a pair is cut by HF's
+    'longest_first' (the longer part first, from its start: here the response loses its first 3 words),
+    a template's text from its left (here the prompt and the response's first word or three), with a
+    note the first time. 28 words (one prompt token left) keep 'only_first': the whole response."""
+    from transformers import AutoModelForSequenceClassification
+    from common import HFRewardModel
     words = [WORDS[5 + i * 7 % 23] for i in range(40)]
     rm = HFRewardModel(str(hf_rm / 'bert'))
     assert rm.score(['once upon a'], [' '.join(words[:28])]).shape == (1,)
-    with pytest.raises(UserError, match='a response of 29 reward-model tokens does not fit'):
-        rm.score(['once upon a'], [' '.join(words[:29])])
-    for arch, template in [('bert', '{prompt} | {response}'), ('gpt2', '{prompt}{response}')]:
+    torch.testing.assert_close(rm.score(['once upon a'], [' '.join(words[:29])]),
+                               rm.score(['once upon a'], [' '.join(words[3:29])]), atol=1e-6, rtol=0)
+    assert rm.noted_cut  # (the note: printed once per model)
+    for arch, template, kept in [('bert', '{prompt} | {response}', words[3:33]), ('gpt2', '{prompt}{response}', words[1:33])]:
         rm = HFRewardModel(str(hf_rm / arch), template=template)
         assert rm.score(['once upon a'], [' '.join(words[:25])]).shape == (1,)
-        with pytest.raises(UserError, match='does not fit its max length 32'):
-            rm.score(['once upon a'], [' '.join(words[:33])])
+        model = AutoModelForSequenceClassification.from_pretrained(hf_rm / arch).eval()
+        with torch.no_grad():  # the last 32 tokens of "once upon a ... w32" (bert: its [CLS] and [SEP] kept)
+            alone = model(**rm.tokenizer(' '.join(kept), return_tensors='pt')).logits[:, 0]
+        assert rm.tokenizer(' '.join(kept), return_tensors='pt')['input_ids'].shape == (1, 32)
+        torch.testing.assert_close(rm.score(['once upon a'], [' '.join(words[:33])]), alone, atol=1e-6, rtol=0)
 
 
 def test_hf_reward_model_errors(hf_rm, tmp_path):
@@ -637,6 +643,18 @@ def test_ppo_runs_with_a_hf_reward_model(tiny, hf_rm, tmp_path):
     assert all(abs(float(s['score'])) < 1e3 for s in samples)
     ppo_fails(tiny, tmp_path, ['--reward_fn=', f'--reward_model={tmp_path / "nope"}', '--max_iters=1'],
               'is not a loadable Hugging Face sequence-classification model')
+
+
+def test_ppo_scores_responses_longer_than_the_hf_reward_models_context(tiny, hf_rm, tmp_path):
+    """40 new GPT-2 tokens of a random policy are ~30 words of the HF reward model's word-level tokenizer,
+    more than its max length 32 holds with a prompt: PPO stopped with 'a response of 30 reward-model
+    tokens does not fit its max length 32' (at whichever rollout first had one). The response now keeps
+    its end, with a note, and the run goes on."""
+    p = run_ppo(tiny, tmp_path, ['--reward_fn=', f'--reward_model={hf_rm / "bert"}', '--batch_size=4',
+                                 '--mini_batch_size=4', '--max_iters=2', '--ppo_epochs=1', '--max_new_tokens=40'])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("reward-model tokens is longer than the reward model's max length 32") == 1
+    assert len(list(csv.DictReader(open(tmp_path / 'out' / 'log.csv')))) == 2
 
 
 def test_ppo_and_grpo_configs_parse():
