@@ -1183,18 +1183,33 @@ class HFRewardModel:
             texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
             return tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors='pt')
         # a pair: only_first cuts the prompt's start, keeping the whole response when it fits with one
-        # prompt token (a prompt cut to none is a tokenizer error); a longer response is cut by HF's
-        # 'longest_first' (what truncation=True does for a pair in TRL and HF's pipelines): the longer of
-        # the two first, each from its start, down to half the room each
+        # prompt token (a prompt cut to none is a tokenizer error); a longer response keeps its last
+        # `room` tokens after the prompt's last token, as RewardModel cuts a .pt's (not HF's
+        # 'longest_first', which would cut the response to about half the room, the prompt taking the rest)
         room = self.max_length - tok.num_special_tokens_to_add(pair=True) - 1
         lengths = [len(ids) for ids in tok(responses, add_special_tokens=False, verbose=False)['input_ids']]
         self._note_cut(max(lengths), max(lengths) > room)
         if max(lengths) <= room:
             return tok(prompts, responses, padding=True, truncation='only_first', max_length=self.max_length,
                        return_tensors='pt')
-        rows = [tok(p, r, truncation='only_first' if n <= room else 'longest_first', max_length=self.max_length)
+        rows = [tok(p, r, truncation='only_first', max_length=self.max_length) if n <= room else self._cut_pair(p, r, room)
                 for p, r, n in zip(prompts, responses, lengths)]
         return tok.pad(rows, padding=True, return_tensors='pt')
+
+    def _cut_pair(self, prompt, response, room):
+        """The pair (prompt's last token, response's last `room` tokens) with the tokenizer's special
+        tokens, built by its tokenizers backend (transformers 5 has no prepare_for_model)."""
+        backend = getattr(self.tokenizer, '_tokenizer', None)
+        if not hasattr(backend, 'post_process'):  # a tokenizer without a Rust backend: HF's own pair cut
+            return self.tokenizer(prompt, response, truncation='longest_first', max_length=self.max_length)
+        a, b = backend.encode(prompt, add_special_tokens=False), backend.encode(response, add_special_tokens=False)
+        a.truncate(1, direction='left')
+        b.truncate(room, direction='left')
+        enc = backend.post_process(a, b, add_special_tokens=True)
+        row = {'input_ids': enc.ids, 'attention_mask': enc.attention_mask}
+        if 'token_type_ids' in self.tokenizer.model_input_names:
+            row['token_type_ids'] = enc.type_ids
+        return row
 
     def _note_cut(self, n_tokens, cut):
         if cut and not self.noted_cut:

@@ -212,10 +212,12 @@ def prompt_text(record, where):
         messages = record['messages']
         ends_with_answer = isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) \
             and messages[-1].get('role') == 'assistant'
-        if not isinstance(messages, list) or len(messages) == ends_with_answer:  # [] or only the answer: the
-            # prompt would be a bare "\n\nAssistant:", a question nobody asked
-            raise UserError(f"{where}: 'messages' needs a list with at least one message before the assistant's "
-                            f"answer (the prompt), got {str(messages)[:80]}")
+        asked = isinstance(messages, list) and any(isinstance(m, dict) and m.get('role') != 'system'
+                                                   for m in messages[:len(messages) - ends_with_answer])
+        if not asked:  # [], only the answer or only a system message: the prompt would be a bare
+            # "\n\nAssistant:" (after the system text), a question nobody asked
+            raise UserError(f"{where}: 'messages' needs a list with at least one user message before the "
+                            f"assistant's answer (the prompt), got {str(messages)[:80]}")
         if ends_with_answer:
             return render_chat(messages, where)[0]
         return render_chat(messages + [{'role': 'assistant', 'content': ''}], where)[0]

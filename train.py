@@ -19,7 +19,8 @@ Departures from nanoGPT:
    resumed run continues the identical loss curve. The random numbers are nanoGPT's: one global
    stream seeded `seed` draws the weight init, the training batches (the next one prefetched
    during the last micro-step), dropout and the random eval batches, in nanoGPT's order, so a run
-   prints nanoGPT's losses for the same seed and config.
+   prints nanoGPT's eval losses for the same seed and config, and its per-iteration losses with
+   gradient_accumulation_steps=1 (with more, nanoGPT prints the last micro-batch's, this the mean).
 2. A NaN/inf loss stops the run before the optimizer step, with a message; no checkpoint is
    written with NaN weights, and checkpoint writes are atomic.
 3. ckpt.pt is always the last eval's state and best.pt the best one among this run's evals (the
@@ -276,7 +277,7 @@ if checkpoint is not None:
     if state is not None:
         if 'rng' in state:  # nanoGPT checkpoints have no RNG state: resume is then not exact
             set_rng_state(state['rng'])
-        if 'train_gen' in state:  # a checkpoint of an older train.py (batches from their own generator)
+        if 'train_gen' in state and not sft_data:  # an older train.py's (batches from their own generator)
             print0("note: the checkpoint is from an older train.py: the resumed run draws other batches")
         if sft_data and state.get('sft_loader'):
             sft_loader.load_state_dict(state['sft_loader'])

@@ -272,6 +272,31 @@ def test_reward_tokenizer_truncates_the_prompt_not_the_eos(reward_export):
             torch.testing.assert_close(hf(**batch).logits[:, 0], ours, atol=1e-4, rtol=0)
 
 
+def test_exported_reward_model_scores_a_too_long_response_as_the_checkpoint(reward_export):
+    """A response longer than block_size - 2 tokens: the checkpoint (RewardModel, as ppo_train.py and
+    sample.py --score use it) scores the prompt's last token + the response's last block_size - 2 tokens
+    + EOS; the export as ppo_train.py's reward_model in pair mode (the default) keeps the same tokens
+    (before: HF's 'longest_first', which left about half the response). A one-text template keeps
+    the text's last block_size - 1 tokens + EOS (the README says so)."""
+    from common import RewardModel
+    model, run_dir, path = reward_export
+    enc = GPT2Tokenizer()
+    prompt = "\n\nHuman: " + " ".join(f"p{i}" for i in range(20)) + "?\n\nAssistant:"
+    response = " " + " ".join(f"w{i}" for i in range(40))  # 80 tokens > 62
+    ids = enc.encode(response)
+    assert len(ids) > 62 and len(enc.encode(prompt)) > 20
+    pt = RewardModel(os.path.join(run_dir, 'ckpt.pt')).score([prompt], [response])
+    with torch.no_grad():  # the value head at the EOS of exactly those 64 tokens
+        kept = torch.tensor([enc.encode(prompt)[-1:] + ids[-62:] + [50256]])
+        expected = model.value(model.trunk(kept))[0, -1]
+    torch.testing.assert_close(pt, expected.view(1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(HFRewardModel(path).score([prompt], [response]), pt, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        text_end = model.value(model.trunk(torch.tensor([enc.encode(prompt + response)[-63:] + [50256]])))[0, -1]
+    torch.testing.assert_close(HFRewardModel(path, template='{prompt}{response}').score([prompt], [response]),
+                               text_end.view(1), atol=1e-4, rtol=0)
+
+
 def test_value_head_checkpoint_without_reward_stats_exports_as_policy(reward_export, tmp_path):
     """kind='auto': a value head alone (PPO's shared critic) is a policy; --kind=reward forces it."""
     model, _, _ = reward_export

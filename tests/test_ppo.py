@@ -176,18 +176,21 @@ def test_prompt_of_each_record_shape_excludes_the_response():
 
 
 def test_a_messages_record_with_no_dialogue_before_the_answer_is_one_line(tmp_path):
-    """{"messages": []} (or only the assistant's answer) was accepted as the prompt "\n\nAssistant:",
-    and {"messages": null} was a TypeError traceback; each is now a one-line error naming the file
-    and record, before any model is loaded."""
+    """{"messages": []} (or only the assistant's answer, or only a system message) was accepted as the
+    prompt "\n\nAssistant:" (after the system text), and {"messages": null} was a TypeError traceback;
+    each is now a one-line error naming the file and record, before any model is loaded."""
     from common import UserError
     prompt_text = load_definitions(os.path.join(ROOT, 'ppo_train.py'), 'prompt_text').prompt_text
-    for messages in ([], [{'role': 'assistant', 'content': 'Hello'}], None):
-        with pytest.raises(UserError, match="p.jsonl: record 3: 'messages' needs a list with at least one message"):
+    system = {'role': 'system', 'content': 'Be kind.'}
+    for messages in ([], [{'role': 'assistant', 'content': 'Hello'}], None, [system],
+                     [system, {'role': 'assistant', 'content': 'Hello'}]):
+        with pytest.raises(UserError, match="p.jsonl: record 3: 'messages' needs a list with at least one user message"):
             prompt_text({'messages': messages}, 'p.jsonl: record 3')
+    assert prompt_text({'messages': [system, {'role': 'user', 'content': 'Hi'}]}, 'r').endswith('Assistant:')
     (tmp_path / 'empty_chat.jsonl').write_text(json.dumps({'prompt': 'Hi'}) + '\n' + json.dumps({'messages': []}))
     p = run_ppo(None, tmp_path, ['--prompt_data=empty_chat.jsonl', '--max_iters=1'])
     assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == (
-        "error: empty_chat.jsonl: record 1: 'messages' needs a list with at least one message before the "
+        "error: empty_chat.jsonl: record 1: 'messages' needs a list with at least one user message before the "
         "assistant's answer (the prompt), got []"), p.stderr[-1500:]
     assert 'Traceback' not in p.stderr
 
@@ -597,17 +600,25 @@ def test_hf_reward_model_response_that_fills_the_max_length(hf_rm):
     """Pair mode: a response that leaves no room for a single prompt token (29 words + [CLS] [SEP] [SEP]
     = 32 = max length) passed the length check, and the fast tokenizer then raised 'Truncation error:
     Sequence to truncate too short' in the middle of a run; then it was a UserError, which still stopped
-    PPO mid-run. Such a response now keeps its end (the reward is read there): a pair is cut by HF's
-    'longest_first' (the longer part first, from its start: here the response loses its first 3 words),
-    a template's text from its left (here the prompt and the response's first word or three), with a
-    note the first time. 28 words (one prompt token left) keep 'only_first': the whole response."""
+    PPO mid-run. Such a response now keeps its end (the reward is read there): a pair keeps the prompt's
+    last token and the response's last 28 (as RewardModel cuts a .pt's; HF's 'longest_first' left about
+    half the response to a long prompt), a template's text is cut from its left (here the prompt and the
+    response's first word or three), with a note the first time. 28 words (one prompt token left) keep
+    'only_first': the whole response."""
     from transformers import AutoModelForSequenceClassification
     from common import HFRewardModel
-    words = [WORDS[5 + i * 7 % 23] for i in range(40)]
+    words = [WORDS[5 + i * 7 % 23] for i in range(60)]
     rm = HFRewardModel(str(hf_rm / 'bert'))
+    model = AutoModelForSequenceClassification.from_pretrained(hf_rm / 'bert').eval()
     assert rm.score(['once upon a'], [' '.join(words[:28])]).shape == (1,)
-    torch.testing.assert_close(rm.score(['once upon a'], [' '.join(words[:29])]),
-                               rm.score(['once upon a'], [' '.join(words[3:29])]), atol=1e-6, rtol=0)
+    for prompt in ('once upon a', ' '.join(words[30:50])):  # a short prompt and one of 20 words
+        cut = rm.encode([prompt], [' '.join(words[:29])])
+        kept = rm.tokenizer(prompt.split()[-1], ' '.join(words[1:29]), return_tensors='pt')
+        assert set(cut) == set(kept) and cut['input_ids'].shape == (1, 32)
+        assert all(cut[k].tolist() == kept[k].tolist() for k in kept), {k: (cut[k], kept[k]) for k in kept}
+        with torch.no_grad():
+            alone = model(**kept).logits[:, 0]
+        torch.testing.assert_close(rm.score([prompt], [' '.join(words[:29])]), alone, atol=1e-6, rtol=0)
     assert rm.noted_cut  # (the note: printed once per model)
     for arch, template, kept in [('bert', '{prompt} | {response}', words[3:33]), ('gpt2', '{prompt}{response}', words[1:33])]:
         rm = HFRewardModel(str(hf_rm / arch), template=template)

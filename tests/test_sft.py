@@ -383,6 +383,26 @@ def test_sft_resume_continues_the_identical_curve(tmp_path):
     assert len(curve('a')) == 12 and curve('a') == curve('b')  # the batch order resumed mid-epoch, exactly
 
 
+def test_an_sft_checkpoint_of_the_older_train_py_resumes_exactly_without_a_note(tmp_path):
+    """train.py before 2026-11-28 also saved 'train_gen' (its pretraining batch generator); an SFT
+    checkpoint's batches come from its sft_loader and its dropout from 'rng', both restored, so it
+    resumes exactly and gets no 'draws other batches' note (it got one)."""
+    data = tmp_path / 'sft.jsonl'
+    data.write_text('\n'.join(json.dumps(r) for r in synthetic_records()))
+    base = SFT_TINY + [f'--sft_data={data}', '--lr_decay_iters=8', '--eval_interval=4', '--dropout=0.1']
+    for args in ([f'--out_dir={tmp_path / "a"}', '--max_iters=8'], [f'--out_dir={tmp_path / "b"}', '--max_iters=4']):
+        assert run_train(base + args, tmp_path).returncode == 0
+    ckpt = torch.load(tmp_path / 'b' / 'ckpt.pt', weights_only=False)
+    ckpt['train_gen'] = torch.Generator().get_state()
+    torch.save(ckpt, tmp_path / 'b' / 'ckpt.pt')
+    p = run_train(base + [f'--out_dir={tmp_path / "b"}', '--max_iters=8', '--init_from=resume'], tmp_path, fresh=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import csv
+    curve = lambda d: [r['train/loss_step'] for r in csv.DictReader(open(tmp_path / d / 'log.csv')) if r['train/loss_step']]
+    assert len(curve('a')) == 8 and curve('a') == curve('b')
+    assert 'draws other batches' not in p.stdout + p.stderr
+
+
 def random_value_head_checkpoint(tmp_path):
     """(model, path): a 1-layer GPT with GPT-2's vocabulary and a value head, weights N(0, 1) so
     its tokens and scores depend strongly on its input, saved as this project's checkpoint."""

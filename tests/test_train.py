@@ -121,6 +121,20 @@ def test_batches_come_in_nanogpts_order(workdir):
         assert logged_val[it] == pytest.approx(expected_val[it], abs=1e-4), it
 
 
+def test_a_checkpoint_of_the_older_train_py_resumes_with_a_note(workdir):
+    """A pretraining checkpoint of train.py before 2026-11-28 (its batches came from their own generator,
+    saved as 'train_gen') resumes, with a note that the batches differ from the run it continues."""
+    out = str(workdir / 'out-older')
+    run('train.py', TINY + [f'--out_dir={out}', '--max_iters=2', '--eval_interval=2'], workdir)
+    path = os.path.join(out, 'ckpt.pt')
+    ckpt = torch.load(path, weights_only=False)
+    ckpt['train_gen'] = torch.Generator().get_state()
+    torch.save(ckpt, path)
+    p = run('train.py', TINY + [f'--out_dir={out}', '--max_iters=3', '--eval_interval=3', '--init_from=resume'], workdir)
+    assert 'note: the checkpoint is from an older train.py: the resumed run draws other batches' in p.stdout
+    assert torch.load(path, weights_only=False)['iter_num'] == 3
+
+
 def test_eval_only_of_a_resumed_checkpoint_evaluates_once_and_trains_nothing(workdir):
     """eval_only=True evaluates at the start and exits, also with init_from='resume' at an iteration
     that is not a multiple of eval_interval (nanoGPT's `iter_num == 0 and eval_only` test never fires
