@@ -143,12 +143,15 @@ def config_help(scope, keys):
     """--help: the usage line and every config key as its script defines it (default and comment)."""
     script = scope.get('__file__') or 'script.py'
     lines = {}
-    if os.path.isfile(script):
+    if os.path.isfile(script):  # each key's first module-level assignment (not a docstring line like 'key=...')
         with open(script, encoding='utf-8') as f:
-            for line in f:
-                name = line.split('=', 1)[0].strip()
-                if '=' in line and name in keys and not line[0].isspace() and name not in lines:
-                    lines[name] = line.rstrip()
+            source = f.read()
+        text = source.splitlines()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                name = node.targets[0].id
+                if name in keys and name not in lines:
+                    lines[name] = text[node.lineno - 1].rstrip()
     return (f"usage: python {os.path.basename(script)} [config/file.py ...] [--key=value ...]  (applied in order)\n"
             f"config keys (defaults):\n" + "\n".join('  ' + lines.get(k, f"{k} = {scope[k]!r}") for k in keys))
 

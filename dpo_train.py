@@ -253,6 +253,8 @@ def read_ref_cache(path, n_pairs):
         cache = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # one line of the reason (torch's can span several)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if 'weights_only' in reason:  # torch's advice to load it with weights_only=False: not for a cache
+            reason = f"{type(e).__name__}: not a file of tensors"
         return None, f"{path}: not a readable reference cache ({reason}); delete it to recompute"
     if not isinstance(cache, dict) or not isinstance(cache.get('logps'), torch.Tensor) \
             or not isinstance(cache.get('vocab_size'), int):

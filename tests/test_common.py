@@ -365,7 +365,10 @@ def test_help_lists_every_key_as_the_script_defines_it(tmp_path, capsys):
     """--help (or -h) prints the usage and each config key's line of the script, its default and
     comment, and exits 0 (it was 'error: --help: flags are written --key=value')."""
     script = tmp_path / 'x.py'
-    script.write_text("import os\nmax_iters = 100   # steps\nout_dir = 'out'\n")
+    # a docstring line that reads like an assignment is not the key's line (it was: sample.py's and
+    # dpo_train.py's --help showed one, dpo_train.py's with the opposite default)
+    script.write_text('"""\nout_dir=\'elsewhere\' is read by ...\n"""\nimport os\nmax_iters = 100   # steps\n'
+                      "out_dir = 'out'\n")
     scope = {'__file__': str(script), 'os': os, 'max_iters': 100, 'out_dir': 'out'}
     for flag in ('--help', '-h'):
         with pytest.raises(SystemExit) as e:

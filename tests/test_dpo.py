@@ -391,6 +391,8 @@ def test_a_cache_that_cannot_be_read_or_is_not_finite_is_one_line(dpo_dir, tmp_p
     good = path.read_bytes()
     cache = torch.load(path, weights_only=True)
     for damage, message in ((lambda: path.write_bytes(good[:100]), ': not a readable reference cache ('),
+                            (lambda: path.write_bytes(b'garbage\n'),  # not torch's 'weights_only=False' advice
+                             ': not a readable reference cache (UnpicklingError: not a file of tensors)'),
                             (lambda: torch.save({'logps': cache['logps']}, path), ": not a reference cache (no 'logps'"),
                             (lambda: torch.save({**cache, 'logps': cache['logps'] * float('nan')}, path),
                              ': the reference log-probs are not all finite')):
