@@ -110,8 +110,8 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import (GPT2Tokenizer, UserError, configure, make_optimizer, param_counts, plan_config,
-                    read_log, script_defaults, setup_device)
+from common import (GPT2Tokenizer, UserError, configure, make_optimizer, param_counts, plan_config, read_log,
+                    require_at_least, script_defaults, setup_device)
 from common import GiB as _GiB  # an int: a plain global here would be a config key of the default mode
 from model import GPT, IGNORE_INDEX, train_flops_per_token
 
@@ -119,14 +119,6 @@ from model import GPT, IGNORE_INDEX, train_flops_per_token
 # -----------------------------------------------------------------------------
 # --scripts: every training script run for a few iterations, in this process, as
 # `python <script> <config> --key=value ...` would run it; its own log.csv gives the speed
-
-def require_at_least(values, **minimums):
-    """One error line for a count below its minimum (threads=-1 was a RuntimeError traceback from
-    torch.set_num_threads, repeats=0 a table of 'ok' rows without numbers)."""
-    for name, low in minimums.items():
-        if not values[name] >= low:
-            raise UserError(f"{name}={values[name]!r} must be >= {low}")
-
 
 SCRIPT = dict(pretrain='train.py', sft='train.py', reward='reward_train.py', dpo='dpo_train.py',
               dpo_cached='dpo_train.py', ppo='ppo_train.py')  # entry -> its script, in the table's order

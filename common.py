@@ -56,6 +56,14 @@ def require_positive(config, *names):
             raise UserError(f"{name}={config[name]!r} must be > 0")
 
 
+def require_at_least(config, **minimums):
+    """A count whose minimum is not 1 (threads=0 means torch's default; bench.py's threads=-1 was a
+    RuntimeError traceback from torch.set_num_threads): one error line naming the key."""
+    for name, low in minimums.items():
+        if not config[name] >= low:
+            raise UserError(f"{name}={config[name]!r} must be >= {low}")
+
+
 def config_keys(scope):
     """The config of a script: its public module globals of plain types, in definition order;
     UPPER_CASE names are constants (e.g. model.IGNORE_INDEX imported by train.py), not config."""
@@ -147,11 +155,9 @@ def config_help(scope, keys):
         with open(script, encoding='utf-8') as f:
             source = f.read()
         text = source.splitlines()
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                name = node.targets[0].id
-                if name in keys and name not in lines:
-                    lines[name] = text[node.lineno - 1].rstrip()
+        for name, node in module_assignments(ast.parse(source)):
+            if name in keys and name not in lines:
+                lines[name] = text[node.lineno - 1].rstrip()
     return (f"usage: python {os.path.basename(script)} [config/file.py ...] [--key=value ...]  (applied in order)\n"
             f"config keys (defaults):\n" + "\n".join('  ' + lines.get(k, f"{k} = {scope[k]!r}") for k in keys))
 
@@ -550,17 +556,11 @@ class Logger:
 
     def _rewrite(self):
         """The whole CSV, written beside it and renamed over it: the old one or the new one, never half."""
-        os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, 'w', newline='') as f:
-                writer = csv.DictWriter(f, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(self.rows)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):  # a failed write: no half file left behind either
-                os.remove(tmp)
+        def write(f):
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        write_atomic(self.path, write)
         self.written = True
 
     def log(self, metrics, step):
@@ -1306,21 +1306,28 @@ def source_identity(source):
     return source
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file in the same directory, then rename: readers see the old
-    file or the whole new one, never half of one (also with two runs writing at once, and after a
-    power cut: the new file is on disk before the rename)."""
+def write_atomic(path, write, binary=False, fsync=False):
+    """write(f) into a temporary file in path's directory, then rename it to path: readers see the
+    old file or the whole new one, never half of one (also with two runs writing at once); a failed
+    write (a full disk) leaves no temporary file behind. fsync=True: the new file is on disk before
+    the rename (a power cut)."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, 'wb') if binary else open(tmp, 'w', newline='') as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):  # a failed write (a full disk): no half file left behind
+        if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_atomic(obj, path):
+    """torch.save, atomically and on disk before the rename (write_atomic)."""
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True, fsync=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1707,6 +1714,12 @@ def make_optimizer(param_groups, optimizer, lr, betas, device_type, fused=None, 
     raise UserError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}")
 
 
+def module_assignments(tree):
+    """(name, node) of each `name = value` at a module's top level, in order (what a config sets)."""
+    return [(node.targets[0].id, node) for node in tree.body if isinstance(node, ast.Assign)
+            and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)]
+
+
 def script_defaults(script):
     """The default config of a script (train.py, dpo_train.py...) without running it: the literal
     module-level assignments before its `configure(globals())` line, read with ast (and arithmetic
@@ -1714,15 +1727,13 @@ def script_defaults(script):
     with open(script) as f:
         tree = ast.parse(f.read(), script)
     scope = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and 'configure' in ast.unparse(node.value):
+    for name, node in module_assignments(tree):
+        if 'configure' in ast.unparse(node.value):  # config = configure(globals()): the defaults end here
             break
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:  # literals and arithmetic on them (5 * 8); anything else is not config
-                scope[node.targets[0].id] = eval(compile(ast.Expression(node.value), script, 'eval'),
-                                                 {'__builtins__': {}}, dict(scope))
-            except Exception:
-                continue
+        try:  # literals and arithmetic on them (5 * 8); anything else is not config
+            scope[name] = eval(compile(ast.Expression(node.value), script, 'eval'), {'__builtins__': {}}, dict(scope))
+        except Exception:
+            continue
     return scope
 
 
@@ -1897,9 +1908,7 @@ def plan_config(config_file, overrides=(), script=None):
                 tree = ast.parse(f.read(), config_file)
         except SyntaxError as e:
             raise UserError(f"{config_file}, line {e.lineno}: syntax error: {e.msg}") from None
-        names = {t.id for node in tree.body if isinstance(node, ast.Assign)
-                 for t in node.targets if isinstance(t, ast.Name)}
-        script = script_of_config(names)
+        script = script_of_config({name for name, _ in module_assignments(tree)})
     here = os.path.dirname(os.path.abspath(__file__))
     scope = {**script_defaults(os.path.join(here, script))}
     scope.update({k: v for k, v in PLANNER_KEYS.items() if k not in scope})

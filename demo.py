@@ -43,7 +43,8 @@ import time
 
 import torch
 
-from common import UserError, configure, get_tokenizer, pad_left, print_config, read_log, response_forward
+from common import (UserError, configure, get_tokenizer, pad_left, print_config, read_log, response_forward,
+                    write_atomic)
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -171,9 +172,7 @@ eval_prompts = [p for p, _ in line_prompts(text[split_at:])]
 eval_prompts = [eval_prompts[i] for i in torch.randperm(len(eval_prompts), generator=g)[:n_eval_prompts].tolist()]
 prompts_path = os.path.join(out_dir, 'prompts_train.jsonl')
 if not os.path.exists(prompts_path):  # written whole or not at all (an interrupted write is never read as done)
-    with open(prompts_path + '.tmp', 'w') as f:
-        f.writelines(json.dumps({'prompt': p}) + '\n' for p in train_prompts)
-    os.replace(prompts_path + '.tmp', prompts_path)
+    write_atomic(prompts_path, lambda f: f.writelines(json.dumps({'prompt': p}) + '\n' for p in train_prompts))
 
 
 @torch.no_grad()
@@ -229,9 +228,7 @@ if stage('2. preference pairs', pairs_path):
     chosen = train_prompts[:n_pair_prompts]
     _, texts, ended = sample(model, [p for p in chosen for _ in range(samples_per_prompt)], gen)
     pairs = preference_pairs(chosen, texts, positivity(None, texts), ended, samples_per_prompt, quick)
-    with open(pairs_path + '.tmp', 'w') as f:
-        f.writelines(json.dumps(p) + '\n' for p in pairs)
-    os.replace(pairs_path + '.tmp', pairs_path)
+    write_atomic(pairs_path, lambda f: f.writelines(json.dumps(p) + '\n' for p in pairs))
     print(f"{len(pairs)} pairs from {len(chosen)} prompts x {samples_per_prompt} samples (equal rewards make no pair)")
 
 # 3. reward model

@@ -130,6 +130,24 @@ def test_lr_schedule_hand_values():
     assert get_lr(5, **kw, decay_lr=False) == 1.0
 
 
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path):
+    """common.write_atomic (checkpoints, log.csv, demo.py's prompt and pair files): the new text
+    replaces the file whole; a write that fails midway leaves the old file and no temporary file."""
+    from common import write_atomic
+    path = str(tmp_path / 'sub' / 'pairs.jsonl')
+    write_atomic(path, lambda f: f.write('old\n'))
+    assert open(path).read() == 'old\n'
+
+    def fails(f):
+        f.write('half of the new')
+        raise OSError('disk full')
+    with pytest.raises(OSError, match='disk full'):
+        write_atomic(path, fails)
+    assert open(path).read() == 'old\n' and os.listdir(tmp_path / 'sub') == ['pairs.jsonl']
+    write_atomic(path, lambda f: f.write(b'new'), binary=True, fsync=True)
+    assert open(path, 'rb').read() == b'new'
+
+
 def test_checkpoint_write_is_atomic_and_refuses_nan(tmp_path):
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=10, block_size=4))
     path = str(tmp_path / 'ckpt.pt')
